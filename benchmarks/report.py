@@ -1,0 +1,294 @@
+"""Benchmark records and the reports made from them: report.json, report.md and PNG plots.
+
+A record is one measured figure::
+
+    {"name": "clips_per_s", "value": 123.4, "unit": "clips/s",
+     "batch_size": 8, "model": "mvd_student_base", ...descriptive fields}
+
+A record whose sub-benchmark could not run carries `"skipped": "<reason>"` and no value. Nothing
+here computes a figure that a run did not produce: tables and plots only rearrange records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+FORMAT = "mvd-bench/1"
+MODES = ("shard", "loader", "model", "step")
+RESERVED = ("name", "value", "unit", "skipped")
+# Fields that vary along a plot's x axis, in the order plots are made.
+PLOT_AXES = ("batch_size", "model", "workers")
+# Descriptive fields too free-form to split plot series or table rows by.
+FREE_TEXT = ("note",)
+MODEL_SIZES = ("tiny", "small", "base", "large", "huge")
+
+
+class RecordError(ValueError):
+    """A module returned a record that is not a finite, unit-carrying figure."""
+
+
+def validate_records(mode: str, records: Iterable) -> list[dict]:
+    """Check every record of `mode` and return them as a list.
+
+    Raises RecordError naming the mode and the record's position on: a non-dict, a missing or
+    empty name or unit, a value that is not a finite real number, or a skipped record without a
+    reason.
+    """
+    checked = []
+    for i, rec in enumerate(records):
+        where = f"{mode} record {i}"
+        if not isinstance(rec, dict):
+            raise RecordError(f"{where}: expected a dict, got {type(rec).__name__}")
+        if not isinstance(rec.get("name"), str) or not rec["name"]:
+            raise RecordError(f"{where}: missing 'name' ({rec!r})")
+        where = f"{where} ({rec['name']!r})"
+        if "skipped" in rec and "value" not in rec:
+            if not isinstance(rec["skipped"], str) or not rec["skipped"]:
+                raise RecordError(f"{where}: 'skipped' must give the reason as text")
+            checked.append(dict(rec))
+            continue
+        value = rec.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecordError(f"{where}: 'value' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecordError(f"{where}: 'value' is not finite ({value!r})")
+        if not isinstance(rec.get("unit"), str) or not rec["unit"]:
+            raise RecordError(f"{where}: missing 'unit'")
+        checked.append({**rec, "value": float(value)})
+    return checked
+
+
+def measured(records: Iterable[dict]) -> list[dict]:
+    """The records that carry a value (skipped ones left out)."""
+    return [r for r in records if "value" in r]
+
+
+def descriptive_fields(records: Iterable[dict]) -> list[str]:
+    """Descriptive field names in order of first appearance."""
+    fields: dict[str, None] = {}
+    for rec in records:
+        for key in rec:
+            if key not in RESERVED:
+                fields.setdefault(key)
+    return list(fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def format_value(value: float) -> str:
+    """Four significant digits, without scientific notation for the usual magnitudes."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.3e}"
+    digits = max(0, 3 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:.{digits}f}"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format_value(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def pivot(records: list[dict]) -> tuple[list[str], list[str], list[list]]:
+    """Lay records out side by side: one row per combination of descriptive fields, one column
+    per figure (`name [unit]`), so that figures measured on the same configuration in the same
+    run read across one row.
+
+    Returns (field names, figure columns, rows) where each row is field values + figure values.
+    """
+    fields = descriptive_fields(records)
+    columns: dict[str, None] = {}
+    rows: list[tuple[tuple, dict]] = []
+    for rec in records:
+        column = f"{rec['name']} [{rec['unit']}]"
+        columns.setdefault(column)
+        key = tuple(_cell(rec.get(f)) for f in fields)
+        # A second figure of the same name on the same configuration (a repeat) opens a new row.
+        row = next((r for k, r in rows if k == key and column not in r), None)
+        if row is None:
+            row = {}
+            rows.append((key, row))
+        row[column] = rec["value"]
+    table = [list(k) + [r.get(c) for c in columns] for k, r in rows]
+    return fields, list(columns), table
+
+
+def render_markdown(report: dict) -> str:
+    env = report["environment"]
+    pkgs = env["packages"]
+    lines = [
+        f"# mvd-bench: {report['config']['mode']} on {env['device_name']} ({env['device']})",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Date (UTC): {env['date_utc']}",
+        f"- Device: {env['device']} -- {env['device_name']}; CPU: {env['cpu_model']}, "
+        f"{env['cpu_count']} usable cores",
+        f"- GPU: {env['gpu']['name'] if env['gpu'] else 'none visible to torch'}",
+        "- Packages: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in pkgs.items()),
+        f"- Quick mode: {'yes' if report['config']['quick'] else 'no'}",
+        "",
+        "Every figure below was measured by this run; ratios compare figures measured side by "
+        "side in it. A mode that could not run here is listed as skipped with its reason.",
+        "",
+    ]
+    if report.get("notes"):
+        lines += [f"> {note}" for note in report["notes"]] + [""]
+
+    lines += ["## Targets", ""]
+    targets = report.get("targets", [])
+    if targets:
+        lines += markdown_table(
+            ["target", "wanted", "measured", "status", "how"],
+            [
+                [
+                    t["what"],
+                    t["wanted"],
+                    "" if t["measured"] is None else f"{format_value(t['measured'])} {t['unit']}",
+                    t["status"],
+                    t["note"],
+                ]
+                for t in targets
+            ],
+        )
+    lines.append("")
+
+    for mode, result in report["modes"].items():
+        lines += [f"## {mode}", ""]
+        if result["status"] != "ok":
+            why = result.get("reason") or result.get("error", "")
+            lines += [f"**{result['status']}**: {why}", ""]
+            if result["status"] != "failed" or not result.get("records"):
+                continue
+        records = result.get("records", [])
+        lines += [f"{len(measured(records))} figures in {result['seconds']:.1f} s.", ""]
+        # Records with the same descriptive fields share a table.
+        for group in _by_schema(measured(records)):
+            fields, columns, rows = pivot(group)
+            lines += markdown_table(fields + columns, rows) + [""]
+        skipped = [r for r in records if "value" not in r]
+        if skipped:
+            lines += ["Not measured here:", ""]
+            lines += [f"- {describe(r)}" for r in skipped] + [""]
+        for plot in result.get("plots", []):
+            lines += [f"![{plot}]({plot})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _by_schema(records: list[dict]) -> list[list[dict]]:
+    groups: dict[frozenset, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(frozenset(descriptive_fields([rec])), []).append(rec)
+    return list(groups.values())
+
+
+def describe(rec: dict) -> str:
+    """One line for a console log: `name = value unit (fields)` or `name (fields): skipped: why`."""
+    fields = ", ".join(f"{k}={rec[k]}" for k in descriptive_fields([rec]))
+    fields = f" ({fields})" if fields else ""
+    if "value" not in rec:
+        return f"{rec['name']}{fields}: skipped: {rec['skipped']}"
+    return f"{rec['name']} = {format_value(rec['value'])} {rec['unit']}{fields}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _axis_order(axis: str, values: list) -> list:
+    if axis != "model":
+        return sorted(values)
+
+    def size(name) -> tuple:
+        text = str(name)
+        for i, s in enumerate(MODEL_SIZES):
+            if s in text:
+                return (i, text)
+        return (len(MODEL_SIZES), text)
+
+    return sorted(values, key=size)
+
+
+def plot_series(records: list[dict], axis: str) -> dict[tuple[str, str], dict[str, list]]:
+    """Throughput records grouped for a plot against `axis`.
+
+    Returns {(name, unit): {series label: [(x, value), ...]}}, keeping only series with at least
+    two x values. A series is a fixed combination of the other descriptive fields.
+    """
+    rates = [r for r in measured(records) if axis in r and r["unit"].endswith("/s")]
+    out: dict[tuple[str, str], dict[str, list]] = {}
+    for name, unit in dict.fromkeys((r["name"], r["unit"]) for r in rates):
+        group = [r for r in rates if r["name"] == name and r["unit"] == unit]
+        others = [f for f in descriptive_fields(group) if f not in (axis, *FREE_TEXT)]
+        varying = [f for f in others if len({_cell(r.get(f)) for r in group}) > 1]
+        series: dict[str, list] = {}
+        for rec in group:
+            label = ", ".join(f"{f}={rec.get(f)}" for f in varying) or name
+            series.setdefault(label, []).append((rec[axis], rec["value"]))
+        series = {k: v for k, v in series.items() if len({x for x, _ in v}) > 1}
+        if series:
+            out[(name, unit)] = series
+    return out
+
+
+def write_plots(mode: str, records: list[dict], out_dir: Path) -> list[str]:
+    """One PNG per (figure, axis) that has a series with two or more points; returns file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for axis in PLOT_AXES:
+        for (name, unit), series in plot_series(records, axis).items():
+            xs = _axis_order(axis, list({x for points in series.values() for x, _ in points}))
+            categorical = not all(isinstance(x, (int, float)) for x in xs)
+            fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+            for label, points in series.items():
+                points = sorted(points, key=lambda p: xs.index(p[0]))
+                px = [xs.index(x) if categorical else x for x, _ in points]
+                ax.plot(px, [v for _, v in points], marker="o", label=label)
+            if categorical:
+                ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=15)
+            elif axis == "batch_size" and max(xs) / max(min(xs), 1) >= 8:
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(axis)
+            ax.set_ylabel(f"{name} [{unit}]")
+            ax.set_title(f"{mode}: {name} vs {axis}")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            file = f"{mode}-{_slug(name)}-vs-{axis}.png"
+            fig.savefig(out_dir / file)
+            plt.close(fig)
+            files.append(file)
+    return files
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """Write report.json and report.md into out_dir (plots are written per mode beforehand)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report))
