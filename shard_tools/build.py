@@ -1,0 +1,278 @@
+"""Pack a :class:`~shard_tools.sources.SourceSet` into a shard directory, resumably.
+
+The plan is a pure function of the inputs and the seed: sources get keys in input order, are
+shuffled by the seed, and are probed (and re-encoded) in that order by a process pool; accepted
+samples fill shards in order, a shard being cut before the sample that would push it past
+``shard_size_mb`` (or ``shard_samples``). After each shard is renamed into place, the resume
+state records it and where the next shard starts, so a re-run of the same command skips the
+finished shards' work and produces the same manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from shard_tools import rejections as rj
+from shard_tools.keys import unique_keys
+from shard_tools.manifest import MANIFEST_NAME, make_manifest, write_manifest
+from shard_tools.probe import probe_video
+from shard_tools.progress import BuildProgress, print_summary
+from shard_tools.reencode import ReencodeOptions, reencode_video
+from shard_tools.sample import FORMAT, VideoInfo, sample_members, tar_bytes
+from shard_tools.sources import SourceRecord, SourceSet
+from shard_tools.state import STATE_NAME, FinishedShard, RunState, load_state, shard_is_intact
+from shard_tools.writer import PARTIAL_SUFFIX, ShardWriter, shard_name
+
+WORK_DIR_NAME = ".work"  # temporary files (re-encoded and synthetic videos) inside the output dir
+_SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|idx)$")
+_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+_EXT_BY_CODEC = {"h264": "mp4", "hevc": "mp4", "mpeg4": "mp4", "av1": "mp4", "vp8": "webm",
+                 "vp9": "webm", "mjpeg": "avi"}
+
+
+class ShardDirError(RuntimeError):
+    """The output directory holds something this run must not overwrite."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    seed: int = 0
+    shard_size_mb: float = 1024.0  # MiB of tar per shard, at most (a single larger sample gets its own)
+    shard_samples: int | None = None  # at most this many samples per shard
+    workers: int | None = None  # processes for probing/re-encoding; None = os.cpu_count()
+    reencode: ReencodeOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.shard_size_mb <= 0:
+            raise ValueError(f"shard size must be > 0 MB, got {self.shard_size_mb}")
+        if self.shard_samples is not None and self.shard_samples < 1:
+            raise ValueError(f"samples per shard must be >= 1, got {self.shard_samples}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+    def output_options(self) -> dict:
+        """The options that decide the output (the worker count does not)."""
+        return {"seed": self.seed, "shard_size_mb": self.shard_size_mb, "shard_samples": self.shard_samples,
+                "reencode": asdict(self.reencode) if self.reencode else None}
+
+
+def work_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / WORK_DIR_NAME
+
+
+@dataclass(frozen=True)
+class _Task:
+    position: int  # in the shuffled order
+    key: str
+    record: SourceRecord
+    reencode: ReencodeOptions | None
+    work_dir: Path
+
+
+@dataclass(frozen=True)
+class _Processed:
+    position: int
+    key: str
+    record: SourceRecord
+    info: VideoInfo | None
+    reason: str | None
+    data_path: Path | None = None
+    ext: str = ""
+    temporary: tuple[Path, ...] = ()  # files to delete once packed
+
+
+def _video_ext(path: Path, codec: str) -> str:
+    ext = path.suffix.lower().lstrip(".")
+    return ext if _EXT.match(ext) else _EXT_BY_CODEC.get(codec, "mkv")
+
+
+def _process(task: _Task) -> _Processed:
+    """Worker: (make,) decode-check and (re-encode) one source. Runs in a pool process."""
+    record, temporary = task.record, []
+    if record.prepare is not None:
+        record.prepare(record.path)
+        temporary.append(record.path)
+
+    def reject(reason: str) -> _Processed:
+        for path in temporary:
+            path.unlink(missing_ok=True)
+        return _Processed(task.position, task.key, record, None, reason)
+
+    probe = probe_video(record.path)
+    if not probe.ok:
+        return reject(probe.reason)
+    if task.reencode is None:
+        return _Processed(task.position, task.key, record, probe.info, None, record.path,
+                          _video_ext(record.path, probe.info.codec), tuple(temporary))
+    dst = task.work_dir / f"{task.key}.{task.reencode.ext}"
+    temporary.append(dst)
+    try:
+        reencode_video(record.path, dst, task.reencode)
+    except Exception as err:  # FFmpeg/PyAV raise many types; the file is rejected with the reason
+        return reject(rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200]))
+    probe = probe_video(dst)
+    if not probe.ok:
+        return reject(rj.reason(rj.REENCODE_FAILED, probe.reason))
+    return _Processed(task.position, task.key, record, probe.info, None, dst, task.reencode.ext, tuple(temporary))
+
+
+@contextmanager
+def _mapper(workers: int):
+    """An ordered, lazy ``map`` over a process pool (or in-process for one worker)."""
+    if workers <= 1:
+        yield map
+        return
+    # fork is cheapest, but only safe while this process runs a single Python thread
+    method = "fork" if threading.active_count() == 1 else "forkserver"
+    pool = multiprocessing.get_context(method).Pool(workers)
+    try:
+        yield lambda fn, items: pool.imap(fn, items, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _fingerprint(sources: SourceSet, keys: list[str], order: list[int], options: dict) -> str:
+    plan = {"format": FORMAT, "dataset": sources.dataset, "classes": sources.classes, "options": options,
+            "order": [[keys[i], sources.records[i].source, sources.records[i].label] for i in order]}
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def _existing_shard_files(out_dir: Path) -> list[Path]:
+    return sorted(p for p in out_dir.iterdir() if _SHARD_FILE.match(p.name))
+
+
+def _clear_dir(out_dir: Path) -> None:
+    for path in _existing_shard_files(out_dir):
+        path.unlink()
+    for name in (MANIFEST_NAME, STATE_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    for path in out_dir.glob(f".*{PARTIAL_SUFFIX}"):
+        path.unlink()
+    shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+
+
+def _resume_state(out_dir: Path, fingerprint: str) -> RunState:
+    """The state to continue from: the intact prefix of the finished shards, or a fresh state."""
+    state = load_state(out_dir)
+    if state is None:
+        if _existing_shard_files(out_dir) or (out_dir / MANIFEST_NAME).exists():
+            raise ShardDirError(f"{out_dir} holds shards that no resumable mvd-shard run recorded; "
+                                "use an empty --out directory or pass --overwrite")
+        state = RunState(fingerprint)
+        state.save(out_dir)  # from now on a killed run leaves a state to resume from
+        return state
+    if state.fingerprint != fingerprint:
+        raise ShardDirError(f"{out_dir} holds shards of a different command (inputs or options differ); "
+                            "use another --out directory or pass --overwrite")
+    for n, shard in enumerate(state.shards):
+        if not shard_is_intact(out_dir, shard):
+            state.shards, state.complete, state.tail_rejected = state.shards[:n], False, []
+            break
+    keep = {name for s in state.shards for name in (s.name, s.index)}
+    for path in _existing_shard_files(out_dir):
+        if path.name not in keep:
+            path.unlink()
+    state.save(out_dir)
+    return state
+
+
+def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None = None, *,
+                 command: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    """Pack ``sources`` into ``out_dir`` and return the manifest (also written to manifest.json).
+
+    ``command`` holds the command's own options (input paths etc.) for the manifest; with
+    ``options`` it forms the run's fingerprint. Re-running with the same arguments resumes.
+    """
+    options = options or BuildOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _clear_dir(out_dir)
+    _remove_leftovers(out_dir)
+    records = sources.records
+    keys = unique_keys(r.path.stem for r in records)
+    order = list(range(len(records)))
+    random.Random(options.seed).shuffle(order)
+    manifest_options = {**(command or {}), **options.output_options()}
+    state = _resume_state(out_dir, _fingerprint(sources, keys, order, manifest_options))
+
+    workers = 1 if state.complete else options.workers or os.cpu_count() or 1
+    # the pool is made before the progress bar starts its refresh thread (fork safety)
+    with _mapper(workers) as mapper, BuildProgress(len(order), state.next_source, enabled=progress) as bar:
+        if not state.complete:
+            (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+            work_dir(out_dir).mkdir(exist_ok=True)
+            tasks = (_Task(pos, keys[i], records[i], options.reencode, work_dir(out_dir))
+                     for pos, i in enumerate(order) if pos >= state.next_source)
+            _fill_shards(mapper(_process, tasks), out_dir, options, state, len(order), bar)
+            shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+
+    rejected = [r.to_dict() for r in sources.rejected]
+    rejected += [r for s in state.shards for r in s.rejected] + state.tail_rejected
+    manifest = make_manifest(sources.dataset, sources.classes, [asdict(s) for s in state.shards],
+                             rejected, manifest_options)
+    write_manifest(out_dir, manifest)
+    if progress:
+        print_summary(manifest, processed=bar.processed, packed_bytes=bar.bytes, elapsed=bar.elapsed)
+    return manifest
+
+
+def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState, total: int,
+                 bar: BuildProgress) -> None:
+    """Consume worker results in order, writing shards and recording each in ``state``."""
+    limit = int(options.shard_size_mb * 2**20)
+    writer: ShardWriter | None = None
+    shard_bytes, codecs, pending = 0, {}, []
+
+    def finish(next_source: int) -> None:
+        nonlocal writer, shard_bytes, codecs, pending
+        done = writer.finish()
+        state.shards.append(FinishedShard(done.name, done.index, done.samples, done.bytes, done.sha256,
+                                          done.index_sha256, next_source, codecs, pending))
+        state.save(out_dir)
+        writer, shard_bytes, codecs, pending = None, 0, {}, []
+
+    try:
+        for result in results:
+            if result.info is None:
+                pending.append(rj.Rejection(result.record.source, result.reason).to_dict())
+                bar.advance()
+                continue
+            video = result.data_path.read_bytes()
+            for path in result.temporary:
+                path.unlink(missing_ok=True)
+            record = result.record
+            members = sample_members(result.key, result.ext, video, result.info, record.label,
+                                     record.label_name, record.source)
+            size = tar_bytes(members)
+            if writer is not None and (shard_bytes + size > limit or writer.samples == options.shard_samples):
+                finish(result.position)
+            if writer is None:
+                writer = ShardWriter(out_dir, shard_name(len(state.shards)))
+            writer.add(members)
+            shard_bytes += size
+            codecs[result.info.codec] = codecs.get(result.info.codec, 0) + 1
+            bar.advance(len(video))
+        if writer is not None:
+            finish(total)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    state.tail_rejected, state.complete = pending, True
+    state.save(out_dir)

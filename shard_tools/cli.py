@@ -1,0 +1,144 @@
+"""``mvd-shard``: pack video datasets into WebDataset shards (``mvd-shards/1``).
+
+    mvd-shard kinetics --videos DIR --csv FILE --out DIR
+    mvd-shard ssv2 --videos DIR --labels labels.json --annotations train.json --out DIR
+    mvd-shard list --root DIR --list FILE [--classes FILE] --out DIR
+    mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME]
+    mvd-shard verify DIR
+
+Re-running a command into the same ``--out`` resumes it. This module only parses and calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from shard_tools import sources as src
+from shard_tools.build import BuildOptions, ShardDirError, build_shards
+from shard_tools.encode import CODECS
+from shard_tools.reencode import ReencodeOptions
+from shard_tools.synth import CLASS_GRID, make_synth_dataset
+from shard_tools.verify import verify_shards
+
+REENCODE_CODECS = ("h264", "hevc", "vp9", "mjpeg")
+
+
+def _common(parser: argparse.ArgumentParser, *, reencode: bool) -> None:
+    g = parser.add_argument_group("common options")
+    g.add_argument("--out", type=Path, required=True, help="output shard directory (re-running resumes)")
+    g.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (default: %(default)s)")
+    g.add_argument("--shard-size-mb", type=float, default=1024.0, help="max MiB per shard (default: %(default)s)")
+    g.add_argument("--shard-samples", type=int, default=None, help="max samples per shard (default: no limit)")
+    g.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
+    g.add_argument("--overwrite", action="store_true", help="delete shards of another command in --out first")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    if reencode:
+        r = parser.add_argument_group("re-encoding (off unless --reencode)")
+        r.add_argument("--reencode", action="store_true", help="re-encode every video instead of copying its bytes")
+        r.add_argument("--short-side", type=int, default=None, help="scale so the short side is this (default: keep)")
+        r.add_argument("--codec", choices=REENCODE_CODECS, default=None, help="codec (default: h264)")
+        r.add_argument("--gop", type=int, default=None, help="key frame every N frames (default: 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvd-shard", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("kinetics", help="Kinetics-400 from its CSV")
+    p.add_argument("--videos", type=Path, required=True, help="folder with <youtube_id>_<start>_<end>.<ext> files")
+    p.add_argument("--csv", type=Path, required=True, help="CSV with label,youtube_id,time_start,time_end,split")
+    _common(p, reencode=True)
+
+    p = sub.add_parser("ssv2", help="Something-Something-v2 from labels.json + annotations")
+    p.add_argument("--videos", type=Path, required=True, help="folder with <id>.webm files")
+    p.add_argument("--labels", type=Path, required=True, help="labels.json (label name -> index)")
+    p.add_argument("--annotations", type=Path, required=True, help="train.json / validation.json")
+    _common(p, reencode=True)
+
+    p = sub.add_parser("list", help="a list file of 'relative/path label_index' lines")
+    p.add_argument("--root", type=Path, required=True, help="folder the listed paths are relative to")
+    p.add_argument("--list", type=Path, required=True, dest="list_file", help="the list file")
+    p.add_argument("--classes", type=Path, default=None, help="class names, one per line in index order")
+    _common(p, reencode=True)
+
+    p = sub.add_parser("synth", help="the synthetic shape x motion-direction dataset")
+    p.add_argument("--num-videos", type=int, default=400)
+    p.add_argument("--num-frames", type=int, default=40)
+    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=8, choices=sorted(CLASS_GRID))
+    p.add_argument("--fps", type=float, default=12.0)
+    p.add_argument("--codec", choices=sorted(CODECS), default="vp9", help="(default: vp9 in .webm)")
+    p.add_argument("--gop", type=int, default=16)
+    p.add_argument("--split", default="train", help="split name; another name gives held-out clips (default: train)")
+    _common(p, reencode=False)
+
+    p = sub.add_parser("verify", help="check a shard directory against its manifest")
+    p.add_argument("dir", type=Path)
+    return parser
+
+
+def _reencode_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ReencodeOptions | None:
+    given = [flag for flag, value in (("--short-side", args.short_side), ("--codec", args.codec),
+                                      ("--gop", args.gop)) if value is not None]
+    if not args.reencode:
+        if given:
+            parser.error(f"{', '.join(given)} only apply with --reencode")
+        return None
+    return ReencodeOptions(codec=args.codec or "h264", short_side=args.short_side,
+                           gop=args.gop if args.gop is not None else 16)
+
+
+def _sources(args: argparse.Namespace) -> tuple[src.SourceSet, dict]:
+    if args.command == "kinetics":
+        paths = {"videos": args.videos, "csv": args.csv}
+        sources = src.kinetics_sources(args.videos, args.csv)
+    elif args.command == "ssv2":
+        paths = {"videos": args.videos, "labels": args.labels, "annotations": args.annotations}
+        sources = src.ssv2_sources(args.videos, args.labels, args.annotations)
+    else:
+        paths = {"root": args.root, "list": args.list_file, "classes": args.classes}
+        sources = src.list_sources(args.root, args.list_file, args.classes)
+    return sources, {k: str(v.resolve()) if v is not None else None for k, v in paths.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console(stderr=True)
+    if args.command == "verify":
+        report = verify_shards(args.dir)
+        for problem in report.problems:
+            console.print(f"[red]FAIL[/red] {problem}", highlight=False)
+        if not report.ok:
+            console.print(f"[red]{args.dir}: {len(report.problems)} problem(s)[/red]")
+            return 1
+        print(f"OK {args.dir}: {report.samples} samples in {report.shards} shards match the manifest")
+        return 0
+    try:
+        if args.command == "synth":
+            make_synth_dataset(args.out, num_videos=args.num_videos, num_frames=args.num_frames, width=args.width,
+                               height=args.height, num_classes=args.num_classes, fps=args.fps, codec=args.codec,
+                               gop=args.gop, seed=args.seed, split=args.split, shard_size_mb=args.shard_size_mb,
+                               shard_samples=args.shard_samples, workers=args.workers,
+                               progress=not args.no_progress, overwrite=args.overwrite)
+            return 0
+        reencode = _reencode_options(args, parser)
+        sources, paths = _sources(args)
+        options = BuildOptions(seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
+                               workers=args.workers, reencode=reencode)
+        build_shards(sources, args.out, options, command=paths, progress=not args.no_progress,
+                     overwrite=args.overwrite)
+        return 0
+    except (src.SourceError, ShardDirError, ValueError) as err:
+        console.print(f"[red]mvd-shard {args.command}: {err}[/red]", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

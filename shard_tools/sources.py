@@ -1,0 +1,224 @@
+"""Dataset adapters: Kinetics-400 CSV, Something-Something-v2 JSON, and plain list files.
+
+Each adapter turns its dataset's own description into a :class:`SourceSet`: the class names in
+index order, one :class:`SourceRecord` per video to pack, and a :class:`Rejection` for each entry
+that cannot be packed before even opening the file (missing file, unknown label, malformed line).
+Problems with the description files themselves raise :class:`SourceError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shard_tools import rejections as rj
+from shard_tools.rejections import Rejection
+
+
+class SourceError(ValueError):
+    """A dataset description file (CSV, labels, annotations, list) is unusable."""
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One video to pack.
+
+    ``source`` is the path as the dataset names it (relative to the videos root when the file is
+    under it); it goes into the sample's json and into rejections. ``prepare``, when set, is a
+    picklable callable that writes the file at ``path`` first (the synthetic dataset uses it);
+    such files are temporary and deleted once packed.
+    """
+
+    path: Path
+    label: int
+    label_name: str
+    source: str
+    prepare: Callable[[Path], None] | None = None
+
+
+@dataclass
+class SourceSet:
+    dataset: str  # kinetics | ssv2 | list | synth
+    classes: list[str]
+    records: list[SourceRecord]
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _display_path(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _index_videos(videos_dir: Path) -> dict[str, Path]:
+    """Map each video file's stem to its path, searching ``videos_dir`` recursively.
+
+    When several files share a stem, the first in sorted path order wins.
+    """
+    if not videos_dir.is_dir():
+        raise SourceError(f"videos directory {videos_dir} does not exist")
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(videos_dir):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            stem = name.rsplit(".", 1)[0] if "." in name else name
+            found.setdefault(stem, Path(dirpath) / name)
+    return found
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise SourceError(f"cannot read {what} {path}: {err.strerror}") from err
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(_read_text(path, what))
+    except json.JSONDecodeError as err:
+        raise SourceError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def kinetics_filename_stem(youtube_id: str, time_start: int, time_end: int) -> str:
+    return f"{youtube_id}_{time_start:06d}_{time_end:06d}"
+
+
+def kinetics_sources(videos_dir: Path, csv_path: Path) -> SourceSet:
+    """Kinetics-400: CSV with columns ``label, youtube_id, time_start, time_end, split``.
+
+    Files are ``<youtube_id>_<start:06d>_<end:06d>.<any extension>`` anywhere under
+    ``videos_dir`` (flat or in per-class folders). Classes are the sorted unique label names,
+    the standard K400 order.
+    """
+    videos_dir, csv_path = Path(videos_dir), Path(csv_path)
+    text = _read_text(csv_path, "Kinetics CSV")
+    reader = csv.DictReader(text.splitlines())
+    need = {"label", "youtube_id", "time_start", "time_end"}
+    missing_cols = need - set(reader.fieldnames or [])
+    if missing_cols:
+        raise SourceError(
+            f"Kinetics CSV {csv_path} lacks column(s) {sorted(missing_cols)}; "
+            "expected label,youtube_id,time_start,time_end,split"
+        )
+    rows = list(reader)
+    classes = sorted({row["label"].strip() for row in rows if (row["label"] or "").strip()})
+    class_index = {name: i for i, name in enumerate(classes)}
+    files = _index_videos(videos_dir)
+    records, rejected = [], []
+    for line_no, row in enumerate(rows, start=2):
+        try:
+            stem = kinetics_filename_stem(
+                row["youtube_id"].strip(),
+                int(float(row["time_start"])),
+                int(float(row["time_end"])),
+            )
+        except (TypeError, ValueError, AttributeError):
+            rejected.append(Rejection(f"{csv_path.name}:{line_no}", rj.reason(rj.MALFORMED, f"row {row}")))
+            continue
+        label_name = (row["label"] or "").strip()
+        path = files.get(stem)
+        where = _display_path(path, videos_dir) if path else stem
+        if label_name not in class_index:
+            rejected.append(Rejection(where, rj.reason(rj.UNKNOWN_LABEL, repr(label_name))))
+        elif path is None:
+            rejected.append(Rejection(where, rj.MISSING))
+        else:
+            records.append(SourceRecord(path, class_index[label_name], label_name, where))
+    return SourceSet("kinetics", classes, records, rejected)
+
+
+def ssv2_template_to_label(template: str) -> str:
+    """SSv2 annotations carry ``"Putting [something] on [something]"``; labels.json drops the brackets."""
+    return template.replace("[", "").replace("]", "")
+
+
+def ssv2_sources(videos_dir: Path, labels_path: Path, annotations_path: Path) -> SourceSet:
+    """Something-Something-v2: ``labels.json`` (name -> index) and an annotations list.
+
+    Each annotation is ``{"id", "template", ...}``; the video is ``<id>.webm`` (any extension is
+    accepted) under ``videos_dir``. Entries without a template (the test split) or whose template
+    is not in labels.json are rejected as unknown labels.
+    """
+    videos_dir, labels_path, annotations_path = Path(videos_dir), Path(labels_path), Path(annotations_path)
+    labels = _read_json(labels_path, "SSv2 labels")
+    if not isinstance(labels, dict):
+        raise SourceError(f"SSv2 labels {labels_path} must map label names to indices")
+    try:
+        by_index = sorted((int(v), k) for k, v in labels.items())
+    except (TypeError, ValueError) as err:
+        raise SourceError(f"SSv2 labels {labels_path}: indices must be integers ({err})") from err
+    if [i for i, _ in by_index] != list(range(len(by_index))):
+        raise SourceError(f"SSv2 labels {labels_path}: indices must be 0..{len(by_index) - 1} without gaps")
+    classes = [name for _, name in by_index]
+    class_index = {name: i for i, name in enumerate(classes)}
+    annotations = _read_json(annotations_path, "SSv2 annotations")
+    if not isinstance(annotations, list):
+        raise SourceError(f"SSv2 annotations {annotations_path} must be a JSON list of objects")
+    files = _index_videos(videos_dir)
+    records, rejected = [], []
+    for n, item in enumerate(annotations):
+        if not isinstance(item, dict) or "id" not in item:
+            rejected.append(Rejection(f"{annotations_path.name}[{n}]", rj.reason(rj.MALFORMED, "no 'id'")))
+            continue
+        vid = str(item["id"])
+        path = files.get(vid)
+        where = _display_path(path, videos_dir) if path else f"{vid}.webm"
+        label_name = ssv2_template_to_label(str(item.get("template", "")))
+        if label_name not in class_index:
+            rejected.append(Rejection(where, rj.reason(rj.UNKNOWN_LABEL, repr(label_name))))
+        elif path is None:
+            rejected.append(Rejection(where, rj.MISSING))
+        else:
+            records.append(SourceRecord(path, class_index[label_name], label_name, where))
+    return SourceSet("ssv2", classes, records, rejected)
+
+
+def list_sources(root: Path, list_path: Path, classes_path: Path | None = None) -> SourceSet:
+    """A list file: one ``relative/path label_index`` per line (VideoMAE / UCF101 / HMDB51 style).
+
+    Paths may contain spaces (the label is the last field). Blank lines and ``#`` comments are
+    skipped. Class names come from ``classes_path`` (one per line, in index order) when given,
+    else they are the indices as text, ``"0" .. str(max label)``.
+    """
+    root, list_path = Path(root), Path(list_path)
+    if not root.is_dir():
+        raise SourceError(f"root directory {root} does not exist")
+    classes: list[str] | None = None
+    if classes_path is not None:
+        classes = [ln.strip() for ln in _read_text(Path(classes_path), "class list").splitlines() if ln.strip()]
+    entries, rejected = [], []
+    for line_no, line in enumerate(_read_text(list_path, "list file").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            rejected.append(Rejection(f"{list_path.name}:{line_no}", rj.reason(rj.MALFORMED, repr(line))))
+            continue
+        rel, label_text = parts
+        try:
+            label = int(label_text)
+        except ValueError:
+            label = -1
+        entries.append((rel, label, label_text))
+    if classes is None:
+        top = max((label for _, label, _ in entries), default=-1)
+        classes = [str(i) for i in range(top + 1)]
+    records = []
+    for rel, label, label_text in entries:
+        path = root / rel
+        if not 0 <= label < len(classes):
+            rejected.append(Rejection(rel, rj.reason(rj.UNKNOWN_LABEL, repr(label_text))))
+        elif not path.is_file():
+            rejected.append(Rejection(rel, rj.MISSING))
+        else:
+            records.append(SourceRecord(path, label, classes[label], rel))
+    return SourceSet("list", classes, records, rejected)

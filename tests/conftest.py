@@ -1,0 +1,42 @@
+"""Session-wide fixtures shared by every test package.
+
+``synth_shards`` and ``h264_shards`` are small sharded synthetic datasets in the
+``mvd-shards/1`` format (see ARCHITECTURE.md), made once per test session:
+
+- 48 clips of 40 frames at 64x48 (not square), 12 fps, 8 classes (4 shapes x 2 directions),
+  split ``"train"``, seed 0, 24 samples per shard -> exactly 2 shards;
+- ``synth_shards``: VP9 in ``.webm`` (DALI decodes it on the CPU);
+- ``h264_shards``: H.264 in ``.mp4`` (for the PyAV fallback paths).
+
+Both return the shard directory (holding ``manifest.json``, ``shard-00000{0,1}.tar/.idx``).
+Treat them as read-only: they are shared by all tests of the session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SYNTH_FIXTURE = {"num_videos": 48, "num_frames": 40, "width": 64, "height": 48, "num_classes": 8,
+                 "fps": 12.0, "seed": 0, "split": "train", "shard_samples": 24, "workers": 2}
+
+
+def _make_fixture_shards(root: Path, codec: str) -> Path:
+    from shard_tools.synth import make_synth_dataset
+
+    out = root / f"synth-{codec}"
+    make_synth_dataset(out, codec=codec, **SYNTH_FIXTURE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_shards(tmp_path_factory) -> Path:
+    """Directory of a 48-clip, 2-shard synthetic VP9 (.webm) dataset at 64x48, 40 frames, 8 classes."""
+    return _make_fixture_shards(tmp_path_factory.mktemp("synth_shards"), "vp9")
+
+
+@pytest.fixture(scope="session")
+def h264_shards(tmp_path_factory) -> Path:
+    """Directory of the same dataset as ``synth_shards`` encoded as H.264 in .mp4."""
+    return _make_fixture_shards(tmp_path_factory.mktemp("h264_shards"), "h264")
