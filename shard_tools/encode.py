@@ -38,17 +38,21 @@ def codec_by_name(name: str) -> Codec:
         raise ValueError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}") from None
 
 
-def _encoder_options(codec: Codec, gop: int, quality: int | None) -> dict[str, str]:
+def _encoder_options(codec: Codec, gop: int, quality: int | None, width: int, height: int) -> dict[str, str]:
     if codec.name in ("vp9", "vp8"):
-        # realtime + no alt-ref: fast, and every packet is one shown frame
-        opts = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "auto-alt-ref": "0",
+        # no lag, no alt-ref: every packet is one shown frame
+        opts = {"deadline": "good", "cpu-used": "5", "lag-in-frames": "0", "auto-alt-ref": "0",
                 "g": str(gop), "crf": str(quality or 32), "b:v": "0" if codec.name == "vp9" else "1M"}
         return opts
     if codec.name == "h264":
         return {"preset": "veryfast", "crf": str(quality or 23), "g": str(gop), "threads": "1"}
     if codec.name == "hevc":
-        return {"preset": "veryfast", "crf": str(quality or 28),
-                "x265-params": f"keyint={gop}:min-keyint=1:log-level=error:pools=none:frame-threads=1"}
+        params = f"keyint={gop}:min-keyint=1:log-level=error:pools=none:frame-threads=1"
+        if min(width, height) < 64:
+            # the libx265 that PyAV ships corrupts the heap on some small widths (40, 48) in its
+            # lookahead; tiny frames go without lookahead and B-frames
+            params += ":bframes=0:rc-lookahead=0"
+        return {"preset": "veryfast", "crf": str(quality or 28), "x265-params": params}
     return {"q:v": str(quality or 3)}  # mjpeg: every frame is a key frame
 
 
@@ -61,21 +65,29 @@ class VideoWriter:
         if self.codec.name != "mjpeg" and (width % 2 or height % 2):
             raise ValueError(f"{codec} needs an even width and height, got {width}x{height}")
         self.width, self.height = width, height
-        self.container = av.open(str(path), "w")
+        # bitexact: no random container UIDs or version strings, so the same frames give the same bytes
+        self.container = av.open(str(path), "w", options={"fflags": "+bitexact"})
         rate = Fraction(fps).limit_denominator(1001)
         self.stream = self.container.add_stream(self.codec.encoder, rate=rate)
+        self.time_base, self.frames = 1 / rate, 0
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = self.codec.pix_fmt
         self.stream.codec_context.gop_size = gop
         self.stream.codec_context.thread_count = 1
-        self.stream.options = _encoder_options(self.codec, gop, quality)
+        self.stream.options = _encoder_options(self.codec, gop, quality, width, height)
 
     def write(self, frame: np.ndarray | av.VideoFrame) -> None:
         """Encode one frame: an (H, W, 3) uint8 RGB array or a PyAV frame (resized if needed)."""
         if isinstance(frame, np.ndarray):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        frame = frame.reformat(width=self.width, height=self.height, format=self.codec.pix_fmt)
-        frame.pts = None
+        if self.codec.name == "mjpeg":  # the MJPEG encoder takes full-range (JPEG) YUV only
+            frame = frame.reformat(width=self.width, height=self.height, format=self.codec.pix_fmt,
+                                   src_color_range=frame.color_range or None, dst_color_range="JPEG")
+            frame.color_range = 2  # AVCOL_RANGE_JPEG
+        else:
+            frame = frame.reformat(width=self.width, height=self.height, format=self.codec.pix_fmt)
+        frame.pts, frame.time_base = self.frames, self.time_base  # constant frame rate
+        self.frames += 1
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
