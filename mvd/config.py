@@ -1,0 +1,459 @@
+"""Run configuration: YAML mapped onto typed dataclasses, one per component.
+
+The only command line is ``--config FILE`` plus dotted overrides ``key.sub=value`` whose values
+are parsed with YAML typing (``optim.base_lr=1e-3``, ``train.max_steps=10``, ``resume=auto``).
+Every field has a default and a one-line meaning (``help`` in its metadata); unknown keys, wrong
+types and bad choices raise :class:`ConfigError` naming the full dotted key and how to fix it,
+before any work starts. ``mvd-train --config FILE --help-config`` lists every key.
+
+Derived values (global batch, scaled learning rates, steps per epoch, ...) are computed by
+:func:`derive` once the world size and the loader length are known; the trainer prints them and
+saves them as ``run.dir/derived.yaml`` beside the resolved ``run.dir/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+TASKS = ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``1e-3`` (no dot) as a float, as people write it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the dotted key and how to fix it."""
+
+
+def F(default: Any, help: str) -> Any:
+    """A dataclass field with a default (copied if mutable) and a one-line meaning."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass
+class ModelConfig:
+    """The trained model (student, stage-1 model or classifier)."""
+
+    name: str = F("mvd_student_base", "registry name passed to mvd.models.create_model")
+    overrides: dict = F({}, "extra keyword arguments for create_model (tiny dims, img_size, ...)")
+    init: str = F("", "checkpoint to initialise the weights from (finetune: stage-2 run; eval: "
+                      "fine-tuned run); '' = random init")
+    drop_path: float = F(-1.0, "stochastic depth rate of the trained model; -1 = the registry's "
+                               "default for the model size")
+    dropout: float = F(-1.0, "dropout before the classification head (finetune); -1 = the "
+                             "registry's default for the size")
+    head_init_scale: float = F(0.001, "classification head weights and bias scaled by this at init")
+    compile: bool = F(False, "wrap the trained model in torch.compile")
+    activation_checkpointing: bool = F(False, "recompute each block's activations in backward")
+
+
+@dataclass
+class TeacherConfig:
+    """One frozen stage-2 teacher."""
+
+    name: str = F("", "registry name of the teacher; '' = no teacher of this kind")
+    checkpoint: str = F("", "weights (MAE/VideoMAE release or a stage-1 run); '' = RANDOM init, "
+                            "with a loud warning (tests and benchmarks only)")
+    overrides: dict = F({}, "extra keyword arguments for create_model")
+
+
+@dataclass
+class TeachersConfig:
+    """The frozen teachers of pretrain_mvd; one may be left out (single-teacher MVD)."""
+
+    image: TeacherConfig = field(default_factory=lambda: TeacherConfig(name="mae_teacher_base"),
+                                 metadata={"help": "image teacher (MAE ViT, sees every 2nd frame)"})
+    video: TeacherConfig = field(
+        default_factory=lambda: TeacherConfig(name="videomae_teacher_base"),
+        metadata={"help": "video teacher (VideoMAE ViT)"})
+
+
+@dataclass
+class LossConfig:
+    """Feature-distillation loss of pretrain_mvd."""
+
+    type: Literal["smooth_l1", "l1", "l2"] = F("smooth_l1", "regression loss on teacher features")
+    image_weight: float = F(1.0, "weight of the image-teacher term")
+    video_weight: float = F(1.0, "weight of the video-teacher term")
+    norm_target: bool = F(False, "LayerNorm (no affine) on teacher features before the loss")
+
+
+@dataclass
+class DataConfig:
+    """Training data: the shard directory and the loader's clip and mask options."""
+
+    dir: str = F("", "shard directory written by mvd-shard (holds manifest.json)")
+    batch_size: int = F(16, "clips per GPU (per process) per micro-step")
+    num_frames: int = F(16, "frames per clip")
+    sampling_rate: int = F(4, "temporal stride between sampled frames")
+    sampling: Literal["stride", "segment"] = F("stride", "'stride' (K400) or 'segment' (SSv2)")
+    input_size: int = F(224, "student clip side in pixels")
+    teacher_input_size: int = F(0, "teacher clip side; 0 = input_size (196 for an H/14 teacher)")
+    mask_type: Literal["tube", "random"] = F("tube", "masking of the student's tokens")
+    mask_ratio: float = F(0.9, "fraction of tokens masked")
+    device: Literal["auto", "cpu", "gpu"] = F("auto", "where the loader decodes: auto = the "
+                                                       "training device")
+    repeated_aug: int = F(1, "samples of each video per step (repeated augmentation, finetune)")
+    loader_options: dict = F({}, "extra keyword arguments passed to the loader as they are")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation (task eval, and the validation at the end of finetune)."""
+
+    dir: str = F("", "held-out shard directory; '' = skip validation in finetune")
+    batch_size: int = F(8, "views per process per eval batch")
+    num_clips: int = F(5, "temporal clips per video (K400 5, SSv2 2)")
+    num_crops: int = F(3, "spatial crops per clip")
+    every_epochs: int = F(0, "validate every N epochs during finetune; 0 = only at the end")
+    loader_options: dict = F({}, "extra keyword arguments passed to the eval loader")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its parameter groups."""
+
+    base_lr: float = F(1.5e-4, "lr for a global batch of 256; scaled by global_batch / 256")
+    min_lr: float = F(1e-4, "final lr for a global batch of 256, scaled the same way")
+    warmup_lr: float = F(0.0, "lr at step 0 of warm-up for a global batch of 256")
+    weight_decay: float = F(0.05, "AdamW weight decay (not on biases, norms, positions, tokens)")
+    betas: list = F([0.9, 0.95], "AdamW betas")
+    eps: float = F(1e-8, "AdamW epsilon")
+    layer_decay: float = F(1.0, "layer-wise lr decay (finetune; 1.0 = off)")
+    clip_grad: float = F(0.0, "clip the global grad norm to this; 0 = no clipping (norm still "
+                              "logged)")
+    implementation: Literal["auto", "apex", "fused", "foreach"] = F(
+        "auto", "auto: apex FusedAdam if importable, else torch fused on GPU, foreach on CPU")
+
+
+@dataclass
+class ScheduleConfig:
+    """Per-step cosine lr schedule with linear warm-up, defined by epochs (not by max_steps)."""
+
+    epochs: int = F(400, "length of the schedule in epochs")
+    warmup_epochs: float = F(40, "linear warm-up in epochs")
+    warmup_steps: int = F(-1, "linear warm-up in optimizer steps; -1 = from warmup_epochs")
+
+
+@dataclass
+class FinetuneConfig:
+    """Classification training options (task finetune)."""
+
+    mixup: float = F(0.8, "mixup alpha; 0 = off")
+    cutmix: float = F(1.0, "cutmix alpha; 0 = off")
+    mixup_prob: float = F(1.0, "probability of applying mixup or cutmix to a batch")
+    mixup_switch_prob: float = F(0.5, "probability of cutmix instead of mixup")
+    label_smoothing: float = F(0.1, "label smoothing")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    max_steps: int = F(0, "stop after this many optimizer steps (the schedule is unchanged); "
+                          "0 = run the whole schedule")
+    accum_steps: int = F(1, "micro-batches accumulated per optimizer step")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = F(
+        "auto", "autocast dtype: auto = bf16 on GPU, fp32 on CPU; fp16 uses a grad scaler")
+    nonfinite: Literal["stop", "skip"] = F(
+        "stop", "non-finite loss or grad norm: stop naming the step, or skip the step and count "
+                "it (skip costs one host sync per step)")
+    max_skipped: int = F(100, "with nonfinite=skip, stop once this many steps were skipped")
+
+
+@dataclass
+class CheckpointConfig:
+    """Training checkpoints (model, optimizer, schedule, loader, RNG, config)."""
+
+    every_steps: int = F(1000, "write a checkpoint every N optimizer steps (and at the end); "
+                               "0 = only at the end")
+    keep_last: int = F(3, "checkpoints kept; older ones are deleted")
+    resume: str = F("auto", "'auto' = newest valid checkpoint in run.dir/checkpoints, 'none' = "
+                            "start fresh, or a checkpoint path")
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes and how it reports."""
+
+    dir: str = F("runs/default", "run directory: config, metrics.jsonl, checkpoints, model")
+    log_every: int = F(10, "optimizer steps between logging syncs (the only per-step host syncs)")
+    progress: bool = F(True, "rich progress bar on rank 0")
+    tensorboard: bool = F(False, "also write TensorBoard events (if tensorboard is installed)")
+
+
+@dataclass
+class DistConfig:
+    """Distributed training."""
+
+    backend: Literal["auto", "nccl", "gloo"] = F("auto", "auto = nccl on GPU, gloo on CPU")
+    fsdp: bool = F(False, "shard the model with FSDP2 fully_shard (L/H) instead of DDP")
+    device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available")
+    timeout_s: int = F(1800, "collective timeout in seconds")
+
+
+@dataclass
+class Config:
+    """One training or evaluation run."""
+
+    task: Literal[TASKS] = F("pretrain_mvd", "one of: " + ", ".join(TASKS))
+    seed: int = F(0, "base seed; rank r seeds its RNGs with seed + r")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "trained model"})
+    teachers: TeachersConfig = field(default_factory=TeachersConfig,
+                                     metadata={"help": "frozen teachers (pretrain_mvd)"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "MVD loss"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "training data"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "evaluation"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig,
+                                     metadata={"help": "lr schedule"})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig,
+                                     metadata={"help": "classification options"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig,
+                                         metadata={"help": "checkpoints"})
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run directory, logging"})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"help": "distributed"})
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """YAML file (or none: all defaults) + dotted overrides -> a validated :class:`Config`."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys, got "
+                              f"{type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    source = " + ".join(([str(path)] if path else []) + (["overrides"] if overrides else []))
+    cfg = from_dict(Config, raw, source=source)
+    validate(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form dotted.key=value "
+                          f"(e.g. train.max_steps=10)")
+    key, _, text = item.partition("=")
+    key = key.strip().removeprefix("--")
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r}: empty key part in {key!r}")
+    try:
+        value = yaml_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            head = ".".join(parts[:i + 1])
+            raise ConfigError(f"override {item!r}: '{head}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: Any, source: str = "", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys and types; errors name the key."""
+    where = f" (in {source})" if source else ""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or '<top>'}'{where} must be a mapping of keys, "
+                          f"got {type(raw).__name__} {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{where}{hint}. Known keys under "
+                              f"'{prefix.rstrip('.') or '<top>'}': {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value if value is not None else {}, source, key + ".")
+        else:
+            kwargs[name] = _check_type(value, tp, key, where)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = None
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if len(choices) == 1 and isinstance(choices[0], tuple):
+            choices = choices[0]
+        if value not in choices:
+            raise ConfigError(f"config key '{key}'{where} is {value!r}; it must be one of: "
+                              f"{', '.join(map(str, choices))}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            bad = "a number"
+        else:
+            value = float(value)
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad = "an integer"
+    elif tp is bool:
+        if not isinstance(value, bool):
+            bad = "true or false"
+    elif tp is str:
+        if value is None:
+            value = ""
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # e.g. resume=none stays str; a numeric path is still a path
+        elif not isinstance(value, str):
+            bad = "a string"
+    elif tp is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            bad = "a list"
+        else:
+            value = list(value)
+    elif tp is dict or origin is dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            bad = "a mapping"
+    if bad:
+        raise ConfigError(f"config key '{key}'{where} must be {bad}, got "
+                          f"{type(value).__name__} {value!r}; fix it in the YAML or override it "
+                          f"as {key}=VALUE")
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}' {msg}")
+
+    need(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
+    need(cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1")
+    need(cfg.train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = whole schedule)")
+    need(cfg.schedule.epochs >= 1 or cfg.task == "eval", "schedule.epochs", "must be >= 1")
+    need(0.0 <= cfg.data.mask_ratio < 1.0, "data.mask_ratio", "must be in [0, 1)")
+    need(len(cfg.optim.betas) == 2 and all(isinstance(b, (int, float)) for b in cfg.optim.betas),
+         "optim.betas", "must be a list of two numbers, e.g. [0.9, 0.95]")
+    need(0.0 < cfg.optim.layer_decay <= 1.0, "optim.layer_decay", "must be in (0, 1]")
+    need(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+    need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+    need(cfg.run.log_every >= 1, "run.log_every", "must be >= 1")
+    need(bool(cfg.run.dir), "run.dir", "must name a directory")
+    if cfg.task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"):
+        need(bool(cfg.data.dir), "data.dir", "must name a shard directory (data.dir=PATH)")
+    if cfg.task == "pretrain_mvd":
+        need(bool(cfg.teachers.image.name or cfg.teachers.video.name), "teachers",
+             "must name at least one teacher (teachers.image.name or teachers.video.name)")
+    if cfg.task == "eval":
+        need(bool(cfg.eval.dir or cfg.data.dir), "eval.dir",
+             "must name the held-out shard directory (eval.dir=PATH)")
+    if cfg.task == "finetune" and cfg.finetune.mixup + cfg.finetune.cutmix > 0:
+        need(cfg.data.batch_size % 2 == 0, "data.batch_size",
+             "must be even when mixup/cutmix is on (or set finetune.mixup=0 finetune.cutmix=0)")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain nested dict (YAML/JSON-safe) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj) if dataclasses.is_dataclass(obj) else obj,
+                          sort_keys=False, default_flow_style=None)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per key: ``dotted.key = default  # meaning`` (for --help-config)."""
+    lines = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}:  # {f.metadata.get('help', '')}")
+            lines += describe(type(value), prefix + f.name + ".")
+        else:
+            lines.append(f"{prefix}{f.name} = {value!r}  # {f.metadata.get('help', '')}")
+    return lines
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+@dataclass
+class Derived:
+    """Values computed from the config, the world size and the loader (saved as derived.yaml)."""
+
+    world_size: int
+    global_batch: int  # clips per optimizer step = batch_size x world_size x accum_steps
+    lr: float  # peak lr = base_lr x global_batch / 256
+    min_lr: float
+    warmup_lr: float
+    steps_per_epoch: int  # optimizer steps per epoch
+    total_steps: int  # optimizer steps of the whole schedule
+    warmup_steps: int
+    max_steps: int  # steps this run will reach (<= total_steps)
+
+
+def derive(cfg: Config, world_size: int, batches_per_epoch: int) -> Derived:
+    """Global batch, lr scaling (x global_batch / 256) and step counts."""
+    gb = cfg.data.batch_size * world_size * cfg.train.accum_steps
+    scale = gb / 256.0
+    spe = batches_per_epoch // cfg.train.accum_steps
+    if spe < 1:
+        raise ConfigError(f"the loader gives {batches_per_epoch} batches per epoch per process, "
+                          f"fewer than train.accum_steps={cfg.train.accum_steps}: lower "
+                          f"data.batch_size or train.accum_steps, or use more data")
+    total = spe * cfg.schedule.epochs
+    warm = cfg.schedule.warmup_steps
+    if warm < 0:
+        warm = round(cfg.schedule.warmup_epochs * spe)
+    max_steps = min(cfg.train.max_steps, total) if cfg.train.max_steps else total
+    return Derived(world_size=world_size, global_batch=gb, lr=cfg.optim.base_lr * scale,
+                   min_lr=cfg.optim.min_lr * scale, warmup_lr=cfg.optim.warmup_lr * scale,
+                   steps_per_epoch=spe, total_steps=total, warmup_steps=min(warm, total),
+                   max_steps=max_steps)

@@ -1,0 +1,355 @@
+"""The training loop: ``Trainer(cfg).train()`` for every training task, ``run_eval(cfg)`` for eval.
+
+The trainer owns the loop only; the task (``mvd.engine.tasks``) owns models and loss, the
+checkpointer owns saving and resuming, the metrics logger owns the one marked host sync per
+``run.log_every`` steps, and ``mvd.engine.evaluate`` owns validation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvd.config import Config, Derived, derive, dump_yaml, to_dict
+from mvd.engine import distributed as D
+from mvd.engine.checkpoint import Checkpointer
+from mvd.engine.data import build_loader
+from mvd.engine.evaluate import evaluate
+from mvd.engine.metrics import MetricsLogger
+from mvd.engine.optim import CosineSchedule, build_optimizer
+from mvd.engine.precision import autocast_for
+from mvd.engine.tasks import Finetune, build_task, manifest_classes
+from mvd.engine.weights import EXPORT_NAME, load_weights
+
+log = logging.getLogger("mvd.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient norm became NaN/inf (raised on every rank at the same step)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag the loop reads at its next sync (so every rank stops at the same
+    step and writes one checkpoint); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s received: stopping at the next sync with a checkpoint (Ctrl-C again "
+                    "to abort now)", signal.Signals(signum).name)
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.info = info = D.init_distributed(cfg.dist)
+        self.run_dir = Path(cfg.run.dir)
+        seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)
+        self.task = build_task(cfg, info.device, info.rank)
+        self.loader = build_loader(self.task.loader_kind, cfg, info, self.task.patch_grid)
+        self.derived: Derived = derive(cfg, info.world_size, len(self.loader))
+        seed_everything(cfg.seed + info.rank)  # then per-rank streams (drop path, mixup)
+        self.autocast = autocast_for(cfg.train.precision, info.device)
+        self.model = self._wrap(self.task.model)
+        self.optimizer, impl = build_optimizer(self.task.model, cfg.optim, info.device,
+                                               self.derived.lr)
+        d = self.derived
+        self.schedule = CosineSchedule(self.optimizer, lr=d.lr, min_lr=d.min_lr,
+                                       warmup_steps=d.warmup_steps, total_steps=d.total_steps,
+                                       warmup_lr=d.warmup_lr)
+        self.scaler = torch.amp.GradScaler(info.device.type) \
+            if cfg.train.precision == "fp16" else None
+        self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, info, fsdp=cfg.dist.fsdp)
+        self.step, self.counters = 0, {"skipped": 0}
+        ckpt = self.checkpointer.find_resume()
+        if ckpt is not None:
+            self.checkpointer.restore(ckpt, model=self.model, optimizer=self.optimizer,
+                                      scheduler=self.schedule, scaler=self.scaler,
+                                      loader=self.loader)
+            self.step, self.counters = int(ckpt["step"]), dict(ckpt.get("counters") or {})
+            self.counters.setdefault("skipped", 0)
+            log.info("resumed at step %d (epoch %d)", self.step, ckpt["epoch"])
+        self.metrics = MetricsLogger(cfg.run, self.run_dir, info, total_steps=d.max_steps,
+                                     start_step=self.step, clips_per_step=d.global_batch)
+        self._announce(impl)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.train()
+        if self.cfg.model.compile:
+            model = torch.compile(model)
+        return D.wrap_model(model, self.info, fsdp=self.cfg.dist.fsdp,
+                            find_unused=self.task.find_unused_parameters)
+
+    def _announce(self, optimizer_impl: str) -> None:
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        (self.run_dir / "derived.yaml").write_text(dump_yaml(vars(self.derived)))
+        d = self.derived
+        n_params = sum(p.numel() for p in self.task.model.parameters() if p.requires_grad)
+        log.info("task %s: %s (%.2fM trainable parameters) on %d x %s, run dir %s",
+                 self.cfg.task, self.cfg.model.name, n_params / 1e6, d.world_size,
+                 self.info.device.type, self.run_dir)
+        log.info("global batch %d = %d per process x %d processes x %d accumulation; lr %.3g "
+                 "(base %.3g x %d / 256), min lr %.3g; %d steps/epoch, %d epochs = %d steps "
+                 "(%d warm-up); this run stops at step %d", d.global_batch,
+                 self.cfg.data.batch_size, d.world_size, self.cfg.train.accum_steps, d.lr,
+                 self.cfg.optim.base_lr, d.global_batch, d.min_lr, d.steps_per_epoch,
+                 self.cfg.schedule.epochs, d.total_steps, d.warmup_steps, d.max_steps)
+        log.info("optimizer: %s", optimizer_impl)
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self) -> dict:
+        """Run to ``derived.max_steps``; returns {"status", "step", ...}. Raises NonFiniteLoss."""
+        d, cfg = self.derived, self.cfg
+        status = "finished"
+        try:
+            with StopRequest() as stop:
+                for group, data_wait in self._batches(d.max_steps - self.step):
+                    self.step += 1
+                    values = self.train_step(group)
+                    self.metrics.record(self.step, self._epoch(), self.schedule.value(self.step - 1),
+                                        values, data_wait)
+                    save = self.checkpointer.due(self.step)
+                    if save or self.step % cfg.run.log_every == 0 or self.step == d.max_steps:
+                        if self._sync(stop.requested):
+                            status = "interrupted"
+                            save = True
+                    if save:
+                        self.save()
+                    if status == "interrupted":
+                        break
+                    if cfg.eval.every_epochs and isinstance(self.task, Finetune) and \
+                            self.step % (d.steps_per_epoch * cfg.eval.every_epochs) == 0:
+                        self.validate()
+            self._sync(False)
+            self.save()
+        finally:
+            self.metrics.close()
+        result = {"status": status, "step": self.step, "skipped": self.counters["skipped"]}
+        if status == "finished":
+            self.export()
+            if isinstance(self.task, Finetune) and cfg.eval.dir:
+                result["eval"] = self.validate()
+        return result
+
+    def _epoch(self) -> int:
+        return (self.step - 1) // self.derived.steps_per_epoch
+
+    def _batches(self, steps: int):
+        """Yields (accum_steps micro-batches, seconds waited for them) for ``steps`` optimizer
+        steps, epoch after epoch; an epoch's leftover micro-batches (fewer than accum) are
+        dropped."""
+        accum = self.cfg.train.accum_steps
+        while steps > 0:
+            group, waited = [], 0.0
+            it = iter(self.loader)
+            while steps > 0:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                waited += time.perf_counter() - t0
+                if batch is None:
+                    break
+                group.append(batch)
+                if len(group) == accum:
+                    yield group, waited
+                    group, waited = [], 0.0
+                    steps -= 1
+
+    def train_step(self, group: list[dict]) -> dict[str, torch.Tensor]:
+        """Forward/backward over the micro-batches, clip, optimizer and schedule step.
+        Returns device scalars (loss, its parts, grad_norm); no host sync unless
+        train.nonfinite=skip."""
+        model, accum = self.model, len(group)
+        total, parts_sum = 0.0, {}
+        for i, batch in enumerate(group):
+            micro = (self.step - 1) * accum + i
+            with self._grad_sync(i == accum - 1), self.autocast:
+                loss, parts = self.task.loss(model, batch, micro)
+            with self._grad_sync(i == accum - 1):
+                scaled = loss / accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total = total + loss.detach().float() / accum
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v.detach().float() / accum
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self._clip()
+        skip = False
+        if self.cfg.train.nonfinite == "skip":
+            # HOST SYNC (only with train.nonfinite=skip): the step must be skipped before the
+            # optimizer touches the weights; grad_norm is the same on every rank after DDP's
+            # all-reduce, so all ranks decide alike.
+            skip = not bool(torch.isfinite(grad_norm))
+            if skip:
+                self._count_skip()
+        if not skip:
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        return {"loss": total, **parts_sum, "grad_norm": grad_norm}
+
+    def _grad_sync(self, sync: bool):
+        if sync or not self.info.distributed:
+            return contextlib.nullcontext()
+        if hasattr(self.model, "no_sync"):
+            return self.model.no_sync()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            return _fsdp_no_sync(self.model)
+        return contextlib.nullcontext()
+
+    def _clip(self) -> torch.Tensor:
+        params = [p for p in self.task.model.parameters() if p.grad is not None]
+        if self.cfg.optim.clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2: the norm of the sharded grads is a DTensor
+            norm = norm.full_tensor()
+        return norm.detach().float()
+
+    def _count_skip(self) -> None:
+        self.counters["skipped"] += 1
+        log.warning("step %d: non-finite loss or gradient norm; step skipped (%d so far, "
+                    "train.nonfinite=skip)", self.step, self.counters["skipped"])
+        if self.counters["skipped"] > self.cfg.train.max_skipped:
+            raise NonFiniteLoss(f"{self.counters['skipped']} steps skipped for non-finite loss, "
+                                f"more than train.max_skipped={self.cfg.train.max_skipped}; the "
+                                f"last was step {self.step}. Lower optim.base_lr or set "
+                                f"optim.clip_grad.")
+
+    def _sync(self, stop_requested: bool) -> bool:
+        """The marked logging sync; raises NonFiniteLoss (stop mode); returns whether any rank
+        asked to stop."""
+        rows, flag = self.metrics.flush(float(stop_requested))
+        if self.cfg.train.nonfinite == "stop":
+            bad = [r for r in rows if r.get("loss") is None or r.get("grad_norm") is None]
+            if bad:
+                last = self.checkpointer.last_saved_step
+                where = (f"the last good checkpoint is step {last} in {self.checkpointer.dir}"
+                         if last > 0 else "no checkpoint was written")
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {bad[0]['step']} (loss={bad[0].get('loss')}, "
+                    f"grad_norm={bad[0].get('grad_norm')}); stopped without writing a checkpoint; "
+                    f"{where}. Lower optim.base_lr, set optim.clip_grad, or set "
+                    f"train.nonfinite=skip to skip such steps.")
+        return flag > 0
+
+    # ------------------------------------------------------------------ outputs
+
+    def save(self) -> None:
+        path = self.checkpointer.save(
+            step=self.step, epoch=self._epoch(), model=self.model, optimizer=self.optimizer,
+            scheduler=self.schedule, scaler=self.scaler, loader=self.loader,
+            config=to_dict(self.cfg), derived=vars(self.derived),
+            counters=self.counters)
+        if path is not None and self.info.is_main:
+            log.info("step %d: checkpoint %s", self.step, path)
+
+    def export(self) -> Path:
+        """The trained model alone (no teachers, no optimizer) as run.dir/model.safetensors."""
+        from safetensors.torch import save_file
+
+        sd = self.checkpointer._state_dicts(self.model, self.optimizer)[0] \
+            if self.cfg.dist.fsdp and self.info.distributed else D.unwrap(self.model).state_dict()
+        path = self.run_dir / EXPORT_NAME
+        if self.info.is_main:
+            tmp = path.with_name("." + path.name + ".tmp")
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
+                      metadata={"model": self.cfg.model.name, "task": self.cfg.task,
+                                "step": str(self.step)})
+            tmp.replace(path)
+            log.info("trained model written to %s", path)
+        D.barrier()
+        return path
+
+    def validate(self) -> dict:
+        result = run_validation(self.cfg, self.info, self.model, self.autocast,
+                                num_classes=len(self.task.classes))
+        if self.info.is_main:
+            result["step"] = self.step
+            with open(self.run_dir / "eval.json", "w") as f:
+                json.dump(result, f, indent=1)
+            log.info("step %d: eval top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",
+                     self.step, result["top1"], result["top5"], result["videos"], result["views"])
+        return result
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def run_validation(cfg: Config, info: D.DistInfo, model, autocast, num_classes: int) -> dict:
+    loader = build_loader("eval", cfg, info)
+    return evaluate(model, loader, num_classes, autocast)
+
+
+def run_eval(cfg: Config) -> dict:
+    """task eval: load model.init into the classifier, evaluate on eval.dir, write eval.json."""
+    info = D.init_distributed(cfg.dist)
+    seed_everything(cfg.seed)
+    classes = manifest_classes(cfg.eval.dir or cfg.data.dir)
+    from mvd.models import create_model
+
+    kw = {"img_size": cfg.data.input_size, "num_frames": cfg.data.num_frames,
+          "num_classes": len(classes), **cfg.model.overrides}
+    model = create_model(cfg.model.name, **kw).to(info.device)
+    if cfg.model.init:
+        load_weights(model, cfg.model.init, what="model.init")
+    else:
+        bar = "!" * 78
+        log.warning("\n%s\n!! model.init is empty: evaluating a RANDOMLY INITIALISED %s.\n!! Set "
+                    "model.init=RUN_DIR_OR_CHECKPOINT to evaluate a trained model.\n%s", bar,
+                    cfg.model.name, bar)
+    result = run_validation(cfg, info, model, autocast_for(cfg.train.precision, info.device),
+                            len(classes))
+    if info.is_main:
+        run_dir = Path(cfg.run.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+        log.info("eval of %s: top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",
+                 cfg.model.init, result["top1"], result["top5"], result["videos"], result["views"])
+    return result

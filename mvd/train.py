@@ -1,0 +1,94 @@
+"""``mvd-train --config FILE [dotted.key=value ...]`` (also ``python -m mvd.train``, and under
+``torchrun``): stage-1 teachers, stage-2 MVD distillation, fine-tuning and evaluation, by the
+config's ``task``. ``--help-config`` lists every config key with its default and meaning."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+USAGE = """usage: mvd-train --config FILE [dotted.key=value ...]
+       torchrun --nproc_per_node N -m mvd.train --config FILE [dotted.key=value ...]
+       mvd-train --help-config     (every key, its default and meaning)
+
+tasks: pretrain_mvd, pretrain_videomae, pretrain_mae, finetune, eval
+examples: mvd-train --config configs/tiny/pretrain_mvd.yaml data.dir=shards run.dir=runs/x
+          train.max_steps=10 checkpoint.every_steps=5 seed=1 checkpoint.resume=auto"""
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    config, overrides, it = None, [], iter(argv)
+    for arg in it:
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if arg == "--help-config":
+            from mvd.config import describe
+
+            print("\n".join(describe()))
+            raise SystemExit(0)
+        if arg == "--config":
+            config = next(it, None)
+            if config is None:
+                raise SystemExit("mvd-train: --config needs a file\n" + USAGE)
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg.startswith("-") and "=" not in arg:
+            raise SystemExit(f"mvd-train: unknown option {arg}; the only options are --config "
+                             f"and dotted.key=value overrides\n{USAGE}")
+        else:
+            overrides.append(arg)
+    return config, overrides
+
+
+def setup_logging(rank: int) -> None:
+    if rank == 0:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler],
+                            force=True)
+    else:
+        logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s "
+                            f"%(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mvd.config import ConfigError, load_config
+
+    config, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(int(os.environ.get("RANK", "0")))
+    log = logging.getLogger("mvd.train")
+    if config is None:
+        print("mvd-train: --config FILE is required\n" + USAGE, file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        print(f"mvd-train: config error: {e}", file=sys.stderr)
+        return 2
+    from mvd.engine import distributed as D
+    from mvd.engine.trainer import NonFiniteLoss, Trainer, run_eval
+
+    try:
+        if cfg.task == "eval":
+            result = run_eval(cfg)
+        else:
+            result = Trainer(cfg).train()
+    except ConfigError as e:
+        print(f"mvd-train: config error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        log.error("%s", e)
+        return 3
+    finally:
+        D.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"task": cfg.task, "run_dir": cfg.run.dir, **result}))
+    return 130 if result.get("status") == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
