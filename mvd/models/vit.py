@@ -1,0 +1,138 @@
+"""The shared ViT body (``ViTEncoder``) and masked-token decoder (``MaskedDecoder``).
+
+Every model in mvd.models subclasses ``ViTEncoder``, so the encoder's weights sit at the top level
+of each state dict (``patch_embed.*``, ``blocks.*``, ``norm.*``) and move between models by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+
+from mvd.layers import LN_EPS, Block, FixedPosEmbed, PatchEmbed
+from mvd.masking import gather_tokens
+
+
+def init_vit_weights(module: nn.Module, linear_init: str = "xavier") -> None:
+    """Release init: Linear xavier-uniform (MAE/VideoMAE pretraining) or trunc-normal .02 (fine-tuning),
+    zero biases, LayerNorm (1, 0), patch-embedding conv initialised like a Linear."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            if linear_init == "xavier":
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, PatchEmbed):
+            w = m.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(m.proj.bias)
+
+
+def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
+                grad_checkpointing: bool) -> nn.ModuleList:
+    dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth rule
+    return nn.ModuleList(
+        Block(dim, num_heads, mlp_ratio, drop_path=dpr[i], grad_checkpointing=grad_checkpointing)
+        for i in range(depth)
+    )
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding + fixed position table + pre-norm blocks (+ final LayerNorm).
+
+    Clip models (``num_frames`` set) embed (B, C, T, H, W) into N = T/tubelet * (H/p)^2 tokens;
+    image models (``num_frames=None``) embed (B, C, H, W) into L = (H/p)^2 tokens and may carry a
+    cls token (its table row is the zero row of MAE's table).
+    """
+
+    def __init__(self, *, img_size: int, patch_size: int, num_frames: int | None, tubelet_size: int,
+                 embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
+                 pos_kind: str, cls_token: bool = False, final_norm: bool = True, in_chans: int = 3,
+                 grad_checkpointing: bool = False):
+        super().__init__()
+        self.embed_dim, self.depth, self.num_heads, self.mlp_ratio = embed_dim, depth, num_heads, mlp_ratio
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size)
+        self.grid = self.patch_embed.grid
+        self.num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        self.pos_embed = FixedPosEmbed(pos_kind, self.grid, embed_dim, cls_token)
+        self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate, grad_checkpointing)
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if final_norm else nn.Identity()
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.cls_token is None else 1
+
+    def init_weights(self, linear_init: str = "xavier") -> None:
+        init_vit_weights(self, linear_init)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block (encoder and decoders) in backward instead of storing activations."""
+        for m in self.modules():
+            if isinstance(m, Block):
+                m.grad_checkpointing = enable
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> (B, N, D) patch tokens plus their position rows (no cls token yet)."""
+        x = self.patch_embed(x)
+        return x + self.pos_embed.table[:, self.num_prefix_tokens:].to(x.dtype)
+
+    def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n, D) -> (B, 1 + n, D) with the cls token (plus its zero position row) in front."""
+        if self.cls_token is None:
+            return x
+        cls = (self.cls_token + self.pos_embed.table[:, :1]).to(x.dtype)
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+class MaskedDecoder(nn.Module):
+    """Predict the masked tokens from the encoded visible ones (MAE / VideoMAE / MVD decoder).
+
+    proj (encoder -> decoder width) -> [visible + pos, mask_token + pos] -> blocks -> keep the
+    mask tokens -> LayerNorm -> head. Attention is order-free (positions are added explicitly), so
+    putting the mask tokens last gives exactly the predictions of MAE's unshuffled layout.
+    """
+
+    def __init__(self, in_dim: int, embed_dim: int, depth: int, num_heads: int, out_dim: int, *,
+                 pos_kind: str, grid: tuple[int, ...], cls_token: bool = False, proj_bias: bool = True,
+                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.0, grad_checkpointing: bool = False):
+        super().__init__()
+        self.embed_dim, self.depth, self.num_heads, self.out_dim = embed_dim, depth, num_heads, out_dim
+        self.proj = nn.Linear(in_dim, embed_dim, bias=proj_bias)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = FixedPosEmbed(pos_kind, grid, embed_dim, cls_token)
+        self.num_prefix_tokens = 1 if cls_token else 0
+        self.blocks = make_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate, grad_checkpointing)
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        self.head = nn.Linear(embed_dim, out_dim)
+
+    def init_weights(self) -> None:
+        init_vit_weights(self, "xavier")
+        trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, x: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
+        """x (B, P + N_vis, D_enc) encoder output (P prefix tokens); ids (B, N_vis), (B, N_mask)
+        -> predictions (B, N_mask, out_dim) in the order of ids_masked."""
+        x = self.proj(x)  # (B, P + N_vis, D_dec)
+        B, P = x.shape[0], self.num_prefix_tokens
+        table = self.pos_embed.table.to(x.dtype)  # (1, P + N, D_dec)
+        pos = table[:, P:].expand(B, -1, -1)
+        visible = x[:, P:] + gather_tokens(pos, ids_visible)
+        masked = self.mask_token.to(x.dtype) + gather_tokens(pos, ids_masked)  # (B, N_mask, D_dec)
+        x = torch.cat([x[:, :P] + table[:, :P], visible, masked], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x[:, -ids_masked.shape[1]:]))
