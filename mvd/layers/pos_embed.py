@@ -89,20 +89,18 @@ def resize_grid_table(table: torch.Tensor, src_grid: tuple[int, ...], dst_grid: 
 
 
 class FixedPosEmbed(nn.Module):
-    """A fixed position table for a token grid; ``table`` is (1, L, D) with L = prod(grid) (+1 cls slot).
+    """Holds the fixed position table of a token grid: ``table`` (1, L, D), L = prod(grid) (+1 cls slot).
 
-    ``forward(x)`` adds the table to x (B, L, D). Models that only keep some tokens gather rows of
-    ``table`` themselves. ``load_table`` takes a non-standard table from a checkpoint (copied, or
-    interpolated from another grid); it is kept only until the model is rebuilt.
+    Models add (gathered rows of) ``table`` to their tokens themselves, since most keep only the
+    visible ones. ``mvd.models.load_checkpoint`` may overwrite the table with a non-standard one
+    from a checkpoint (copied, or interpolated from another grid); that lasts until the model is
+    rebuilt.
     """
 
     def __init__(self, kind: str, grid: tuple[int, ...], dim: int, cls_token: bool = False):
         super().__init__()
         self.kind, self.grid, self.dim, self.cls_token = kind, tuple(grid), dim, cls_token
         self.register_buffer("table", build_table(kind, self.grid, dim, cls_token), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.table.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, grid={self.grid}, dim={self.dim}, cls_token={self.cls_token}"
