@@ -1,19 +1,24 @@
 """`mvd-bench step`: the full MVD training step fed by the real loader.
 
-For each batch size three rates are measured in one run, on the same shards and models:
+The step is the trainer's own (`mvd.engine.trainer.Trainer.train_step`: teachers' forward under
+inference mode, student forward/backward, AdamW, lr schedule) on a `pretrain_mvd` config, fed by
+the `dali_pipelines.PretrainLoader` the trainer builds, over synthetic shards. For each batch
+size three rates are measured in one run, on the same shards and models:
 
-- end to end: `next(loader)` + teachers' forward + student forward/backward + AdamW step, with
-  the time blocked on `next(loader)` counted as data wait;
+- end to end: `next(loader)` then the step, with the time blocked on `next(loader)` counted as
+  data wait;
 - compute only: the same step on one cached batch (no loader in the loop);
 - loader only: the loader iterated alone.
 
-A data-wait share near zero and end-to-end close to compute-only say the run is compute bound;
-a large share says the loader is the bottleneck. The loader-only rate over the compute-only rate
-is the loader's head room (the issue's target: at least 1.5x).
+A data-wait share near zero, with end-to-end close to compute-only, says the run is compute
+bound; a large share says the loader is the bottleneck. Loader-only over compute-only is the
+loader's head room (the issue's target: at least 1.5x).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,82 +31,52 @@ from benchmarks import env
 
 # Data-wait share from which a run is called data bound.
 DATA_BOUND_SHARE = 0.10
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
 class StepSettings:
-    """One benchmark configuration: models, clip shape, batch sizes and step counts."""
+    """A pretrain_mvd config (None: the defaults, which are the ViT-B reference recipe) with
+    overrides, the batch sizes to measure, step counts and the synthetic shards' options."""
 
-    student: str
-    image_teacher: str
-    video_teacher: str
-    num_frames: int
-    input_size: int
+    config: Path | None
+    overrides: tuple[str, ...]
     batch_sizes: tuple[int, ...]
     warmup_steps: int
     steps: int
-    synth: dict = field(default_factory=dict)  # options of the synthetic shards
-    student_overrides: dict = field(default_factory=dict)
-    image_teacher_overrides: dict = field(default_factory=dict)
-    video_teacher_overrides: dict = field(default_factory=dict)
-    mask_ratio: float = 0.9
-    sampling_rate: int = 4
+    synth: dict = field(default_factory=dict)
 
 
-# Tiny models on small clips: seconds on a 2-core CPU.
-_TINY_VIT = {"img_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2}
+# The project's tiny CPU config: seconds per batch size on 2 cores.
 QUICK = StepSettings(
-    student="mvd_student_small",
-    image_teacher="mae_teacher_base",
-    video_teacher="videomae_teacher_small",
-    num_frames=8,
-    input_size=64,
-    batch_sizes=(2, 4),
+    config=CONFIGS / "tiny" / "pretrain_mvd.yaml",
+    overrides=(),
+    batch_sizes=(4, 8),
     warmup_steps=2,
-    steps=6,
+    steps=8,
     synth={"num_videos": 48},
-    student_overrides={
-        **_TINY_VIT,
-        "num_frames": 8,
-        "decoder_depth": 1,
-        "decoder_embed_dim": 64,
-        "decoder_num_heads": 2,
-        "image_target_dim": 64,
-        "video_target_dim": 64,
-    },
-    image_teacher_overrides=_TINY_VIT,
-    video_teacher_overrides={**_TINY_VIT, "num_frames": 8},
 )
 
 # The reference configuration of the issue's target: ViT-B student, ViT-B image and video
-# teachers, 16x224, tube masking 0.9.
+# teachers, 16x224, tube masking 0.9, bf16 (the config defaults), on short-side-240 H.264.
 FULL_GPU = StepSettings(
-    student="mvd_student_base",
-    image_teacher="mae_teacher_base",
-    video_teacher="videomae_teacher_base",
-    num_frames=16,
-    input_size=224,
+    config=None,
+    overrides=(),
     batch_sizes=(16, 32, 64),
     warmup_steps=5,
     steps=20,
-    synth={"num_videos": 512},
+    synth={"num_videos": 640, "num_frames": 64, "width": 320, "height": 240, "codec": "h264"},
 )
 
-# Without a GPU the reference configuration takes minutes per step; this keeps the student
-# real-sized at half the resolution.
+# Without a GPU the reference takes minutes per step; this keeps real widths at half resolution.
 FULL_CPU = StepSettings(
-    student="mvd_student_small",
-    image_teacher="mae_teacher_base",
-    video_teacher="videomae_teacher_small",
-    num_frames=16,
-    input_size=112,
+    config=None,
+    overrides=("model.name=mvd_student_small", "teachers.video.name=videomae_teacher_small",
+               "data.input_size=112"),
     batch_sizes=(2,),
     warmup_steps=1,
     steps=3,
-    synth={"num_videos": 32},
-    student_overrides={"img_size": 112, "image_target_dim": 768, "video_target_dim": 384},
-    image_teacher_overrides={"img_size": 112},
-    video_teacher_overrides={"img_size": 112},
+    synth={"num_videos": 32, "num_frames": 64},
 )
 
 
@@ -117,7 +92,7 @@ def run(out_dir: Path, *, device: str, quick: bool) -> list[dict]:
     data_dir = synth_shards(out_dir / "shards", settings)
     records = []
     for batch_size in settings.batch_sizes:
-        records += measure(settings, data_dir, batch_size, device)
+        records += measure(settings, data_dir, out_dir / f"run-b{batch_size}", batch_size, device)
     return records
 
 
@@ -130,29 +105,45 @@ def synth_shards(data_dir: Path, settings: StepSettings) -> Path:
     return data_dir
 
 
-def measure(settings: StepSettings, data_dir: Path, batch_size: int, device: str) -> list[dict]:
-    """End-to-end, compute-only and loader-only rates for one batch size."""
-    from dali_pipelines import PretrainLoader
+def build_trainer(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: int,
+                  device: str):
+    """The trainer of a pretrain_mvd run on `data_dir`, nothing written but its run dir."""
+    from mvd.config import load_config
+    from mvd.engine.trainer import Trainer
 
-    dev = torch.device("cuda" if device == "gpu" else "cpu")
-    loader = PretrainLoader(
-        data_dir,
-        batch_size,
-        device=device,
-        seed=0,
-        num_frames=settings.num_frames,
-        sampling_rate=settings.sampling_rate,
-        input_size=settings.input_size,
-        teacher_input_size=settings.input_size,
-        mask_type="tube",
-        mask_ratio=settings.mask_ratio,
-    )
-    batches = endless(loader)
-    step, flop_step = build_step(settings, dev)
+    cfg = load_config(settings.config, [
+        "task=pretrain_mvd",
+        *settings.overrides,
+        f"data.dir={data_dir}",
+        f"data.batch_size={batch_size}",
+        f"data.device={device}",
+        f"dist.device={'cuda' if device == 'gpu' else 'cpu'}",
+        f"run.dir={run_dir}",
+        "run.progress=false",
+        "checkpoint.resume=none",
+    ])
+    # The teachers are randomly initialised on purpose: their weights do not change the speed.
+    with _quiet("mvd.train"):
+        return Trainer(cfg)
+
+
+def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: int,
+            device: str) -> list[dict]:
+    """End-to-end, compute-only and loader-only rates for one batch size."""
+    from mvd.models.flops import mvd_step_flops
+    from mvd.models.teachers import unwrap
+
+    trainer = build_trainer(settings, data_dir, run_dir, batch_size, device)
+    dev = trainer.info.device
+    task, cfg = trainer.task, trainer.cfg
+    batches = endless(trainer.loader)
+
+    def step(batch: dict) -> None:
+        trainer.train_step([batch])
 
     for _ in range(settings.warmup_steps):
         step(next(batches))
-    cached = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in next(batches).items()}
+    cached = next(batches)
 
     # End to end: the time blocked on next(loader) is data wait. No sync per step: the host only
     # waits in next() when the loader has nothing ready, which is when the device starves too.
@@ -169,18 +160,26 @@ def measure(settings: StepSettings, data_dir: Path, batch_size: int, device: str
 
     compute = timed(lambda: step(cached), settings.steps, dev)
     loader_only = timed(lambda: next(batches), settings.steps, dev)
-    flops_per_clip = flop_step(cached) / batch_size
+
+    # FLOPs per clip: the analytical count (mvd.models.flops) and torch's counter on one step.
+    flops = mvd_step_flops(unwrap(task.model), task.image_teacher, task.video_teacher,
+                           mask_ratio=cfg.data.mask_ratio)["total"]
+    with FlopCounterMode(display=False) as counter:
+        step(cached)
+    counted = counter.get_total_flops() / batch_size
+    trainer.metrics.close()
 
     clips = settings.steps * batch_size
     wait_share = wait / end_to_end
     e2e_rate = clips / end_to_end
     common = {
-        "model": settings.student,
-        "teachers": f"{settings.image_teacher}+{settings.video_teacher}",
+        "model": _named(cfg.model.name, cfg.model.overrides),
+        "teachers": "+".join(_named(t.name, t.overrides)
+                             for t in (cfg.teachers.image, cfg.teachers.video) if t.name),
         "batch_size": batch_size,
-        "clip": f"{settings.num_frames}x{settings.input_size}",
-        "mask": f"tube {settings.mask_ratio}",
-        "dtype": "bf16" if dev.type == "cuda" else "fp32",
+        "clip": f"{cfg.data.num_frames}x{cfg.data.input_size}",
+        "mask": f"{cfg.data.mask_type} {cfg.data.mask_ratio}",
+        "precision": "bf16" if task.bf16 else "fp32",
         "loader": f"PretrainLoader({device})",
         "bound": "data" if wait_share >= DATA_BOUND_SHARE else "compute",
     }
@@ -190,56 +189,33 @@ def measure(settings: StepSettings, data_dir: Path, batch_size: int, device: str
         {"name": "loader_only", "value": clips / loader_only, "unit": "clips/s"},
         {"name": "data_wait_share", "value": 100.0 * wait_share, "unit": "%"},
         {"name": "loader_over_compute", "value": compute / loader_only, "unit": "x"},
-        {"name": "step_flops_per_clip", "value": flops_per_clip / 1e9, "unit": "GFLOP"},
-        {"name": "achieved_end_to_end", "value": flops_per_clip * e2e_rate / 1e12,
-         "unit": "TFLOP/s"},
+        {"name": "flops_per_clip", "value": flops / 1e9, "unit": "GFLOP"},
+        {"name": "flops_per_clip_counted", "value": counted / 1e9, "unit": "GFLOP"},
+        {"name": "achieved_end_to_end", "value": flops * e2e_rate / 1e12, "unit": "TFLOP/s"},
     ]
     peak = env.bf16_peak_tflops(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
     if peak:
-        records.append({"name": "mfu_end_to_end",
-                        "value": 100.0 * flops_per_clip * e2e_rate / 1e12 / peak, "unit": "%"})
+        records.append({"name": "mfu_end_to_end", "value": 100.0 * flops * e2e_rate / 1e12 / peak,
+                        "unit": "%"})
     return [{**rec, **common} for rec in records]
 
 
-def build_step(settings: StepSettings, dev: torch.device) -> tuple[Callable, Callable]:
-    """The training step (teachers' forward, student forward/backward, AdamW) and a function
-    that counts one step's FLOPs with torch's FLOP counter."""
-    from mvd.distill import mvd_forward
-    from mvd.models import create_model
+def _named(name: str, overrides: dict) -> str:
+    """A registry name with the config's overrides, e.g. `mvd_student_small[embed_dim=32,...]`."""
+    if not overrides:
+        return name
+    return f"{name}[{','.join(f'{k}={v}' for k, v in overrides.items())}]"
 
-    student = create_model(settings.student, **settings.student_overrides).to(dev)
-    image_teacher = create_model(settings.image_teacher, **settings.image_teacher_overrides)
-    video_teacher = create_model(settings.video_teacher, **settings.video_teacher_overrides)
-    image_teacher = image_teacher.to(dev).eval().requires_grad_(False)
-    video_teacher = video_teacher.to(dev).eval().requires_grad_(False)
-    student.train()
-    optimizer = torch.optim.AdamW(
-        student.parameters(),
-        lr=1.5e-4,
-        betas=(0.9, 0.95),
-        weight_decay=0.05,
-        fused=dev.type == "cuda",
-    )
 
-    def step(batch: dict) -> None:
-        loss, _ = mvd_forward(
-            student,
-            image_teacher,
-            video_teacher,
-            batch["video"].to(dev, non_blocking=True),
-            batch["teacher_video"].to(dev, non_blocking=True),
-            batch["mask"].to(dev, non_blocking=True),
-        )
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def count_flops(batch: dict) -> float:
-        with FlopCounterMode(display=False) as counter:
-            step(batch)
-        return float(counter.get_total_flops())
-
-    return step, count_flops
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def endless(loader) -> Iterator[dict]:
