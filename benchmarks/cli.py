@@ -7,9 +7,11 @@ Each module is `benchmarks.<mode>` with `run(out_dir, *, quick[, device]) -> lis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import shlex
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -39,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tiny models and inputs, few iterations: all modes in under 5 minutes on 2 cores",
     )
     parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep the modules' scratch data (synthetic videos and shards, run dirs) here and "
+        "reuse it on the next run; default: a temporary directory, deleted at the end",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,53 +54,59 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["mvd-bench", *(sys.argv[1:] if argv is None else argv)])
     modes = list(report.MODES) if args.mode == "all" else [args.mode]
-    out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     environment = env.collect(args.device)
     print(f"mvd-bench: {command}")
     print(f"device: {args.device} ({environment['device_name']}), "
           f"{environment['cpu_count']} CPUs, {environment['date_utc']}")
-
-    results = {mode: run_mode(mode, args.device, args.quick, out_dir) for mode in modes}
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mvd-bench-")))
+        results = {mode: run_mode(mode, args.device, args.quick, work / mode) for mode in modes}
+    environment["load_average_at_end"] = env.load_average()
     for mode, result in results.items():
         if result.get("records"):
-            result["plots"] = report.write_plots(mode, result["records"], out_dir)
+            result["plots"] = report.write_plots(mode, result["records"], args.out)
 
-    notes = []
-    if environment["gpu"] is None:
-        notes.append("No GPU was visible to this run: it holds no GPU figures.")
     full = {
         "format": report.FORMAT,
         "command": command,
-        "config": {
-            "mode": args.mode,
-            "modes": modes,
-            "device": args.device,
-            "quick": args.quick,
-            "out": str(out_dir),
-        },
+        "config": {"mode": args.mode, "modes": modes, "device": args.device, "quick": args.quick,
+                   "out": str(args.out), "work": str(args.work) if args.work else None},
         "environment": environment,
-        "notes": notes,
+        "notes": notes(environment),
         "modes": results,
         "targets": targets.evaluate(results, environment),
     }
-    report.write_report(full, out_dir)
+    report.write_report(full, args.out)
+    print(f"wrote {args.out / 'report.json'} and {args.out / 'report.md'}")
     failed = [m for m, r in results.items() if r["status"] == "failed"]
-    print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.md'}")
     if failed:
         print(f"failed modes: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def run_mode(mode: str, device: str, quick: bool, out_dir: Path) -> dict:
-    """Run one benchmark module; returns {"status": ok|skipped|failed, ...} with its records."""
+def notes(environment: dict) -> list[str]:
+    """What a reader must know to weigh the figures: no GPU, a machine busy with other work."""
+    out = []
+    if environment["gpu"] is None:
+        out.append("No GPU was visible to this run: it holds no GPU figures.")
+    # The load before the run started is other work; the load at the end includes this run.
+    load = (environment["load_average_at_start"] or [0.0])[0]
+    if load > 0.5 * environment["cpu_count"]:
+        out.append(f"The machine was busy when the run started (1-minute load average {load:g} "
+                   f"on {environment['cpu_count']} CPUs): CPU figures may be low and noisy.")
+    return out
+
+
+def run_mode(mode: str, device: str, quick: bool, work_dir: Path) -> dict:
+    """Run one benchmark module in `work_dir`; returns {"status": ok|skipped|failed, ...} with
+    its records."""
     reason = unavailable(mode, device)
     if reason:
         print(f"[{mode}] skipped: {reason}")
         return {"status": "skipped", "reason": reason}
     print(f"[{mode}] running{' (quick)' if quick else ''} ...", flush=True)
-    work_dir = out_dir / "work" / mode
     work_dir.mkdir(parents=True, exist_ok=True)
     kwargs = {"quick": quick, **({"device": device} if TAKES_DEVICE[mode] else {})}
     start = time.perf_counter()

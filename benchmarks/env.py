@@ -55,6 +55,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews CPU figures."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def gpu_info() -> dict | None:
     """Name, memory and CUDA version of the first visible GPU, or None without one."""
     try:
@@ -105,6 +113,7 @@ def collect(device: str) -> dict:
         "cpu_model": cpu,
         "cpu_count": usable_cpus(),
         "cpu_count_total": os.cpu_count(),
+        "load_average_at_start": load_average(),
         "gpu": gpu,
         "platform": platform.platform(),
         "python_executable": sys.executable,

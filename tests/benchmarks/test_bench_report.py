@@ -150,7 +150,7 @@ def test_cli_reports_a_failing_mode_and_keeps_the_others(fake_modes, tmp_path, c
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["command"] == "mvd-bench shard --quick --out " + str(tmp_path)
     assert data["config"] == {"mode": "shard", "modes": ["shard"], "device": "cpu",
-                              "quick": True, "out": str(tmp_path)}
+                              "quick": True, "out": str(tmp_path), "work": None}
     records = data["modes"]["shard"]["records"]
     assert [r["value"] for r in records] == [2.0, 3.5]
     assert data["modes"]["shard"]["plots"] == ["shard-videos_per_s-vs-workers.png"]
