@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except (src.SourceError, ShardDirError, ValueError) as err:
         console.print(f"[red]mvd-shard {args.command}: {err}[/red]", highlight=False)
         return 2
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished shards are kept; run the same command again to resume into {args.out}")
+        return 130
 
 
 if __name__ == "__main__":

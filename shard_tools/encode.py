@@ -41,7 +41,7 @@ def codec_by_name(name: str) -> Codec:
 def _encoder_options(codec: Codec, gop: int, quality: int | None, width: int, height: int) -> dict[str, str]:
     if codec.name in ("vp9", "vp8"):
         # no lag, no alt-ref: every packet is one shown frame
-        opts = {"deadline": "good", "cpu-used": "5", "lag-in-frames": "0", "auto-alt-ref": "0",
+        opts = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "auto-alt-ref": "0",
                 "g": str(gop), "crf": str(quality or 32), "b:v": "0" if codec.name == "vp9" else "1M"}
         return opts
     if codec.name == "h264":

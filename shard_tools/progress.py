@@ -22,7 +22,7 @@ class _RateColumn(ProgressColumn):
         if elapsed <= 0:
             return Text("-- videos/s", style="progress.data.speed")
         mb = task.fields.get("bytes", 0) / 1e6
-        return Text(f"{done / elapsed:6.1f} videos/s {mb / elapsed:6.1f} MB/s", style="progress.data.speed")
+        return Text(f"{done / elapsed:.1f} videos/s {mb / elapsed:.1f} MB/s", style="progress.data.speed")
 
 
 class BuildProgress:
@@ -37,7 +37,7 @@ class BuildProgress:
         if enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                _RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=Console(stderr=True),
             )
             self._task = self._progress.add_task(description, total=total, completed=completed,

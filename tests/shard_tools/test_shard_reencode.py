@@ -51,4 +51,4 @@ def test_reencode_gives_the_requested_codec_short_side_and_gop(two_videos, tmp_p
             assert (info["codec"], info["width"], info["height"], info["source"]) == (codec, width, height, source)
             assert info["num_frames"] == frames == count_frames(io.BytesIO(video))
             keys = key_frame_positions(video)
-            assert keys[0] == 0 and all(b - a <= 4 for a, b in zip(keys, keys[1:] + [frames]))
+            assert keys[0] == 0 and all(b - a <= 4 for a, b in zip(keys, keys[1:] + [frames], strict=True))

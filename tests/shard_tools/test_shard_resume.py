@@ -36,7 +36,7 @@ def manifest_of(out):
 
 
 def test_resume_after_a_killed_process_finishes_the_work_once(tmp_path, count_processed):
-    params = {"num_videos": 60, "num_frames": 24, "width": 128, "height": 96, "num_classes": 8, "shard_samples": 4}
+    params = {"num_videos": 32, "num_frames": 16, "width": 96, "height": 64, "num_classes": 8, "shard_samples": 2}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in params.items()]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "shard_tools", "synth", *flags, "--workers=1", "--no-progress",
@@ -56,7 +56,7 @@ def test_resume_after_a_killed_process_finishes_the_work_once(tmp_path, count_pr
     assert verify_shards(killed).problems  # an unfinished directory never passes
 
     resumed = make_synth_dataset(killed, workers=1, **params)
-    assert len(count_processed) == 60 - state.next_source  # finished shards were not redone
+    assert len(count_processed) == 32 - state.next_source  # finished shards were not redone
     reference = make_synth_dataset(tmp_path / "reference", workers=1, **params)
     assert resumed == reference
     assert verify_shards(killed).ok

@@ -1,0 +1,89 @@
+import io
+import json
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+from shard_videos import count_frames
+
+from shard_tools.synth import CLASS_GRID, make_synth_dataset, render_clip, synth_classes
+
+TINY = {"num_videos": 12, "num_frames": 8, "width": 32, "height": 24, "num_classes": 4, "shard_samples": 5,
+        "workers": 1}
+
+
+def members(out, suffix):
+    found = {}
+    for tar in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                if m.name.endswith(suffix):
+                    found[m.name] = tf.extractfile(m).read()
+    return found
+
+
+def test_fixture_synth_shards_is_what_conftest_documents(synth_shards):
+    m = json.loads((synth_shards / "manifest.json").read_text())
+    assert (m["dataset"], m["samples"], len(m["shards"]), m["codecs"]) == ("synth", 48, 2, {"vp9": 48})
+    assert m["classes"] == synth_classes(8) and len(m["classes"]) == 8
+    infos = [json.loads(v) for v in members(synth_shards, ".json").values()]
+    assert {(i["num_frames"], i["width"], i["height"], i["fps"]) for i in infos} == {(40, 64, 48, 12.0)}
+    assert Counter(i["label"] for i in infos) == {c: 6 for c in range(8)}
+    assert len(members(synth_shards, ".webm")) == 48
+
+
+def test_fixture_h264_shards_holds_mp4(h264_shards):
+    m = json.loads((h264_shards / "manifest.json").read_text())
+    assert m["codecs"] == {"h264": 48} and m["samples"] == 48
+    video = next(iter(members(h264_shards, ".mp4").values()))
+    assert count_frames(io.BytesIO(video)) == 40
+
+
+def test_same_arguments_give_identical_shards_whatever_the_workers(tmp_path):
+    a = make_synth_dataset(tmp_path / "a", **TINY)
+    b = make_synth_dataset(tmp_path / "b", **{**TINY, "workers": 2})
+    assert a == b
+    assert [s["samples"] for s in a["shards"]] == [5, 5, 2]
+
+
+def test_seed_and_split_change_the_clips_and_the_order(tmp_path):
+    base = make_synth_dataset(tmp_path / "base", **TINY)
+    reseeded = make_synth_dataset(tmp_path / "seed", seed=1, **TINY)
+    val = make_synth_dataset(tmp_path / "val", split="val", **TINY)
+    assert {s["sha256"] for s in base["shards"]}.isdisjoint(s["sha256"] for s in reseeded["shards"])
+    assert set(members(tmp_path / "base", ".webm").values()).isdisjoint(members(tmp_path / "val", ".webm").values())
+    assert all(name.startswith("val_") for name in members(tmp_path / "val", ".json"))
+    assert val["options"]["split"] == "val" and val["classes"] == base["classes"]
+
+
+@pytest.mark.parametrize("codec, ext", [("vp8", "webm"), ("mjpeg", "avi"), ("hevc", "mp4")])
+def test_other_codecs(tmp_path, codec, ext):
+    m = make_synth_dataset(tmp_path, codec=codec, **{**TINY, "num_videos": 4})
+    assert m["codecs"] == {codec: 4} and len(members(tmp_path, f".{ext}")) == 4
+
+
+def test_classes_need_both_shape_and_direction():
+    for n, (shapes, dirs) in CLASS_GRID.items():
+        names = synth_classes(n)
+        assert len(names) == n and shapes >= 2 and dirs >= 2
+        assert len({s.split("-")[0] for s in names}) == shapes and len({s.split("-")[1] for s in names}) == dirs
+    with pytest.raises(ValueError, match="num_classes"):
+        synth_classes(5)
+
+
+def test_the_shape_moves_the_way_its_class_says():
+    for direction, axis, sign in (("right", 1, 1), ("left", 1, -1), ("down", 0, 1), ("up", 0, -1)):
+        clip = render_clip("square", direction, np.random.default_rng(0), 10, 64, 48).astype(float)
+        # the object is where a frame differs most from the pixel-wise median (the background)
+        background = np.median(clip, axis=0)
+        diff = np.abs(clip - background).sum(-1)
+        centres = [np.argwhere(d > 60).mean(0)[axis] for d in diff]
+        assert sign * (centres[-1] - centres[0]) > 5, direction
+
+
+def test_bad_sizes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="even"):
+        make_synth_dataset(tmp_path, codec="h264", **{**TINY, "width": 33})
+    with pytest.raises(ValueError, match=">= 16"):
+        make_synth_dataset(tmp_path, **{**TINY, "width": 8})
