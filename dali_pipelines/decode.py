@@ -1,0 +1,87 @@
+"""PyAV decoding of chosen frames: the fallback for codecs DALI cannot decode on the chosen device,
+the probe that finds which sample broke a DALI batch, and the baseline loader's decoder.
+"""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+
+
+class DecodeError(RuntimeError):
+    """A video's bytes could not be decoded into the requested frames."""
+
+
+def decode_frames(data: bytes, indices: np.ndarray, convert_all: bool = False) -> np.ndarray:
+    """Frames `indices` (presentation order, 0-based) as (T, H, W, 3) uint8 RGB.
+
+    Seeks to the key frame before the first wanted frame and decodes forward only up to the last
+    one; frames that are not wanted are decoded (later frames depend on them) but not converted
+    to RGB, unless `convert_all` (what public PyAV loaders do: every frame of the window).
+    Raises DecodeError when the bytes do not hold the frames.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    wanted = np.unique(indices)
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "NONE"  # one decode thread: the loaders parallelise over samples
+            frames = _decode_wanted(container, stream, wanted, convert_all)
+    except DecodeError:
+        raise
+    except (av.FFmpegError, IndexError, ValueError, OSError) as exc:
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+    missing = [int(i) for i in wanted if int(i) not in frames]
+    if missing:
+        raise DecodeError(f"frames {missing[:8]} not found (video ended at {len(frames)} decoded)")
+    pos = {int(i): n for n, i in enumerate(wanted)}
+    stack = np.stack([frames[int(i)] for i in wanted])
+    return stack[[pos[int(i)] for i in indices]]
+
+
+def _decode_wanted(container, stream, wanted: np.ndarray, convert_all: bool) -> dict[int, np.ndarray]:
+    pts_table = _presentation_pts(container, stream)
+    first, last = int(wanted[0]), int(wanted[-1])
+    if pts_table is not None and first > 0 and last < len(pts_table):
+        index_of = {int(p): i for i, p in enumerate(pts_table)}
+        container.seek(int(pts_table[first]), stream=stream, backward=True, any_frame=False)
+        frames = _collect(container, stream, wanted, convert_all, lambda f, n: index_of.get(f.pts))
+        if all(int(i) in frames for i in wanted):
+            return frames
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+    elif pts_table is not None:
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+    return _collect(container, stream, wanted, convert_all, lambda f, n: n)
+
+
+def _collect(container, stream, wanted, convert_all, position) -> dict[int, np.ndarray]:
+    """Decode forward; `position(frame, n)` gives the frame's index (n = count since start)."""
+    wanted_set = {int(i) for i in wanted}
+    last = int(wanted[-1])
+    frames: dict[int, np.ndarray] = {}
+    for n, frame in enumerate(container.decode(stream)):
+        i = position(frame, n)
+        if i is None:
+            continue
+        if convert_all:
+            rgb = frame.to_ndarray(format="rgb24")
+        if i in wanted_set and i not in frames:
+            frames[i] = rgb if convert_all else frame.to_ndarray(format="rgb24")
+        if i >= last and len(frames) == len(wanted_set):
+            break
+    return frames
+
+
+def _presentation_pts(container, stream) -> np.ndarray | None:
+    """Sorted pts of every packet (frame i of the video has the i-th smallest), read by demuxing
+    only; None when some packet has no pts (then frames are counted from the start)."""
+    pts = []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None:
+            return None
+        pts.append(packet.pts)
+    return np.sort(np.asarray(pts, dtype=np.int64))

@@ -1,0 +1,171 @@
+"""The DALI stage: decode the reader's bytes (or take its PyAV frames), crop + resize every view,
+normalise to float C,T,H,W. Augmentation is written as plain functions of DataNodes.
+
+Every random choice was already drawn by the reader (`dali_pipelines.reader`) and arrives as
+per-sample data, so the DALI stage itself is deterministic: no DALI random operator is used.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.auto_aug import augmentations
+from nvidia.dali.auto_aug import rand_augment as dali_rand_augment
+from nvidia.dali.auto_aug.core import augmentation, signed_bin
+from nvidia.dali.auto_aug.core._args import filter_extra_accepted_kwargs
+
+from dali_pipelines.reader import ClipReader, RandAugmentSpec, output_names
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@augmentation(
+    mag_range=(0, 0.9), randomly_negate=True, mag_to_param=augmentations.shift_enhance_range,
+    name="contrast",
+)
+def contrast(data, parameter):
+    """DALI's `contrast` (PIL's: the centre is the luma-weighted mean) for FHWC clips, with the
+    channel weights as scalars: DALI's array constant would not follow a batch split."""
+    mean = fn.reductions.mean(data, axis_names="HW", keep_dims=True)  # (F, 1, 1, 3)
+    center = mean[:, :, :, 0:1] * 0.299 + mean[:, :, :, 1:2] * 0.587 + mean[:, :, :, 2:3] * 0.114
+    return fn.cast_like(center + (data - center) * parameter, data)
+
+
+def rand_augment_suite():
+    """DALI's RandAugment suite (increasing magnitudes, translations relative to the frame)."""
+    suite = dali_rand_augment.get_rand_augment_suite(use_shape=True)
+    return [contrast if aug.name == "contrast" else aug for aug in suite]
+
+
+def rand_augment_spec(n: int = 4, m: float = 7.0, mstd: float = 0.5) -> RandAugmentSpec:
+    names = [aug.name for aug in rand_augment_suite()]
+    return RandAugmentSpec(n=n, m=m, mstd=mstd, num_ops=len(names), identity_op=names.index("identity"))
+
+
+def decode(named: dict, device: str):
+    """(F, H, W, 3) uint8 frames of each sample, on "cpu" or "gpu"."""
+    if "frames" in named:  # DALI decodes exactly the requested frames; out of range is an error
+        return fn.decoders.video(
+            named["data"], device="mixed" if device == "gpu" else "cpu",
+            frames=named["frames"], pad_mode="none",
+        )
+    frames = named["data"]  # decoded by the reader (PyAV fallback)
+    return frames.gpu() if device == "gpu" else frames
+
+
+def apply_rand_augment(video, ops, mags, signs, spec: RandAugmentSpec):
+    """`spec.n` RandAugment layers with the reader's op choices, magnitude bins and signs; one
+    set of parameters per clip (all frames alike, as VideoMAE applies it)."""
+    suite = rand_augment_suite()
+    shape = video.shape(dtype=types.FLOAT)[1:3]  # (H, W) of the frames
+    for k in range(spec.n):
+        signed = signed_bin(mags[k], random_sign=signs[k])
+        params = [aug._get_param(signed, spec.num_bins, "cpu") for aug in suite]
+        video = select(suite, ops[k], params, data=video, shape=shape, fill_value=128)
+    return video
+
+
+def select(suite, op_idx, params, lo: int = 0, hi: int | None = None, **kwargs):
+    """Each sample through `suite[op_idx]` with its parameter from `params[op]`.
+
+    DALI's `auto_aug.core.select` does this under `enable_conditionals`, whose autograph
+    conversion takes seconds per pipeline build (minutes with several views); this is the same
+    binary split of the batch written with DALI's split/merge operators directly. Every per-
+    sample input (parameters included, computed before the split) is split alongside the data.
+    """
+    hi = len(suite) - 1 if hi is None else hi
+    if lo == hi:
+        aug = suite[lo]
+        extra = filter_extra_accepted_kwargs(aug.op, kwargs, 2)
+        return aug.op(kwargs["data"], params[lo], **extra)
+    mid = (lo + hi) // 2
+    predicate = op_idx <= mid
+
+    def split(node):
+        if node is None or not hasattr(node, "name"):  # plain values go to both sides
+            return node, node
+        return fn._conditional.split(node, predicate=predicate)
+
+    idx_t, idx_f = split(op_idx)
+    params_t, params_f = zip(*(split(p) for p in params))
+    kw_t, kw_f = {}, {}
+    for key, value in kwargs.items():
+        kw_t[key], kw_f[key] = split(value)
+    low = select(suite, idx_t, params_t, lo, mid, **kw_t)
+    high = select(suite, idx_f, params_f, mid + 1, hi, **kw_f)
+    return fn._conditional.merge(low, high, predicate=predicate)
+
+
+def crop_resize_normalize(video, roi, size: int, flip=None):
+    """Crop `roi` = [y0, x0, y1, x1] (source pixels) resized to size x size bilinear
+    (antialiased), then normalised with ImageNet mean/std to float (C, F, size, size)."""
+    resized = fn.resize(
+        video, roi_start=roi[0:2], roi_end=roi[2:4], size=[size, size],
+        interp_type=types.INTERP_LINEAR, antialias=True,
+    )
+    return fn.crop_mirror_normalize(
+        resized, dtype=types.FLOAT, output_layout="CFHW",
+        mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
+        mirror=0 if flip is None else flip,
+    )
+
+
+def build(
+    reader: ClipReader,
+    *,
+    device: str,
+    input_size: int,
+    teacher_input_size: int | None,
+    num_threads: int,
+    num_workers: int,
+    device_id: int | None,
+    prefetch: int = 2,
+):
+    """The pipeline for `reader`. Outputs, in order: per view the student video (and the teacher
+    video when teacher_input_size is set and differs), then `info`, `error`, then per view the
+    erasing boxes when the reader draws them."""
+    cfg = reader.cfg
+    names = output_names(cfg)
+    parallel = num_workers > 0
+    start_method = "fork" if device == "cpu" and not _cuda_initialized() else "spawn"
+
+    @pipeline_def(
+        batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id,
+        prefetch_queue_depth=prefetch, py_num_workers=max(num_workers, 1),
+        py_start_method=start_method, exec_dynamic=True,
+    )
+    def clip_pipeline():
+        layouts = ["FHWC" if n == "data" and cfg.decode == "pyav" else "" for n in names]
+        kwargs = {"parallel": True, "prefetch_queue_depth": prefetch} if parallel else {}
+        outs = fn.external_source(
+            source=reader, num_outputs=len(names), batch=False, layout=layouts, **kwargs
+        )
+        named = dict(zip(names, outs))
+        video = decode(named, device)
+        results, erase = [], []
+        for v in range(cfg.num_views):
+            clip = video
+            if cfg.rand_augment is not None:
+                clip = apply_rand_augment(
+                    clip, named[f"ra_ops{v}"], named[f"ra_mags{v}"], named[f"ra_signs{v}"],
+                    cfg.rand_augment,
+                )
+            roi, flip = named[f"roi{v}"], named.get(f"flip{v}")
+            results.append(crop_resize_normalize(clip, roi, input_size, flip))
+            if teacher_input_size and teacher_input_size != input_size:
+                results.append(crop_resize_normalize(clip, roi, teacher_input_size, flip))
+            if cfg.erase_prob > 0:
+                erase.append(named[f"erase{v}"])
+        return (*results, named["info"], named["error"], *erase)
+
+    with warnings.catch_warnings():  # DALI's auto_aug suite calls its own deprecated aliases
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return clip_pipeline()
+
+
+def _cuda_initialized() -> bool:
+    import torch
+
+    return torch.cuda.is_initialized()

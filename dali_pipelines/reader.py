@@ -1,0 +1,250 @@
+"""The checkpointable reader stage: a per-sample callable for DALI's (parallel) external source.
+
+For the sample at (iteration, position in batch) it works out the epoch, step and planned item
+from the loader's start position, draws the sample's frame indices and per-view parameters from
+`sample_rng(seed, epoch, sample)`, reads the video member's bytes from its tar by offset and
+returns them (DALI decodes) or the decoded frames (PyAV fallback). Nothing depends on what the
+reader did before, so a reader built at any (epoch, step) produces exactly what an uninterrupted
+one would: that is the loader's resumable state.
+
+Known-bad samples (and, on the PyAV path, samples that fail to decode) are replaced by the next
+good sample of the same batch (then of the epoch), and the output says which item failed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dali_pipelines import sampling
+from dali_pipelines.decode import DecodeError, decode_frames
+from dali_pipelines.manifest import SampleTable
+
+NO_FAILURE = -1
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """RandAugment as timm's `rand-m{m}-n{n}-mstd{mstd}-inc1`, applied to whole clips.
+
+    Each of n layers applies a uniformly chosen op with probability `prob` (identity otherwise)
+    at magnitude ~ N(m, mstd) clipped to [0, 10], quantised to `num_bins - 1` steps over [0, 10].
+    """
+
+    n: int = 4
+    m: float = 7.0
+    mstd: float = 0.5
+    prob: float = 0.5
+    num_ops: int = 14  # set by the pipeline from its op suite
+    identity_op: int = 13
+    num_bins: int = 101
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ops, magnitude bins, signs), each (n,) int32."""
+        ops = np.empty(self.n, np.int32)
+        mags = np.empty(self.n, np.int32)
+        signs = np.empty(self.n, np.int32)
+        scale = (self.num_bins - 1) / 10.0
+        for k in range(self.n):
+            applied = rng.random() < self.prob
+            op = int(rng.integers(self.num_ops))
+            mag = float(np.clip(rng.normal(self.m, self.mstd), 0.0, 10.0)) if self.mstd > 0 else self.m
+            ops[k] = op if applied else self.identity_op
+            mags[k] = int(round(mag * scale))
+            signs[k] = int(rng.integers(2))
+        return ops, mags, signs
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """What the reader draws per sample. `kind` is "train" (random views) or "eval" (fixed)."""
+
+    kind: str
+    seed: int
+    batch_size: int  # items per pipeline batch
+    num_shards: int
+    shard_id: int
+    drop_last: bool
+    shuffle: bool
+    num_frames: int
+    sampling_rate: int
+    sampling: str  # "dense" | "segment"
+    input_size: int
+    crop: str  # "multiscale" | "random_resized" | "eval"
+    num_views: int = 1  # train: views per video (repeated augmentation); eval: crops per clip
+    num_clips: int = 1  # eval: temporal clips per video
+    short_side_size: int | None = None  # eval: short side resized to this before the crops
+    flip: bool = False
+    rand_augment: RandAugmentSpec | None = None
+    erase_prob: float = 0.0
+    decode: str = "dali"  # "dali": return encoded bytes | "pyav": return decoded frames
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(output_names(self))
+
+
+def output_names(cfg: ReaderConfig) -> list[str]:
+    """The reader's outputs, in order (per-view names carry the view number)."""
+    names = ["data"] + (["frames"] if cfg.decode == "dali" else [])
+    for v in range(cfg.num_views):
+        names.append(f"roi{v}")
+        if cfg.flip:
+            names.append(f"flip{v}")
+        if cfg.rand_augment is not None:
+            names += [f"ra_ops{v}", f"ra_mags{v}", f"ra_signs{v}"]
+        if cfg.erase_prob > 0:
+            names.append(f"erase{v}")
+    return names + ["info", "error"]
+
+
+@dataclass
+class ClipReader:
+    """Callable(SampleInfo) -> tuple of arrays, see `output_names`.
+
+    `info` is int64 [sample, failed item or -1, clip]; `error` the failure message as uint8.
+    """
+
+    cfg: ReaderConfig
+    table: SampleTable
+    start_epoch: int
+    start_step: int
+    steps: int
+    bad: frozenset = frozenset()
+    _fds: dict = field(default_factory=dict, repr=False)
+    _plans: dict = field(default_factory=dict, repr=False)
+
+    def __getstate__(self):  # file descriptors and caches stay in the process that made them
+        state = dict(self.__dict__)
+        state["_fds"], state["_plans"] = {}, {}
+        return state
+
+    # -- the epoch plan --------------------------------------------------------------------
+
+    @property
+    def num_items(self) -> int:
+        return len(self.table) * (self.cfg.num_clips if self.cfg.kind == "eval" else 1)
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's (items, valid) for `epoch`, cached for the last two epochs."""
+        if epoch not in self._plans:
+            cfg = self.cfg
+            order = sampling.epoch_order(cfg.seed, epoch, self.num_items, cfg.shuffle)
+            self._plans[epoch] = sampling.rank_items(
+                order, batch_size=cfg.batch_size, num_shards=cfg.num_shards,
+                shard_id=cfg.shard_id, drop_last=cfg.drop_last,
+            )
+            for old in [e for e in self._plans if e < epoch - 1]:
+                del self._plans[old]
+        return self._plans[epoch]
+
+    def position(self, iteration: int) -> tuple[int, int]:
+        """(epoch, step) of the pipeline's `iteration`-th batch."""
+        g = self.start_step + iteration
+        return self.start_epoch + g // self.steps, g % self.steps
+
+    # -- per sample ------------------------------------------------------------------------
+
+    def __call__(self, info) -> tuple:
+        epoch, step = self.position(info.iteration)
+        items, _ = self.plan(epoch)
+        batch = items[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
+        j = info.idx_in_batch
+        planned = int(batch[j])
+        failed, error = NO_FAILURE, ""
+        for item in self._candidates(planned, batch, j, items):
+            sample, clip = self._split(item)
+            try:
+                if sample in self.bad:
+                    raise DecodeError("failed to decode earlier")
+                out = self.read(sample, epoch, clip)
+            except DecodeError as exc:
+                if failed == NO_FAILURE:
+                    failed, error = planned, f"{self.table.where(sample)}: {exc}"
+                continue
+            meta = np.array([sample, failed, clip], dtype=np.int64)
+            return (*out, meta, np.frombuffer(error.encode()[:2000], np.uint8).copy())
+        raise RuntimeError(f"no sample of epoch {epoch} could be read (all failed)")
+
+    def _split(self, item: int) -> tuple[int, int]:
+        if self.cfg.kind == "eval":
+            return item // self.cfg.num_clips, item % self.cfg.num_clips
+        return item, 0
+
+    @staticmethod
+    def _candidates(planned, batch, j, items):
+        """The planned item, then the rest of its batch from j+1 (wrapping), then the epoch."""
+        yield planned
+        for k in range(1, len(batch)):
+            yield int(batch[(j + k) % len(batch)])
+        yield from (int(i) for i in items)
+
+    def draw(self, sample: int, epoch: int, clip: int = 0) -> dict:
+        """Frame indices and per-view parameters of one sample in one epoch (no I/O)."""
+        cfg, t = self.cfg, self.table
+        n, w, h = int(t.num_frames[sample]), int(t.width[sample]), int(t.height[sample])
+        if cfg.kind == "eval":
+            if cfg.sampling == "dense":
+                frames = sampling.dense_test_indices(n, cfg.num_frames, cfg.sampling_rate, clip, cfg.num_clips)
+            else:
+                frames = sampling.segment_test_indices(n, cfg.num_frames, clip, cfg.num_clips)
+            boxes = sampling.eval_crop_boxes(w, h, cfg.input_size, cfg.num_views, cfg.short_side_size)
+            return {"frames": frames, "views": [{"box": b} for b in boxes]}
+        rng = sampling.sample_rng(cfg.seed, epoch, sample)
+        if cfg.sampling == "dense":
+            frames = sampling.dense_indices(n, cfg.num_frames, cfg.sampling_rate, rng)
+        else:
+            frames = sampling.segment_indices(n, cfg.num_frames, rng)
+        views = []
+        for _ in range(cfg.num_views):
+            if cfg.crop == "multiscale":
+                view = {"box": sampling.multiscale_crop_box(w, h, cfg.input_size, rng)}
+            else:
+                view = {"box": sampling.random_resized_crop_box(w, h, rng, cfg.rrc_scale, cfg.rrc_ratio)}
+            if cfg.flip:
+                view["flip"] = sampling.flip_draw(rng)
+            if cfg.rand_augment is not None:
+                view["ra"] = cfg.rand_augment.draw(rng)
+            if cfg.erase_prob > 0:
+                view["erase"] = sampling.erasing_boxes(
+                    cfg.num_frames, cfg.input_size, cfg.input_size, rng, cfg.erase_prob
+                )
+            views.append(view)
+        return {"frames": frames, "views": views}
+
+    def read(self, sample: int, epoch: int, clip: int) -> tuple:
+        """The sample's outputs before `info`/`error` (see `output_names`)."""
+        cfg = self.cfg
+        params = self.draw(sample, epoch, clip)
+        data = self.video_bytes(sample)
+        out = []
+        if cfg.decode == "dali":
+            out += [np.frombuffer(data, np.uint8), params["frames"].astype(np.int32)]
+        else:
+            out.append(decode_frames(data, params["frames"]))
+        for view in params["views"]:
+            x, y, w, h = view["box"]
+            out.append(np.array([y, x, y + h, x + w], dtype=np.float32))  # roi (start, end) in (H, W)
+            if cfg.flip:
+                out.append(np.array(int(view["flip"]), dtype=np.int32))
+            if cfg.rand_augment is not None:
+                out += list(view["ra"])
+            if cfg.erase_prob > 0:
+                out.append(view["erase"])
+        return tuple(out)
+
+    def video_bytes(self, sample: int) -> bytes:
+        shard = int(self.table.shard[sample])
+        key = (os.getpid(), shard)
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._fds[key] = os.open(self.table.shard_paths[shard], os.O_RDONLY)
+        size = int(self.table.size[sample])
+        data = os.pread(fd, size, int(self.table.offset[sample]))
+        if len(data) != size:
+            raise DecodeError(f"short read: {len(data)} of {size} bytes")
+        return data
