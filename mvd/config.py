@@ -114,14 +114,22 @@ class DataConfig:
     batch_size: int = F(16, "clips per GPU (per process) per micro-step")
     num_frames: int = F(16, "frames per clip")
     sampling_rate: int = F(4, "temporal stride between sampled frames")
-    sampling: Literal["stride", "segment"] = F("stride", "'stride' (K400) or 'segment' (SSv2)")
+    sampling: Literal["dense", "segment"] = F(
+        "dense", "'dense': num_frames every sampling_rate frames at a random offset (K400); "
+                 "'segment': one random frame in each of num_frames equal segments (SSv2)")
     input_size: int = F(224, "student clip side in pixels")
     teacher_input_size: int = F(0, "teacher clip side; 0 = input_size (196 for an H/14 teacher)")
     mask_type: Literal["tube", "random"] = F("tube", "masking of the student's tokens")
     mask_ratio: float = F(0.9, "fraction of tokens masked")
     device: Literal["auto", "cpu", "gpu"] = F("auto", "where the loader decodes: auto = the "
                                                        "training device")
-    repeated_aug: int = F(1, "samples of each video per step (repeated augmentation, finetune)")
+    repeated_aug: int = F(2, "augmented views of each video per batch (repeated augmentation, "
+                             "finetune); the batch holds batch_size x repeated_aug clips")
+    flip: bool = F(True, "random horizontal flip (finetune; off for SSv2, whose labels name "
+                         "directions)")
+    rand_augment: list = F([4, 7.0, 0.5], "RandAugment [num_ops, magnitude, magnitude_std] "
+                                         "(finetune); [] = off")
+    erase_prob: float = F(0.25, "random erasing probability (finetune)")
     loader_options: dict = F({}, "extra keyword arguments passed to the loader as they are")
 
 
@@ -206,7 +214,8 @@ class RunConfig:
 
     dir: str = F("runs/default", "run directory: config, metrics.jsonl, checkpoints, model")
     log_every: int = F(10, "optimizer steps between logging syncs (the only per-step host syncs)")
-    progress: bool = F(True, "rich progress bar on rank 0")
+    progress: bool = F(True, "rich progress bar on rank 0 when stderr is a terminal (plain log "
+                               "lines every log_every steps otherwise)")
     tensorboard: bool = F(False, "also write TensorBoard events (if tensorboard is installed)")
 
 

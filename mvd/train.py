@@ -44,12 +44,15 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def setup_logging(rank: int) -> None:
-    if rank == 0:
+    if rank == 0 and sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
         logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler],
                             force=True)
+    elif rank == 0:  # a log file or CI: plain lines, no wrapping
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S", force=True)
     else:
         logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s "
                             f"%(message)s", force=True)

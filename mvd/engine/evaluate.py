@@ -14,61 +14,52 @@ from mvd.engine import distributed as D
 log = logging.getLogger("mvd.train")
 
 
-def _video_ids(batch: dict) -> torch.Tensor:
-    for key in ("video_index", "video_idx", "vid"):
-        if key in batch:
-            return batch[key]
-    return batch["index"]
-
-
-def _view_ids(batch: dict) -> torch.Tensor:
-    for key in ("view_index", "index"):
-        if key in batch:
-            return batch[key]
-    raise KeyError("eval batch has no 'index'")
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, num_classes: int, autocast: AbstractContextManager
              ) -> dict:
-    """Returns {"top1", "top5" (percent), "videos", "views"} for the loader's whole split."""
+    """Returns {"top1", "top5" (percent), "videos", "views"} over the loader's whole split.
+
+    Eval batches carry ``index`` (the video), ``clip``, ``crop`` and ``valid`` (False for the
+    padding of the last batch); a view is counted once however often it is seen."""
     was_training = model.training
     model.eval()
-    views, videos, labels, probs = [], [], [], []
+    rows, probs = [], []
     for batch in loader:
         with autocast:
             logits = model(batch["video"])
         probs.append(logits.float().softmax(dim=-1))  # (B, K)
-        views.append(_view_ids(batch).reshape(-1))
-        videos.append(_video_ids(batch).reshape(-1))
-        labels.append(batch["label"].reshape(-1))
+        b = logits.shape[0]
+        zeros = torch.zeros(b, dtype=torch.long, device=logits.device)
+        rows.append(torch.stack([batch["index"].long(), batch.get("clip", zeros).long(),
+                                 batch.get("crop", zeros).long(), batch["label"].long(),
+                                 batch.get("valid", zeros == 0).long()], dim=1))  # (B, 5)
     model.train(was_training)
     # One transfer at the end, then every rank's views to every rank.
-    local = [torch.cat(x).cpu() if x else torch.empty(0) for x in (views, videos, labels, probs)]
-    parts = D.all_gather_objects(local)
-    view = torch.cat([p[0].long() for p in parts])
-    video = torch.cat([p[1].long() for p in parts])
-    label = torch.cat([p[2].long() for p in parts])
-    prob = torch.cat([p[3].reshape(-1, num_classes) for p in parts])
-    # Count each view once: the padding repeats carry the view id of a view already seen.
-    _, first = _unique_first(view)
-    view, video, label, prob = view[first], video[first], label[first], prob[first]
-    ids, inverse = torch.unique(video, return_inverse=True)
+    local = (torch.cat(rows).cpu() if rows else torch.zeros(0, 5, dtype=torch.long),
+             torch.cat(probs).cpu() if probs else torch.zeros(0, num_classes))
+    gathered = D.all_gather_objects(local)
+    row = torch.cat([g[0] for g in gathered])
+    prob = torch.cat([g[1] for g in gathered])
+    keep = row[:, 4] == 1
+    row, prob = row[keep], prob[keep]
+    _, first = _unique_first(row[:, :3])  # one per (video, clip, crop)
+    row, prob = row[first], prob[first]
+    ids, inverse = torch.unique(row[:, 0], return_inverse=True)
     score = torch.zeros(len(ids), num_classes).index_add_(0, inverse, prob)
     count = torch.zeros(len(ids)).index_add_(0, inverse, torch.ones(len(inverse)))
-    score = score / count[:, None]
-    truth = torch.zeros(len(ids), dtype=torch.long).index_copy_(0, inverse, label)
+    score = score / count[:, None]  # softmax averaged over the video's views
+    truth = torch.zeros(len(ids), dtype=torch.long).index_copy_(0, inverse, row[:, 3])
     k = min(5, num_classes)
     top = score.topk(k, dim=1).indices
-    top1 = (top[:, 0] == truth).float().mean().item() * 100 if len(ids) else 0.0
-    top5 = (top == truth[:, None]).any(dim=1).float().mean().item() * 100 if len(ids) else 0.0
-    return {"top1": top1, "top5": top5, "videos": len(ids), "views": len(view)}
+    n = max(len(ids), 1)
+    top1 = (top[:, 0] == truth).sum().item() * 100.0 / n
+    top5 = (top == truth[:, None]).any(dim=1).sum().item() * 100.0 / n
+    return {"top1": top1, "top5": top5, "videos": len(ids), "views": len(row)}
 
 
 def _unique_first(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unique values, index of each one's first occurrence in x)."""
-    uniq, inverse = torch.unique(x, return_inverse=True)
-    order = torch.arange(len(x))
+    """Unique rows of x (N, C) and the index of each one's first occurrence."""
+    uniq, inverse = torch.unique(x, dim=0, return_inverse=True)
     first = torch.full((len(uniq),), len(x), dtype=torch.long).scatter_reduce_(
-        0, inverse, order, reduce="amin")
+        0, inverse, torch.arange(len(x)), reduce="amin")
     return uniq, first

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class MetricsLogger:
         if info.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate_after(start_step)
-            if cfg.progress:
+            if cfg.progress and sys.stderr.isatty():
                 self._start_progress(start_step)
             if cfg.tensorboard:
                 try:
@@ -133,7 +134,7 @@ class MetricsLogger:
                  f"data {100 * self.last['data_wait']:.0f}%")
         if self.progress is not None:
             self.progress.update(self.task, completed=last["step"], stats=stats)
-        if self.progress is None or not self.console.is_terminal:
+        if self.progress is None:
             log.info("step %d/%d %s", last["step"], self.total_steps, stats)
         if self.tb is not None:
             for r in rows:

@@ -68,9 +68,10 @@ class Task:
         raise NotImplementedError
 
     @property
-    def patch_grid(self) -> tuple[int, int, int]:
-        """(T/tubelet, H/p, W/p) of the trained model: the loader's mask shape."""
-        return tuple(self.model.grid)
+    def patch(self) -> tuple[int, int]:
+        """(patch_size, tubelet_size) of the trained model: the loader's mask grid."""
+        pe = self.model.patch_embed
+        return pe.patch_size, pe.tubelet_size
 
 
 def build_teacher(tc: TeacherConfig, kind: str, cfg: Config, device: torch.device) -> nn.Module:
@@ -156,11 +157,6 @@ class PretrainMAE(Task):
 
         return create_model(self.cfg.model.name,
                             **_model_kwargs(self.cfg, img_size=self.cfg.data.input_size))
-
-    @property
-    def patch_grid(self):
-        h, w = self.model.grid[-2:]
-        return (self.cfg.data.num_frames // 2, h, w)
 
     def loss(self, model, batch, micro_step):
         from mvd.masking import random_mask

@@ -75,7 +75,7 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)
         self.task = build_task(cfg, info.device, info.rank)
-        self.loader = build_loader(self.task.loader_kind, cfg, info, self.task.patch_grid)
+        self.loader = build_loader(self.task.loader_kind, cfg, info, self.task.patch)
         self.derived: Derived = derive(cfg, info.world_size, len(self.loader))
         seed_everything(cfg.seed + info.rank)  # then per-rank streams (drop path, mixup)
         self.autocast = autocast_for(cfg.train.precision, info.device)

@@ -64,7 +64,9 @@ class FakeLoader:
             if self.grid is not None:
                 batch["mask"] = torch.stack([it[2] for it in items])
             if self.eval:
-                batch["video_index"] = torch.tensor([it[3] for it in items])
+                batch["index"] = torch.tensor([it[3] for it in items])
+                batch["clip"] = torch.tensor([i % self.views for i in idx])
+                batch["valid"] = torch.tensor([start + j < len(mine) for j in range(len(idx))])
             yield batch
         self.epoch += 1
         self.position = 0
@@ -76,8 +78,10 @@ class FakeLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def fake_build_loader(kind, cfg, info, grid=None):
+def fake_build_loader(kind, cfg, info, patch=(16, 2)):
     d = cfg.data
+    p, u = patch
+    grid = (d.num_frames // u, d.input_size // p, d.input_size // p)
     common = dict(device="cpu", seed=cfg.seed, shard_id=info.rank, num_shards=info.world_size,
                   num_frames=d.num_frames, input_size=d.input_size)
     if kind == "eval":

@@ -1,0 +1,142 @@
+"""The training loop on an in-memory loader (tests/mvd/engine/fakes.py): exact resume for every
+task, non-finite loss handling, stop on a signal with a checkpoint, teachers kept frozen and out
+of the optimizer and the checkpoint. The same loop on the real loaders and under torchrun is in
+tests/mvd/test_train*.py."""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mvd.engine.trainer as trainer_mod
+from mvd.config import load_config
+from mvd.engine.checkpoint import list_checkpoints, load_valid
+from mvd.engine.trainer import NonFiniteLoss, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_fakes import fake_build_loader  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[3] / "configs" / "tiny"
+TRAIN_TASKS = ["pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"]
+
+
+@pytest.fixture(autouse=True)
+def fake_loader(monkeypatch, tmp_path):
+    monkeypatch.setattr(trainer_mod, "build_loader", fake_build_loader)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"classes": ["c0", "c1", "c2", "c3"]}))
+
+
+def make(task, run_dir, *overrides):
+    data = Path(run_dir).parent / "data"
+    cfg = load_config(TINY / f"{task}.yaml", [f"data.dir={data}", f"run.dir={run_dir}",
+                                              "run.progress=false", "checkpoint.every_steps=3",
+                                              "run.log_every=2", *overrides])
+    return Trainer(cfg)
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(Path(run_dir) / "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("task", TRAIN_TASKS)
+def test_stop_then_resume_auto_reproduces_the_uninterrupted_losses_exactly(task, tmp_path):
+    make(task, tmp_path / "a", "train.max_steps=8").train()
+    make(task, tmp_path / "b", "train.max_steps=5").train()
+    resumed = make(task, tmp_path / "b", "train.max_steps=8")
+    assert resumed.step == 5
+    resumed.train()
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [s for s, _ in a] == list(range(1, 9))
+    assert a == b  # bit-for-bit: same batches, masks, dropout/mixup RNG, optimizer state
+
+
+def test_metrics_rows_past_the_checkpoint_are_dropped_on_resume(tmp_path):
+    make("pretrain_videomae", tmp_path / "r", "train.max_steps=7").train()
+    ckpt = list_checkpoints(tmp_path / "r" / "checkpoints")[0][1]
+    ckpt.unlink()  # as if killed after step 7's rows were written but before its checkpoint
+    t = make("pretrain_videomae", tmp_path / "r", "train.max_steps=7")
+    assert t.step == 6
+    assert [s for s, _ in losses(tmp_path / "r")] == list(range(1, 7))
+
+
+def _nan_at(trainer, step, rank_fn=lambda: True):
+    real = trainer.task.loss
+
+    def loss(model, batch, micro):
+        value, parts = real(model, batch, micro)
+        if micro == step - 1 and rank_fn():
+            value = value * float("nan")
+        return value, parts
+
+    trainer.task.loss = loss
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    t = make("pretrain_videomae", tmp_path / "r", "train.max_steps=12")
+    _nan_at(t, 5)
+    with pytest.raises(NonFiniteLoss, match="step 5") as e:
+        t.train()
+    assert "step 3" in str(e.value)  # names the last good checkpoint
+    assert [s for s, _ in list_checkpoints(tmp_path / "r" / "checkpoints")] == [3]
+    ckpt = load_valid(tmp_path / "r" / "checkpoints" / "step-00000003.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path):
+    t = make("pretrain_videomae", tmp_path / "r", "train.max_steps=6", "train.nonfinite=skip")
+    _nan_at(t, 2)
+    result = t.train()
+    assert result == {"status": "finished", "step": 6, "skipped": 1}
+    ckpt = load_valid(list_checkpoints(tmp_path / "r" / "checkpoints")[0][1])
+    assert ckpt["counters"]["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    rows = [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")]
+    assert rows[1]["loss"] is None and all(r["loss"] is not None for r in rows[2:])
+
+
+def test_sigint_stops_at_the_next_sync_with_a_checkpoint(tmp_path):
+    t = make("pretrain_videomae", tmp_path / "r", "train.max_steps=20",
+             "checkpoint.every_steps=0", "run.log_every=4")
+    real = t.train_step
+
+    def step_then_interrupt(group):
+        if t.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(group)
+
+    t.train_step = step_then_interrupt
+    result = t.train()
+    assert result["status"] == "interrupted" and result["step"] == 4
+    assert [s for s, _ in list_checkpoints(tmp_path / "r" / "checkpoints")] == [4]
+    assert not (tmp_path / "r" / "model.safetensors").exists()  # only a finished run exports
+
+
+def test_teachers_stay_frozen_in_eval_mode_outside_optimizer_and_checkpoint(tmp_path):
+    t = make("pretrain_mvd", tmp_path / "r", "train.max_steps=2")
+    teachers = [t.task.image_teacher, t.task.video_teacher]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in teachers]
+    optimized = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    t.train()
+    for m, sd in zip(teachers, before):
+        m.train()
+        assert not m.training and not any(p.requires_grad for p in m.parameters())
+        assert not optimized & {id(p) for p in m.parameters()}
+        assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    ckpt = load_valid(list_checkpoints(tmp_path / "r" / "checkpoints")[0][1])
+    assert set(ckpt["model"]) == set(t.task.model.state_dict())
+    assert not any(k.startswith(("module.", "image_teacher", "video_teacher")) for k in ckpt["model"])
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    t = make("pretrain_videomae", tmp_path / "r", "train.max_steps=3", "train.accum_steps=2")
+    assert t.derived.global_batch == 2 * t.cfg.data.batch_size
+    assert t.derived.steps_per_epoch == len(t.loader) // 2
+    t.train()
+    assert [s for s, _ in losses(tmp_path / "r")] == [1, 2, 3]
+    assert t.loader.position == 6

@@ -1,0 +1,130 @@
+"""mvd.config: YAML -> typed dataclasses, dotted overrides, errors that name the key, derived
+values; every shipped recipe loads."""
+
+from pathlib import Path
+
+import pytest
+
+from mvd.config import Config, ConfigError, derive, describe, load_config
+from mvd.train import main
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").rglob("*.yaml"))
+TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
+
+
+def test_every_shipped_recipe_loads_and_names_registered_models():
+    from mvd.models import list_models
+
+    assert len(CONFIGS) >= 5 + 12  # tiny tasks + the reference recipes
+    known = set(list_models())
+    for path in CONFIGS:
+        cfg = load_config(path, ["data.dir=/data/shards", "eval.dir=/data/val"])
+        assert isinstance(cfg, Config), path
+        names = [cfg.model.name] + ([t.name for t in (cfg.teachers.image, cfg.teachers.video)
+                                     if t.name] if cfg.task == "pretrain_mvd" else [])
+        assert set(names) <= known, (path, names)
+
+
+@pytest.mark.parametrize("task", ["pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune",
+                                  "eval"])
+def test_tiny_configs_exist_for_every_task_and_take_the_contract_overrides(task):
+    cfg = load_config(TINY / f"{task}.yaml", ["data.dir=/d", "run.dir=/r", "train.max_steps=3",
+                                              "checkpoint.every_steps=2", "seed=7"])
+    assert (cfg.task, cfg.data.dir, cfg.run.dir, cfg.train.max_steps) == (task, "/d", "/r", 3)
+    assert (cfg.checkpoint.every_steps, cfg.seed) == (2, 7)
+
+
+def test_overrides_are_typed_by_yaml_including_exponent_floats_and_dicts():
+    cfg = load_config(None, ["data.dir=x", "optim.base_lr=1e-3", "optim.betas=[0.9, 0.99]",
+                             "model.overrides.embed_dim=32", "run.tensorboard=true",
+                             "checkpoint.resume=none"])
+    assert cfg.optim.base_lr == 1e-3 and isinstance(cfg.optim.base_lr, float)
+    assert cfg.optim.betas == [0.9, 0.99]
+    assert cfg.model.overrides == {"embed_dim": 32}
+    assert cfg.run.tensorboard is True and cfg.checkpoint.resume == "none"
+
+
+def test_int_given_for_float_is_accepted_as_float():
+    assert load_config(None, ["data.dir=x", "optim.base_lr=1"]).optim.base_lr == 1.0
+
+
+@pytest.mark.parametrize("override, names", [
+    ("optim.lrr=1", ["optim.lrr", "base_lr"]),
+    ("optimm.base_lr=1", ["optimm", "did you mean 'optim'"]),
+    ("teachers.video.chekpoint=x", ["teachers.video.chekpoint", "checkpoint"]),
+])
+def test_unknown_key_is_an_error_naming_the_full_dotted_key(override, names):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.dir=x", override])
+    for name in names:
+        assert name in str(e.value)
+
+
+@pytest.mark.parametrize("override, key, want", [
+    ("optim.base_lr=fast", "optim.base_lr", "a number"),
+    ("train.max_steps=1.5", "train.max_steps", "an integer"),
+    ("run.tensorboard=maybe", "run.tensorboard", "true or false"),
+    ("model.overrides=3", "model.overrides", "a mapping"),
+    ("data.batch_size=true", "data.batch_size", "an integer"),
+])
+def test_wrong_type_is_an_error_naming_the_key_and_the_expected_type(override, key, want):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.dir=x", override])
+    assert f"'{key}'" in str(e.value) and want in str(e.value)
+
+
+def test_bad_task_lists_the_valid_tasks():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.dir=x", "task=pretrain"])
+    assert "'task'" in str(e.value)
+    for task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval"):
+        assert task in str(e.value)
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: finetune\ndata:\n  dir: x\n  batch: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "data.batch" in str(e.value) and str(path) in str(e.value)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="data.dir"):
+        load_config(None, ["task=pretrain_mae"])
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=3"])
+    with pytest.raises(ConfigError, match="teachers"):
+        load_config(None, ["data.dir=x", "teachers.image.name=", "teachers.video.name="])
+    with pytest.raises(ConfigError, match="optim.betas"):
+        load_config(None, ["data.dir=x", "optim.betas=[0.9]"])
+
+
+def test_cli_reports_config_errors_before_any_work_with_exit_code_2(capsys, tmp_path):
+    code = main(["--config", str(TINY / "pretrain_mvd.yaml"), "data.dir=x",
+                 f"run.dir={tmp_path}/run", "optim.weight_decy=0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optim.weight_decy" in err and "weight_decay" in err
+    assert not (tmp_path / "run").exists()
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["--config", str(TINY / "eval.yaml"), "task=train"]) == 2
+    assert "must be one of" in capsys.readouterr().err
+
+
+def test_every_key_has_a_one_line_meaning():
+    lines = describe()
+    assert len(lines) > 60
+    for line in lines:
+        assert "#" in line and line.split("#", 1)[1].strip(), line
+
+
+def test_derived_global_batch_lr_scaling_and_steps():
+    cfg = load_config(None, ["data.dir=x", "data.batch_size=16", "train.accum_steps=2",
+                             "optim.base_lr=1.5e-4", "optim.min_lr=1e-4", "schedule.epochs=10",
+                             "schedule.warmup_epochs=2", "train.max_steps=25"])
+    d = derive(cfg, world_size=8, batches_per_epoch=21)
+    assert d.global_batch == 16 * 8 * 2
+    assert d.lr == pytest.approx(1.5e-4 * 256 / 256) and d.min_lr == pytest.approx(1e-4)
+    assert (d.steps_per_epoch, d.total_steps, d.warmup_steps, d.max_steps) == (10, 100, 20, 25)
+    with pytest.raises(ConfigError, match="accum_steps"):
+        derive(cfg, world_size=1, batches_per_epoch=1)
