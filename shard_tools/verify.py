@@ -2,8 +2,8 @@
 
 Checks, per shard: the tar exists with the manifest's size and sha256; its DALI index matches the
 one computed from the tar; every sample has its video, ``cls``, ``json`` and ``meta`` members
-with consistent contents; the sample count matches. Also: the total sample count, unique keys
-across shards, and no stray ``shard-*.tar`` the manifest does not list.
+with consistent contents; the sample count matches. Also: the total sample count, the per-codec
+counts, unique keys across shards, and no stray ``shard-*.tar`` the manifest does not list.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class VerifyReport:
         return not self.problems
 
 
-def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: int) -> list[str]:
+def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: int,
+                  codecs: dict[str, int]) -> list[str]:
     where = f"{shard}: sample {key!r}"
     videos = [ext for ext in members if ext not in ("cls", "json", "meta")]
     missing = [ext for ext in ("cls", "json", "meta") if ext not in members]
@@ -43,6 +44,7 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: 
         meta = META.unpack(members["meta"])
     except (ValueError, struct.error) as err:
         return [f"{where}: unreadable cls/json/meta ({err})"]
+    codecs[info.get("codec")] = codecs.get(info.get("codec"), 0) + 1
     problems = []
     if not 0 <= label < num_classes:
         problems.append(f"{where}: class index {label} outside 0..{num_classes - 1}")
@@ -54,8 +56,8 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: 
     return problems
 
 
-def _read_shard(path: Path, num_classes: int) -> tuple[str, list[str], list[str]]:
-    """(sha256, keys in order, problems) of one tar, reading it once."""
+def _read_shard(path: Path, num_classes: int, codecs: dict[str, int]) -> tuple[str, list[str], list[str]]:
+    """(sha256, keys in order, problems) of one tar, reading it once; counts codecs into ``codecs``."""
     h = hashlib.sha256()
 
     class _Hashing:
@@ -75,12 +77,12 @@ def _read_shard(path: Path, num_classes: int) -> tuple[str, list[str], list[str]
             key, ext = split_member_name(member.name)
             if key != current:
                 if current is not None:
-                    problems += _check_sample(path.name, current, members, num_classes)
+                    problems += _check_sample(path.name, current, members, num_classes, codecs)
                 current, members = key, {}
                 keys.append(key)
             members[ext] = tf.extractfile(member).read()
         if current is not None:
-            problems += _check_sample(path.name, current, members, num_classes)
+            problems += _check_sample(path.name, current, members, num_classes, codecs)
         while hashing.read(1 << 20):  # hash the end-of-archive padding too
             pass
     return h.hexdigest(), keys, problems
@@ -96,6 +98,7 @@ def verify_shards(out_dir: Path) -> VerifyReport:
         return report
     num_classes = len(manifest["classes"])
     seen: dict[str, str] = {}
+    codecs: dict[str, int] = {}
     for shard in manifest["shards"]:
         path = out_dir / shard["name"]
         report.shards += 1
@@ -105,7 +108,7 @@ def verify_shards(out_dir: Path) -> VerifyReport:
         if path.stat().st_size != shard["bytes"]:
             report.problems.append(f"{shard['name']}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
         try:
-            digest, keys, problems = _read_shard(path, num_classes)
+            digest, keys, problems = _read_shard(path, num_classes, codecs)
         except (tarfile.TarError, OSError, EOFError) as err:
             report.problems.append(f"{shard['name']}: cannot be read as a tar ({err})")
             continue
@@ -127,6 +130,9 @@ def verify_shards(out_dir: Path) -> VerifyReport:
             report.problems.append(f"{shard['name']}: DALI index {index.name} does not match the tar")
     if report.samples != manifest["samples"] and not any("missing" in p for p in report.problems):
         report.problems.append(f"{report.samples} samples in the shards, manifest says {manifest['samples']}")
+    if report.ok and codecs != manifest.get("codecs", {}):
+        found = dict(sorted(codecs.items()))
+        report.problems.append(f"codec counts in the shards {found} differ from the manifest's {manifest.get('codecs')}")
     listed = {s["name"] for s in manifest["shards"]}
     for stray in sorted(out_dir.glob("shard-*.tar")):
         if stray.name not in listed:

@@ -3,16 +3,12 @@
 import json
 
 import numpy as np
-import pytest
+from nvidia.dali import fn, pipeline_def
 
 from shard_tools.sample import unpack_meta
 
-dali = pytest.importorskip("nvidia.dali")
-
 
 def test_dali_reader_reads_every_sample_through_the_index(synth_shards):
-    from nvidia.dali import fn, pipeline_def
-
     manifest = json.loads((synth_shards / "manifest.json").read_text())
     tars = [str(synth_shards / s["name"]) for s in manifest["shards"]]
     idxs = [str(synth_shards / s["index"]) for s in manifest["shards"]]

@@ -66,3 +66,10 @@ def test_python_dash_m_shard_tools_verify(synth_shards):
                           capture_output=True, text=True, env=run_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK")
+
+
+def test_a_manifest_codec_count_that_disagrees_fails(shard_copy):
+    manifest = json.loads((shard_copy / "manifest.json").read_text())
+    manifest["codecs"] = {"h264": 48}
+    (shard_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert any("codec counts" in p for p in verify_shards(shard_copy).problems)
