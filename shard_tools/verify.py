@@ -132,7 +132,8 @@ def verify_shards(out_dir: Path) -> VerifyReport:
         report.problems.append(f"{report.samples} samples in the shards, manifest says {manifest['samples']}")
     if report.ok and codecs != manifest.get("codecs", {}):
         found = dict(sorted(codecs.items()))
-        report.problems.append(f"codec counts in the shards {found} differ from the manifest's {manifest.get('codecs')}")
+        report.problems.append(f"codec counts in the shards {found} differ from the manifest's "
+                               f"{manifest.get('codecs')}")
     listed = {s["name"] for s in manifest["shards"]}
     for stray in sorted(out_dir.glob("shard-*.tar")):
         if stray.name not in listed:
