@@ -181,7 +181,6 @@ class _ClipLoader:
             device_id=self._torch_device.index if self.device == "gpu" else None,
             prefetch=self._prefetch,
         )
-        self._pipe.build()
         self._pipe_at = (self.epoch, self.step)
 
     def _close(self) -> None:

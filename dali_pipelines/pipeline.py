@@ -7,11 +7,8 @@ per-sample data, so the DALI stage itself is deterministic: no DALI random opera
 
 from __future__ import annotations
 
-import warnings
-
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import augmentations
-from nvidia.dali.auto_aug import rand_augment as dali_rand_augment
 from nvidia.dali.auto_aug.core import augmentation, signed_bin
 from nvidia.dali.auto_aug.core._args import filter_extra_accepted_kwargs
 
@@ -33,15 +30,59 @@ def contrast(data, parameter):
     return fn.cast_like(center + (data - center) * parameter, data)
 
 
+@augmentation(
+    mag_range=(0, 0.9), randomly_negate=True, mag_to_param=augmentations.sharpness_kernel,
+    param_device="auto", name="sharpness",
+)
+def sharpness(data, kernel):
+    """DALI's `sharpness` through `fn.filter` (DALI's own calls a deprecated alias)."""
+    return fn.filter(data, kernel)
+
+
+@augmentation(name="equalize")
+def equalize(data, _):
+    """DALI's `equalize` through `fn.equalize` (DALI's own calls a deprecated alias)."""
+    return fn.equalize(data)
+
+
+def _posterize_mask(removed):
+    """timm's PosterizeIncreasing: keep 4 - int(removed) bits (at least 1, as DALI keeps)."""
+    return augmentations.poster_mask_uint8(4 - int(removed))
+
+
 def rand_augment_suite():
-    """DALI's RandAugment suite (increasing magnitudes, translations relative to the frame)."""
-    suite = dali_rand_augment.get_rand_augment_suite(use_shape=True)
-    return [contrast if aug.name == "contrast" else aug for aug in suite]
+    """timm's `rand-...-inc1` operations, DALI implementations, in timm's order, then identity
+    (what a layer applies when its coin says not to; never drawn as an op).
+
+    Magnitude m in [0, 10] maps to: rotate 30 deg, shear 0.3, translate 0.45 of the frame,
+    enhance factors 1 +- 0.9 m/10, posterize 4 - int(4 m/10) bits, solarize threshold
+    256 (1 - m/10), solarize-add 110 m/10 - as timm does. Equalize follows OpenCV's formula and
+    posterize never keeps 0 bits (DALI's choices).
+    """
+    a = augmentations
+    return [
+        a.auto_contrast,
+        equalize,
+        a.invert,
+        a.rotate.augmentation((0, 30), True),
+        a.posterize.augmentation((0, 4), False, _posterize_mask),
+        a.solarize.augmentation((256, 0)),
+        a.solarize_add.augmentation((0, 110)),
+        a.color.augmentation((0, 0.9), True, a.shift_enhance_range),
+        contrast,
+        a.brightness.augmentation((0, 0.9), True, a.shift_enhance_range),
+        sharpness,
+        a.shear_x.augmentation((0, 0.3), True),
+        a.shear_y.augmentation((0, 0.3), True),
+        a.translate_x.augmentation((0, 0.45), True),
+        a.translate_y.augmentation((0, 0.45), True),
+        a.identity,
+    ]
 
 
 def rand_augment_spec(n: int = 4, m: float = 7.0, mstd: float = 0.5) -> RandAugmentSpec:
-    names = [aug.name for aug in rand_augment_suite()]
-    return RandAugmentSpec(n=n, m=m, mstd=mstd, num_ops=len(names), identity_op=names.index("identity"))
+    identity = len(rand_augment_suite()) - 1
+    return RandAugmentSpec(n=n, m=m, mstd=mstd, num_ops=identity, identity_op=identity)
 
 
 def decode(named: dict, device: str):
@@ -123,7 +164,7 @@ def build(
     device_id: int | None,
     prefetch: int = 2,
 ):
-    """The pipeline for `reader`. Outputs, in order: per view the student video (and the teacher
+    """The built pipeline for `reader`. Outputs, in order: per view the student video (and the teacher
     video when teacher_input_size is set and differs), then `info`, `error`, then per view the
     erasing boxes when the reader draws them."""
     cfg = reader.cfg
@@ -160,9 +201,9 @@ def build(
                 erase.append(named[f"erase{v}"])
         return (*results, named["info"], named["error"], *erase)
 
-    with warnings.catch_warnings():  # DALI's auto_aug suite calls its own deprecated aliases
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return clip_pipeline()
+    pipe = clip_pipeline()
+    pipe.build()
+    return pipe
 
 
 def _cuda_initialized() -> bool:

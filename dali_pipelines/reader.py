@@ -29,16 +29,17 @@ NO_FAILURE = -1
 class RandAugmentSpec:
     """RandAugment as timm's `rand-m{m}-n{n}-mstd{mstd}-inc1`, applied to whole clips.
 
-    Each of n layers applies a uniformly chosen op with probability `prob` (identity otherwise)
-    at magnitude ~ N(m, mstd) clipped to [0, 10], quantised to `num_bins - 1` steps over [0, 10].
+    Each of n layers applies one of `num_ops` ops chosen uniformly, with probability `prob`
+    (`identity_op` otherwise), at magnitude ~ N(m, mstd) clipped to [0, 10], quantised to
+    `num_bins - 1` steps over [0, 10] (0.1 for the default 101 bins).
     """
 
     n: int = 4
     m: float = 7.0
     mstd: float = 0.5
     prob: float = 0.5
-    num_ops: int = 14  # set by the pipeline from its op suite
-    identity_op: int = 13
+    num_ops: int = 15  # the pipeline's op suite sets these (pipeline.rand_augment_spec)
+    identity_op: int = 15
     num_bins: int = 101
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
