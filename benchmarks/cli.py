@@ -121,9 +121,12 @@ def run_mode(mode: str, device: str, quick: bool, work_dir: Path) -> dict:
             "seconds": time.perf_counter() - start,
         }
     seconds = time.perf_counter() - start
+    print(f"[{mode}] {len(records)} records in {seconds:.1f} s")
+    print("\n".join(report.tables(records)))
     for rec in records:
-        print(f"[{mode}]   {report.describe(rec)}")
-    print(f"[{mode}] {len(records)} records in {seconds:.1f} s", flush=True)
+        if "value" not in rec:
+            print(f"[{mode}]   {report.describe(rec)}")
+    print(flush=True)
     return {"status": "ok", "seconds": seconds, "records": records}
 
 

@@ -176,10 +176,7 @@ def render_markdown(report: dict) -> str:
                 continue
         records = result.get("records", [])
         lines += [f"{len(measured(records))} figures in {result['seconds']:.1f} s.", ""]
-        # Records with the same descriptive fields share a table.
-        for group in _by_schema(measured(records)):
-            fields, columns, rows = pivot(group)
-            lines += markdown_table(fields + columns, rows) + [""]
+        lines += tables(records)
         skipped = [r for r in records if "value" not in r]
         if skipped:
             lines += ["Not measured here:", ""]
@@ -189,11 +186,17 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _by_schema(records: list[dict]) -> list[list[dict]]:
+def tables(records: list[dict]) -> list[str]:
+    """Markdown tables of the measured records: records with the same descriptive fields share
+    a table, laid out by :func:`pivot`."""
     groups: dict[frozenset, list[dict]] = {}
-    for rec in records:
+    for rec in measured(records):
         groups.setdefault(frozenset(descriptive_fields([rec])), []).append(rec)
-    return list(groups.values())
+    lines = []
+    for group in groups.values():
+        fields, columns, rows = pivot(group)
+        lines += markdown_table(fields + columns, rows) + [""]
+    return lines
 
 
 def describe(rec: dict) -> str:

@@ -36,16 +36,19 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass(frozen=True)
 class StepSettings:
-    """A pretrain_mvd config (None: the defaults, which are the ViT-B reference recipe) with
-    overrides, the batch sizes to measure, step counts and the synthetic shards' options."""
+    """A pretrain_mvd config with overrides, the batch sizes to measure, step counts and the
+    synthetic shards' options."""
 
-    config: Path | None
+    config: Path
     overrides: tuple[str, ...]
     batch_sizes: tuple[int, ...]
     warmup_steps: int
     steps: int
     synth: dict = field(default_factory=dict)
 
+
+# Teachers are randomly initialised: their weights do not change the speed.
+RANDOM_TEACHERS = ("teachers.image.checkpoint=", "teachers.video.checkpoint=")
 
 # The project's tiny CPU config: seconds per batch size on 2 cores.
 QUICK = StepSettings(
@@ -57,22 +60,21 @@ QUICK = StepSettings(
     synth={"num_videos": 48},
 )
 
-# The reference configuration of the issue's target: ViT-B student, ViT-B image and video
-# teachers, 16x224, tube masking 0.9, bf16 (the config defaults), on short-side-240 H.264.
+# The reference recipe and the issue's target: ViT-B student, ViT-B image and video teachers,
+# 16x224, tube masking 0.9, bf16, fed from short-side-240 H.264.
 FULL_GPU = StepSettings(
-    config=None,
-    overrides=(),
+    config=CONFIGS / "pretrain_mvd_base_k400.yaml",
+    overrides=RANDOM_TEACHERS,
     batch_sizes=(16, 32, 64),
     warmup_steps=5,
     steps=20,
     synth={"num_videos": 640, "num_frames": 64, "width": 320, "height": 240, "codec": "h264"},
 )
 
-# Without a GPU the reference takes minutes per step; this keeps real widths at half resolution.
+# Without a GPU the reference takes minutes per step: the ViT-S recipe at half resolution.
 FULL_CPU = StepSettings(
-    config=None,
-    overrides=("model.name=mvd_student_small", "teachers.video.name=videomae_teacher_small",
-               "data.input_size=112"),
+    config=CONFIGS / "pretrain_mvd_small_k400.yaml",
+    overrides=(*RANDOM_TEACHERS, "data.input_size=112", "data.teacher_input_size=112"),
     batch_sizes=(2,),
     warmup_steps=1,
     steps=3,
@@ -122,8 +124,7 @@ def build_trainer(settings: StepSettings, data_dir: Path, run_dir: Path, batch_s
         "run.progress=false",
         "checkpoint.resume=none",
     ])
-    # The teachers are randomly initialised on purpose: their weights do not change the speed.
-    with _quiet("mvd.train"):
+    with _quiet("mvd.train"):  # the loud warning about randomly initialised teachers
         return Trainer(cfg)
 
 
@@ -173,9 +174,10 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     wait_share = wait / end_to_end
     e2e_rate = clips / end_to_end
     common = {
-        "model": _named(cfg.model.name, cfg.model.overrides),
-        "teachers": "+".join(_named(t.name, t.overrides)
-                             for t in (cfg.teachers.image, cfg.teachers.video) if t.name),
+        "model": _named(task.model, bool(cfg.model.overrides)),
+        "teachers": "+".join(_named(t, bool(c.overrides)) for t, c in (
+            (task.image_teacher, cfg.teachers.image), (task.video_teacher, cfg.teachers.video))
+            if t is not None),
         "batch_size": batch_size,
         "clip": f"{cfg.data.num_frames}x{cfg.data.input_size}",
         "mask": f"{cfg.data.mask_type} {cfg.data.mask_ratio}",
@@ -200,11 +202,15 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     return [{**rec, **common} for rec in records]
 
 
-def _named(name: str, overrides: dict) -> str:
-    """A registry name with the config's overrides, e.g. `mvd_student_small[embed_dim=32,...]`."""
-    if not overrides:
-        return name
-    return f"{name}[{','.join(f'{k}={v}' for k, v in overrides.items())}]"
+def _named(model: torch.nn.Module, overridden: bool) -> str:
+    """The registry name, plus width x depth and patch when a config overrides the defaults
+    (e.g. `mvd_student_small(32x2,p8)` for the tiny student)."""
+    from mvd.models.teachers import unwrap
+
+    model = unwrap(model)
+    if not overridden:
+        return model.model_name
+    return f"{model.model_name}({model.embed_dim}x{model.depth},p{model.patch_embed.patch_size})"
 
 
 @contextlib.contextmanager
