@@ -3,6 +3,8 @@
     mvd-shard kinetics --videos DIR --csv FILE --out DIR
     mvd-shard ssv2 --videos DIR --labels labels.json --annotations train.json --out DIR
     mvd-shard list --root DIR --list FILE [--classes FILE] --out DIR
+    mvd-shard ucf101 --videos DIR --class-index classInd.txt --split-file trainlist01.txt --out DIR
+    mvd-shard hmdb51 --videos DIR --splits-dir DIR --split 1 --subset train --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME]
     mvd-shard verify DIR
 
@@ -66,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=Path, default=None, help="class names, one per line in index order")
     _common(p, reencode=True)
 
+    p = sub.add_parser("ucf101", help="UCF101 from classInd.txt + an official train/test list")
+    p.add_argument("--videos", type=Path, required=True, help="folder with <Class>/v_<Class>_gNN_cNN.avi files")
+    p.add_argument("--class-index", type=Path, required=True, help="classInd.txt ('<1-based index> <Class>')")
+    p.add_argument("--split-file", type=Path, required=True, help="trainlist0N.txt or testlist0N.txt")
+    _common(p, reencode=True)
+
+    p = sub.add_parser("hmdb51", help="HMDB51 from its folder of <class>_test_split<N>.txt files")
+    p.add_argument("--videos", type=Path, required=True, help="folder with <class>/<video>.avi files")
+    p.add_argument("--splits-dir", type=Path, required=True, help="folder with the <class>_test_split<N>.txt files")
+    p.add_argument("--split", type=int, required=True, choices=(1, 2, 3), help="official split number")
+    p.add_argument("--subset", required=True, choices=sorted(src.HMDB51_SUBSETS), help="lines with id 1 or 2")
+    _common(p, reencode=True)
+
     p = sub.add_parser("synth", help="the synthetic shape x motion-direction dataset")
     p.add_argument("--num-videos", type=int, default=400)
     p.add_argument("--num-frames", type=int, default=40)
@@ -101,10 +116,16 @@ def _sources(args: argparse.Namespace) -> tuple[src.SourceSet, dict]:
     elif args.command == "ssv2":
         paths = {"videos": args.videos, "labels": args.labels, "annotations": args.annotations}
         sources = src.ssv2_sources(args.videos, args.labels, args.annotations)
+    elif args.command == "ucf101":
+        paths = {"videos": args.videos, "class_index": args.class_index, "split_file": args.split_file}
+        sources = src.ucf101_sources(args.videos, args.class_index, args.split_file)
+    elif args.command == "hmdb51":
+        paths = {"videos": args.videos, "splits_dir": args.splits_dir, "split": args.split, "subset": args.subset}
+        sources = src.hmdb51_sources(args.videos, args.splits_dir, args.split, args.subset)
     else:
         paths = {"root": args.root, "list": args.list_file, "classes": args.classes}
         sources = src.list_sources(args.root, args.list_file, args.classes)
-    return sources, {k: str(v.resolve()) if v is not None else None for k, v in paths.items()}
+    return sources, {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in paths.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Dataset adapters: Kinetics-400 CSV, Something-Something-v2 JSON, and plain list files.
+"""Dataset adapters: Kinetics-400 CSV, Something-Something-v2 JSON, plain list files, and the
+official UCF101 and HMDB51 split files.
 
 Each adapter turns its dataset's own description into a :class:`SourceSet`: the class names in
 index order, one :class:`SourceRecord` per video to pack, and a :class:`Rejection` for each entry
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ class SourceRecord:
 
 @dataclass
 class SourceSet:
-    dataset: str  # kinetics | ssv2 | list | synth
+    dataset: str  # kinetics | ssv2 | list | ucf101 | hmdb51 | synth
     classes: list[str]
     records: list[SourceRecord]
     rejected: list[Rejection] = field(default_factory=list)
@@ -214,11 +216,132 @@ def list_sources(root: Path, list_path: Path, classes_path: Path | None = None) 
         classes = [str(i) for i in range(top + 1)]
     records = []
     for rel, label, label_text in entries:
-        path = root / rel
-        if not 0 <= label < len(classes):
-            rejected.append(Rejection(rel, rj.reason(rj.UNKNOWN_LABEL, repr(label_text))))
-        elif not path.is_file():
-            rejected.append(Rejection(rel, rj.MISSING))
-        else:
-            records.append(SourceRecord(path, label, classes[label], rel))
+        _add_labelled_file(root, rel, label, classes, repr(label_text), records, rejected)
     return SourceSet("list", classes, records, rejected)
+
+
+def _add_labelled_file(root: Path, rel: str, label: int, classes: list[str], label_detail: str,
+                       records: list[SourceRecord], rejected: list[Rejection]) -> None:
+    """Append ``root/rel`` with 0-based ``label`` to ``records``, or its rejection to ``rejected``.
+
+    A label outside ``classes`` is rejected as unknown (``label_detail`` says which label and
+    where), then a file that is not there as missing.
+    """
+    path = root / rel
+    if not 0 <= label < len(classes):
+        rejected.append(Rejection(rel, rj.reason(rj.UNKNOWN_LABEL, label_detail)))
+    elif not path.is_file():
+        rejected.append(Rejection(rel, rj.MISSING))
+    else:
+        records.append(SourceRecord(path, label, classes[label], rel))
+
+
+def _numbered_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a text file, stripped (CRLF too), with their 1-based line numbers.
+
+    No comment syntax: official split files have none, and HMDB51 names start with ``#``.
+    """
+    lines = enumerate(_read_text(path, what).splitlines(), start=1)
+    return [(line_no, line.strip()) for line_no, line in lines if line.strip()]
+
+
+def ucf101_classes(class_index_path: Path) -> list[str]:
+    """UCF101 ``classInd.txt``: lines ``<1-based index> <ClassName>``; the names in index order."""
+    class_index_path = Path(class_index_path)
+    entries: dict[int, str] = {}
+    for line_no, line in _numbered_lines(class_index_path, "UCF101 class index"):
+        where = f"UCF101 class index {class_index_path}:{line_no}"
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise SourceError(f"{where}: expected '<1-based index> <ClassName>', got {line!r}")
+        index, name = int(parts[0]), parts[1]
+        if index in entries:
+            raise SourceError(f"{where}: index {index} appears twice")
+        if name in entries.values():
+            raise SourceError(f"{where}: class {name!r} appears twice")
+        entries[index] = name
+    if not entries:
+        raise SourceError(f"UCF101 class index {class_index_path} lists no classes")
+    if 0 in entries:
+        raise SourceError(f"UCF101 class index {class_index_path}: index 0 found, but indices are 1-based")
+    gaps = sorted(set(range(1, max(entries) + 1)) - set(entries))
+    if gaps:
+        raise SourceError(f"UCF101 class index {class_index_path}: indices must be 1..{len(entries)} "
+                          f"without gaps; missing {gaps[:5]}")
+    return [entries[i] for i in sorted(entries)]
+
+
+def ucf101_sources(videos_dir: Path, class_index_path: Path, split_path: Path) -> SourceSet:
+    """UCF101 from ``classInd.txt`` and one official list, ``trainlist0N.txt`` or ``testlist0N.txt``.
+
+    Train lines are ``<Class>/<video>.avi <1-based label>``; test lines are ``<Class>/<video>.avi``
+    and take their class from the directory name, looked up in classInd.txt. Paths are relative
+    to ``videos_dir``. Classes are in classInd order, 0-based in the shards.
+    """
+    videos_dir, split_path = Path(videos_dir), Path(split_path)
+    if not videos_dir.is_dir():
+        raise SourceError(f"videos directory {videos_dir} does not exist")
+    classes = ucf101_classes(class_index_path)
+    class_index = {name: i for i, name in enumerate(classes)}
+    index_name = Path(class_index_path).name
+    records: list[SourceRecord] = []
+    rejected: list[Rejection] = []
+    for line_no, line in _numbered_lines(split_path, "UCF101 split file"):
+        where = f"{split_path.name}:{line_no}"
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            rel, label = parts[0], int(parts[1]) - 1
+            detail = f"label {parts[1]} outside 1..{len(classes)} of {index_name} ({where})"
+        elif len(parts) == 1:
+            rel = parts[0]
+            class_name = rel.split("/")[0] if "/" in rel else None
+            label = class_index.get(class_name, -1)
+            detail = (f"class directory {class_name!r} not in {index_name} ({where})" if class_name is not None
+                      else f"no <Class>/ directory in the path to take the class from ({where})")
+        else:
+            rejected.append(Rejection(where, rj.reason(
+                rj.MALFORMED, f"expected '<Class>/<video> [<1-based label>]', got {line!r}")))
+            continue
+        _add_labelled_file(videos_dir, rel, label, classes, detail, records, rejected)
+    return SourceSet("ucf101", classes, records, rejected)
+
+
+HMDB51_SUBSETS = {"train": 1, "test": 2}  # the id each split line carries; 0 = not used in that split
+_HMDB51_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
+
+
+def hmdb51_sources(videos_dir: Path, splits_dir: Path, split: int, subset: str) -> SourceSet:
+    """HMDB51 from its folder of per-class split files ``<class>_test_split{1,2,3}.txt``.
+
+    Each line is ``<video>.avi <id>`` with id 1 = train, 2 = test, 0 = unused in that split; the
+    lines of ``subset`` are packed from ``videos_dir/<class>/<video>.avi``. Classes are the sorted
+    class names (the usual HMDB51 order).
+    """
+    videos_dir, splits_dir = Path(videos_dir), Path(splits_dir)
+    if subset not in HMDB51_SUBSETS:
+        raise SourceError(f"HMDB51 subset must be one of {sorted(HMDB51_SUBSETS)}, got {subset!r}")
+    if not videos_dir.is_dir():
+        raise SourceError(f"videos directory {videos_dir} does not exist")
+    if not splits_dir.is_dir():
+        raise SourceError(f"HMDB51 splits directory {splits_dir} does not exist")
+    split_files = {}
+    for path in splits_dir.iterdir():
+        match = _HMDB51_SPLIT_FILE.match(path.name)
+        if match and int(match["split"]) == split:
+            split_files[match["cls"]] = path
+    if not split_files:
+        raise SourceError(f"HMDB51 splits directory {splits_dir} has no <class>_test_split{split}.txt files")
+    classes = sorted(split_files)
+    wanted = HMDB51_SUBSETS[subset]
+    records: list[SourceRecord] = []
+    rejected: list[Rejection] = []
+    for label, class_name in enumerate(classes):
+        split_path = split_files[class_name]
+        for line_no, line in _numbered_lines(split_path, "HMDB51 split file"):
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                rejected.append(Rejection(f"{split_path.name}:{line_no}", rj.reason(
+                    rj.MALFORMED, f"expected '<video>.avi <0|1|2>', got {line!r}")))
+            elif int(parts[1]) == wanted:
+                _add_labelled_file(videos_dir, f"{class_name}/{parts[0]}", label, classes, "", records, rejected)
+    return SourceSet("hmdb51", classes, records, rejected)
