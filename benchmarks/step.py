@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -43,7 +44,8 @@ class StepSettings:
     overrides: tuple[str, ...]
     batch_sizes: tuple[int, ...]
     warmup_steps: int
-    steps: int
+    steps: int  # per timed window
+    rounds: int  # interleaved rounds of the three windows; medians are reported
     synth: dict = field(default_factory=dict)
 
 
@@ -57,6 +59,7 @@ QUICK = StepSettings(
     batch_sizes=(4, 8),
     warmup_steps=2,
     steps=8,
+    rounds=3,
     synth={"num_videos": 48},
 )
 
@@ -68,6 +71,7 @@ FULL_GPU = StepSettings(
     batch_sizes=(16, 32, 64),
     warmup_steps=5,
     steps=20,
+    rounds=3,
     synth={"num_videos": 640, "num_frames": 64, "width": 320, "height": 240, "codec": "h264"},
 )
 
@@ -78,6 +82,7 @@ FULL_CPU = StepSettings(
     batch_sizes=(2,),
     warmup_steps=1,
     steps=3,
+    rounds=1,
     synth={"num_videos": 32, "num_frames": 64},
 )
 
@@ -146,21 +151,17 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
         step(next(batches))
     cached = next(batches)
 
-    # End to end: the time blocked on next(loader) is data wait. No sync per step: the host only
-    # waits in next() when the loader has nothing ready, which is when the device starves too.
-    wait = 0.0
-    synchronize(dev)
-    start = time.perf_counter()
-    for _ in range(settings.steps):
-        t = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - t
-        step(batch)
-    synchronize(dev)
-    end_to_end = time.perf_counter() - start
-
-    compute = timed(lambda: step(cached), settings.steps, dev)
-    loader_only = timed(lambda: next(batches), settings.steps, dev)
+    # Interleaved rounds, medians reported: other work on the machine hits all three alike.
+    e2e_rates, wait_shares, compute_rates, loader_rates = [], [], [], []
+    clips = settings.steps * batch_size
+    for _ in range(settings.rounds):
+        seconds, wait = end_to_end(step, batches, settings.steps, dev)
+        e2e_rates.append(clips / seconds)
+        wait_shares.append(wait / seconds)
+        compute_rates.append(clips / timed(lambda: step(cached), settings.steps, dev))
+        loader_rates.append(clips / timed(lambda: next(batches), settings.steps, dev))
+    e2e_rate, wait_share = median(e2e_rates), median(wait_shares)
+    compute_rate, loader_rate = median(compute_rates), median(loader_rates)
 
     # FLOPs per clip: the analytical count (mvd.models.flops) and torch's counter on one step.
     flops = mvd_step_flops(unwrap(task.model), task.image_teacher, task.video_teacher,
@@ -170,9 +171,6 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     counted = counter.get_total_flops() / batch_size
     trainer.metrics.close()
 
-    clips = settings.steps * batch_size
-    wait_share = wait / end_to_end
-    e2e_rate = clips / end_to_end
     common = {
         "model": _named(task.model, bool(cfg.model.overrides)),
         "teachers": "+".join(_named(t, bool(c.overrides)) for t, c in (
@@ -187,10 +185,10 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     }
     records = [
         {"name": "end_to_end", "value": e2e_rate, "unit": "clips/s"},
-        {"name": "compute_only", "value": clips / compute, "unit": "clips/s"},
-        {"name": "loader_only", "value": clips / loader_only, "unit": "clips/s"},
+        {"name": "compute_only", "value": compute_rate, "unit": "clips/s"},
+        {"name": "loader_only", "value": loader_rate, "unit": "clips/s"},
         {"name": "data_wait_share", "value": 100.0 * wait_share, "unit": "%"},
-        {"name": "loader_over_compute", "value": compute / loader_only, "unit": "x"},
+        {"name": "loader_over_compute", "value": loader_rate / compute_rate, "unit": "x"},
         {"name": "flops_per_clip", "value": flops / 1e9, "unit": "GFLOP"},
         {"name": "flops_per_clip_counted", "value": counted / 1e9, "unit": "GFLOP"},
         {"name": "achieved_end_to_end", "value": flops * e2e_rate / 1e12, "unit": "TFLOP/s"},
@@ -233,6 +231,25 @@ def endless(loader) -> Iterator[dict]:
             yield batch
         if empty:
             raise RuntimeError("the loader yielded no batch: too few samples for the batch size")
+
+
+def end_to_end(step: Callable[[dict], None], batches: Iterator[dict], n: int,
+               dev: torch.device) -> tuple[float, float]:
+    """(seconds, seconds blocked on next(batches)) for n steps fed by the loader.
+
+    No sync per step: the host waits in next() only when the loader has nothing ready, which
+    is when the device starves too.
+    """
+    wait = 0.0
+    synchronize(dev)
+    start = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t
+        step(batch)
+    synchronize(dev)
+    return time.perf_counter() - start, wait
 
 
 def timed(fn: Callable[[], object], n: int, dev: torch.device) -> float:

@@ -1,0 +1,92 @@
+"""`mvd-bench ... --quick --device cpu` for real: the modules run on this machine and the report
+files come out complete and consistent."""
+
+import json
+import math
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report, targets
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def load_report(out: Path) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"report.json holds {constant}")
+
+    return json.loads((out / "report.json").read_text(), parse_constant=refuse)
+
+
+def check_report(out: Path, command: str, modes: list[str]) -> dict:
+    """The consistency a reader relies on; returns the parsed report.json."""
+    data = load_report(out)
+    md = (out / "report.md").read_text()
+    assert data["format"] == report.FORMAT
+    assert data["command"] == command and f"`{command}`" in md
+    assert data["config"]["modes"] == modes and data["config"]["device"] == "cpu"
+    env = data["environment"]
+    assert env["device"] == "cpu" and env["device_name"] and env["cpu_count"] >= 1
+    assert env["date_utc"].endswith("Z")
+    for package in ("python", "torch", "numpy", "timm", "av", "nvidia-dali"):
+        assert env["packages"][package], package
+    assert list(data["modes"]) == modes
+    for mode, result in data["modes"].items():
+        assert result["status"] == "ok", (mode, result.get("error") or result.get("reason"))
+        assert f"## {mode}" in md
+        assert report.measured(result["records"]), f"{mode} measured nothing"
+        for rec in result["records"]:
+            if "value" not in rec:
+                assert rec["skipped"], rec
+                continue
+            assert isinstance(rec["value"], float) and math.isfinite(rec["value"]), rec
+            assert rec["unit"] and rec["name"], rec
+        for plot in result.get("plots", []):
+            assert (out / plot).read_bytes()[:8] == PNG
+            assert f"]({plot})" in md
+    for row in data["targets"]:
+        assert row["status"] in (targets.PASS, targets.FAIL, targets.INDICATIVE,
+                                 targets.NOT_MEASURED)
+        assert row["status"] not in (targets.PASS, targets.FAIL), \
+            "a CPU run cannot judge the GPU targets"
+    assert "No GPU was visible" in md
+    return data
+
+
+def test_mvd_bench_is_the_console_script():
+    (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "mvd-bench"]
+    assert script.value == "benchmarks.cli:main"
+
+
+def test_quick_step_on_cpu_writes_a_consistent_report(tmp_path):
+    out = tmp_path / "report"
+    proc = run_bench("step", "--quick", "--device", "cpu", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = check_report(out, f"mvd-bench step --quick --device cpu --out {out}", ["step"])
+    records = data["modes"]["step"]["records"]
+    by_name = {}
+    for rec in records:
+        by_name.setdefault(rec["name"], []).append(rec)
+    sizes = [r["batch_size"] for r in by_name["end_to_end"]]
+    assert len(sizes) >= 2, "quick step measures at least two batch sizes"
+    for name in ("end_to_end", "compute_only", "loader_only", "data_wait_share",
+                 "loader_over_compute", "flops_per_clip", "flops_per_clip_counted"):
+        assert [r["batch_size"] for r in by_name[name]] == sizes, name
+    for rec in by_name["data_wait_share"]:
+        assert 0.0 <= rec["value"] <= 100.0 and rec["unit"] == "%"
+    for rec in by_name["end_to_end"]:
+        assert rec["unit"] == "clips/s" and rec["value"] > 0
+    # the analytical FLOP count and torch's counter agree on the tiny model within 10%
+    for counted, analytic in zip(by_name["flops_per_clip_counted"], by_name["flops_per_clip"]):
+        assert counted["value"] == pytest.approx(analytic["value"], rel=0.1)
+    assert (out / "step-end_to_end-vs-batch_size.png").exists()
+    assert not list(out.glob("**/*.tar")), "scratch shards must not land in the report dir"
