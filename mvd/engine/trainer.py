@@ -265,9 +265,11 @@ class Trainer:
                 last = self.checkpointer.last_saved_step
                 where = (f"the last good checkpoint is step {last} in {self.checkpointer.dir}"
                          if last > 0 else "no checkpoint was written")
+                shown = {k: "nan/inf" if bad[0].get(k) is None else f"{bad[0][k]:.4g}"
+                         for k in ("loss", "grad_norm")}
                 raise NonFiniteLoss(
-                    f"non-finite loss at step {bad[0]['step']} (loss={bad[0].get('loss')}, "
-                    f"grad_norm={bad[0].get('grad_norm')}); stopped without writing a checkpoint; "
+                    f"non-finite loss at step {bad[0]['step']} (loss {shown['loss']}, grad norm "
+                    f"{shown['grad_norm']}); stopped without writing a checkpoint; "
                     f"{where}. Lower optim.base_lr, set optim.clip_grad, or set "
                     f"train.nonfinite=skip to skip such steps.")
         return flag > 0
