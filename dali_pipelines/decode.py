@@ -8,6 +8,7 @@ import io
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class DecodeError(RuntimeError):
@@ -61,14 +62,15 @@ def _collect(container, stream, wanted, convert_all, position) -> dict[int, np.n
     wanted_set = {int(i) for i in wanted}
     last = int(wanted[-1])
     frames: dict[int, np.ndarray] = {}
+    to_rgb = VideoReformatter()  # one swscale context for the clip, not one per frame
     for n, frame in enumerate(container.decode(stream)):
         i = position(frame, n)
         if i is None:
             continue
         if convert_all:
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = frame.to_ndarray(format="rgb24")  # as public loaders do, a context per frame
         if i in wanted_set and i not in frames:
-            frames[i] = rgb if convert_all else frame.to_ndarray(format="rgb24")
+            frames[i] = rgb if convert_all else to_rgb.reformat(frame, format="rgb24").to_ndarray()
         if i >= last and len(frames) == len(wanted_set):
             break
     return frames

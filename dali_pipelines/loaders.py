@@ -93,7 +93,7 @@ class _ClipLoader:
         self.bad: dict[int, str] = {}  # sample -> why it failed
         self.num_failures = 0  # replacement events (a bad sample seen twice counts twice)
         self._pipe = None
-        self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
+        self._pipe_next: int | None = None  # epoch * steps + step of the pipeline's next batch
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -121,8 +121,7 @@ class _ClipLoader:
             outputs = self._run()
             batch = self._batch(outputs, self.epoch, self.step)
             self.step += 1
-            if self._pipe_at is not None:
-                self._pipe_at = (self.epoch, self.step)
+            self._pipe_next += 1
             yield batch
         self.epoch, self.step = self.epoch + 1, 0
 
@@ -181,11 +180,11 @@ class _ClipLoader:
             device_id=self._torch_device.index if self.device == "gpu" else None,
             prefetch=self._prefetch,
         )
-        self._pipe_at = (self.epoch, self.step)
+        self._pipe_next = self.epoch * self.steps + self.step
 
     def _close(self) -> None:
         if self._pipe is not None:
-            pipe, self._pipe, self._pipe_at = self._pipe, None, None
+            pipe, self._pipe, self._pipe_next = self._pipe, None, None
             pool = getattr(pipe, "_py_pool", None)
             del pipe
             if pool is not None:
@@ -194,7 +193,7 @@ class _ClipLoader:
     def _run(self):
         """The pipeline's outputs for (epoch, step), recovering from DALI decode errors."""
         while True:
-            if self._pipe is None or self._pipe_at != (self.epoch, self.step):
+            if self._pipe is None or self._pipe_next != self.epoch * self.steps + self.step:
                 self._open()
             try:
                 return self._pipe.run()

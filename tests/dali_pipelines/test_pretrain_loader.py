@@ -183,6 +183,15 @@ def test_resume_mid_epoch_reproduces_the_remaining_batches(synth_shards):
         PretrainLoader(synth_shards, 8, **{**kw, "seed": 3}).load_state_dict(state)
 
 
+def test_next_epoch_continues_the_same_pipeline(synth_shards):
+    loader = PretrainLoader(synth_shards, 16, device="cpu", **TINY)
+    list(loader)
+    pipe = loader._pipe
+    assert (loader.epoch, loader.step) == (1, 0)
+    list(loader)  # epoch 1 streams on from the pipeline's prefetch: no rebuild
+    assert loader._pipe is pipe and loader.epoch == 2
+
+
 def test_h264_shards_decode_through_the_pyav_fallback(h264_shards):
     loader = PretrainLoader(h264_shards, 4, device="cpu", **{**TINY, "num_workers": 2})
     assert loader.decoder == "pyav"

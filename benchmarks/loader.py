@@ -1,0 +1,159 @@
+"""`mvd-bench loader`: clips/s of the DALI loaders against the PyTorch baseline, same shards, same
+machine, one run.
+
+The pretrain loader (16x4 clips at 224, the student view and the teacher view, tube mask) and the
+baseline written the way the public VideoMAE/MVD loaders work (`dali_pipelines.baseline`: PyAV
+decode of the window in DataLoader workers, PIL crop + resize per frame) read the same synthetic
+shards with the same number of worker processes / threads (all cores), in interleaved rounds;
+medians are reported with their ratio. Two teacher sizes: 224 (the recipe's ViT-B teachers: one
+tensor serves both views) and 196 (an H/14 teacher: a second resize of the same crop). Figures
+per codec: VP9 (DALI decodes it on the CPU) and H.264 (on CPU, the PyAV fallback inside DALI's
+parallel external source). The fine-tuning (RandAugment, erasing, 2 views) and eval (3 crops)
+loaders are measured alone. `frames/s` counts the clip frames delivered (clips/s x 16).
+
+    python -m benchmarks.loader [--device cpu|gpu] [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+
+import torch
+
+
+@dataclass(frozen=True)
+class LoaderBenchSettings:
+    num_videos: int
+    num_frames: int  # per video
+    width: int
+    height: int
+    clip_frames: int
+    sampling_rate: int
+    input_size: int
+    teacher_sizes: tuple[int, ...]
+    batch_size: int
+    batches: int  # timed batches per round
+    rounds: int
+    codecs: tuple[str, ...]
+    baseline: bool = True
+
+
+# 320x240 clips of 80 frames at GOP 16: a 16x4 window needs ~72 decoded frames.
+FULL_CPU = LoaderBenchSettings(48, 80, 320, 240, 16, 4, 224, (224, 196), 8, 6, 3, ("vp9", "h264"))
+QUICK = LoaderBenchSettings(16, 40, 160, 120, 8, 4, 112, (112,), 4, 3, 2, ("vp9", "h264"))
+# The GPU target: short-side-320 short-GOP H.264 (baseline still on the CPU for reference).
+FULL_GPU = LoaderBenchSettings(256, 80, 426, 320, 16, 4, 224, (224, 196), 32, 8, 3, ("h264", "vp9"))
+
+
+def settings_for(device: str, quick: bool) -> LoaderBenchSettings:
+    if quick:
+        return QUICK
+    return FULL_GPU if device == "gpu" else FULL_CPU
+
+
+def synth_shards(root: Path, s: LoaderBenchSettings, codec: str) -> Path:
+    """The benchmark's shards (made once, reused by later runs into the same dir)."""
+    from shard_tools.synth import make_synth_dataset
+
+    out = root / f"synth-{codec}-{s.width}x{s.height}x{s.num_frames}-{s.num_videos}"
+    if not (out / "manifest.json").exists():
+        make_synth_dataset(out, num_videos=s.num_videos, num_frames=s.num_frames, width=s.width,
+                           height=s.height, codec=codec, gop=16)
+    return out
+
+
+def clips_per_s(make_loader, batches: int) -> float:
+    """Clips/s over `batches` batches after one warm-up batch (worker start-up not counted)."""
+    loader = make_loader()
+    it = _endless(loader)
+    first = next(it)
+    _sync(first)
+    start, clips = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(it)
+        clips += batch["video"].shape[0]
+    _sync(batch)
+    rate = clips / (time.perf_counter() - start)
+    close = getattr(loader, "close", None)
+    if close:
+        close()
+    return rate
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def _sync(batch) -> None:
+    if batch["video"].is_cuda:
+        torch.cuda.synchronize()
+
+
+def run(out_dir: Path, *, device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Measure every loader on every codec of the settings; returns benchmark records."""
+    from dali_pipelines import EvalLoader, FinetuneLoader, PretrainLoader
+    from dali_pipelines.baseline import BaselinePretrainLoader
+
+    s = settings_for(device, quick)
+    workers = len(os.sched_getaffinity(0))
+    clip = f"{s.clip_frames}x{s.sampling_rate}@{s.input_size}"
+    common = dict(num_frames=s.clip_frames, sampling_rate=s.sampling_rate, input_size=s.input_size)
+    records = []
+    for codec in s.codecs:
+        data_dir = synth_shards(Path(out_dir) / "shards", s, codec)
+        where = dict(codec=codec, video=f"{s.width}x{s.height}x{s.num_frames}", clip=clip,
+                     batch_size=s.batch_size, workers=workers, device=device)
+        for teacher in s.teacher_sizes:
+            kw = dict(common, teacher_input_size=teacher)
+            dali = lambda: PretrainLoader(data_dir, s.batch_size, device=device, **kw)  # noqa: E731
+            base = lambda: BaselinePretrainLoader(data_dir, s.batch_size, num_workers=workers, **kw)  # noqa: E731
+            rates = {"dali": [], "baseline": []}
+            for _ in range(s.rounds):  # interleaved, so both see the same machine load
+                rates["dali"].append(clips_per_s(dali, s.batches))
+                if s.baseline:
+                    rates["baseline"].append(clips_per_s(base, s.batches))
+            decoder = dali().decoder
+            for name, values in rates.items():
+                if not values:
+                    continue
+                tag = dict(where, loader=name, teacher_size=teacher,
+                           decoder=decoder if name == "dali" else "pyav (baseline)")
+                records.append({"name": "pretrain_clips_per_s", "value": median(values),
+                                "unit": "clips/s", **tag})
+                records.append({"name": "pretrain_frames_per_s",
+                                "value": median(values) * s.clip_frames, "unit": "frames/s", **tag})
+            if rates["baseline"]:
+                records.append({"name": "pretrain_speedup_vs_baseline",
+                                "value": median(rates["dali"]) / median(rates["baseline"]),
+                                "unit": "x", **where, "teacher_size": teacher, "decoder": decoder})
+        finetune = lambda: FinetuneLoader(data_dir, s.batch_size // 2, device=device, **common)  # noqa: E731
+        rate = median(clips_per_s(finetune, s.batches) for _ in range(s.rounds))
+        records.append({"name": "finetune_clips_per_s", "value": rate, "unit": "clips/s",
+                        **where, "loader": "dali", "note": "2 views per video (counted as clips)"})
+        evaluation = lambda: EvalLoader(data_dir, s.batch_size // 2 * 3, device=device,  # noqa: E731
+                                        num_clips=2, num_crops=3, **common)
+        rate = median(clips_per_s(evaluation, s.batches) for _ in range(s.rounds))
+        records.append({"name": "eval_views_per_s", "value": rate, "unit": "views/s",
+                        **where, "loader": "dali", "note": "3 crops per decoded clip"})
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-loader"))
+    args = parser.parse_args(argv)
+    for rec in run(args.out, device=args.device, quick=args.quick):
+        extra = {k: v for k, v in rec.items() if k not in ("name", "value", "unit")}
+        print(f"{rec['name']:32s} {rec['value']:10.2f} {rec['unit']:9s} {extra}")
+
+
+if __name__ == "__main__":
+    main()
