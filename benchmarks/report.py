@@ -226,30 +226,39 @@ def _axis_order(axis: str, values: list) -> list:
     return sorted(values, key=size)
 
 
-def plot_series(records: list[dict], axis: str) -> dict[tuple[str, str], dict[str, list]]:
-    """Throughput records grouped for a plot against `axis`.
+def plot_series(records: list[dict], axis: str) -> dict[str, dict[str, list]]:
+    """Throughput records grouped for plots against `axis`, one plot per unit.
 
-    Returns {(name, unit): {series label: [(x, value), ...]}}, keeping only series with at least
-    two x values. A series is a fixed combination of the other descriptive fields.
+    Returns {unit: {series label: [(x, value), ...]}}, keeping only series with at least two x
+    values. A series is one record name at a fixed combination of the other descriptive fields;
+    fields that change only along with x (e.g. a verdict per batch size) do not split series.
     """
     rates = [r for r in measured(records) if axis in r and r["unit"].endswith("/s")]
-    out: dict[tuple[str, str], dict[str, list]] = {}
-    for name, unit in dict.fromkeys((r["name"], r["unit"]) for r in rates):
-        group = [r for r in rates if r["name"] == name and r["unit"] == unit]
-        others = [f for f in descriptive_fields(group) if f not in (axis, *FREE_TEXT)]
-        varying = [f for f in others if len({_cell(r.get(f)) for r in group}) > 1]
+    out: dict[str, dict[str, list]] = {}
+    for unit in dict.fromkeys(r["unit"] for r in rates):
+        group = [r for r in rates if r["unit"] == unit]
+        names = list(dict.fromkeys(r["name"] for r in group))
+        splitting = [f for f in descriptive_fields(group)
+                     if f not in (axis, *FREE_TEXT) and _varies_at_fixed_x(group, f, axis)]
         series: dict[str, list] = {}
         for rec in group:
-            label = ", ".join(f"{f}={rec.get(f)}" for f in varying) or name
-            series.setdefault(label, []).append((rec[axis], rec["value"]))
+            parts = ([rec["name"]] if len(names) > 1 else []) + [f"{f}={rec.get(f)}" for f in splitting]
+            series.setdefault(", ".join(parts) or rec["name"], []).append((rec[axis], rec["value"]))
         series = {k: v for k, v in series.items() if len({x for x, _ in v}) > 1}
         if series:
-            out[(name, unit)] = series
+            out[unit] = series
     return out
 
 
+def _varies_at_fixed_x(records: list[dict], field: str, axis: str) -> bool:
+    seen: dict[str, set] = {}
+    for rec in records:
+        seen.setdefault(_cell(rec[axis]), set()).add(_cell(rec.get(field)))
+    return any(len(values) > 1 for values in seen.values())
+
+
 def write_plots(mode: str, records: list[dict], out_dir: Path) -> list[str]:
-    """One PNG per (figure, axis) that has a series with two or more points; returns file names."""
+    """One PNG per (unit, axis) that has a series with two or more points; returns file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +266,7 @@ def write_plots(mode: str, records: list[dict], out_dir: Path) -> list[str]:
 
     files = []
     for axis in PLOT_AXES:
-        for (name, unit), series in plot_series(records, axis).items():
+        for unit, series in plot_series(records, axis).items():
             xs = _axis_order(axis, list({x for points in series.values() for x, _ in points}))
             categorical = not all(isinstance(x, (int, float)) for x in xs)
             fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -270,12 +279,12 @@ def write_plots(mode: str, records: list[dict], out_dir: Path) -> list[str]:
             elif axis == "batch_size" and max(xs) / max(min(xs), 1) >= 8:
                 ax.set_xscale("log", base=2)
             ax.set_xlabel(axis)
-            ax.set_ylabel(f"{name} [{unit}]")
-            ax.set_title(f"{mode}: {name} vs {axis}")
+            ax.set_ylabel(unit)
+            ax.set_title(f"{mode}: {unit} vs {axis}")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
             fig.tight_layout()
-            file = f"{mode}-{_slug(name)}-vs-{axis}.png"
+            file = f"{mode}-{_slug(unit)}-vs-{axis}.png"
             fig.savefig(out_dir / file)
             plt.close(fig)
             files.append(file)

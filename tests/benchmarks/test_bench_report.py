@@ -77,8 +77,20 @@ def test_plot_series_groups_by_the_other_fields_and_drops_single_points():
         rec("share", 8.0, "%", batch_size=2),
     ]
     series = report.plot_series(records, "batch_size")
-    assert series == {("clips", "clips/s"): {"backend=math": [(1, 1.0), (2, 2.0)]}}
+    assert series == {"clips/s": {"backend=math": [(1, 1.0), (2, 2.0)]}}
     assert report.plot_series(records, "workers") == {}
+
+
+def test_plot_series_puts_figures_of_one_unit_together():
+    # `bound` changes only along with the batch size: it must not split the lines
+    records = [rec(name, v * b, batch_size=b, bound="data" if b > 2 else "compute")
+               for b in (2, 4) for name, v in (("end_to_end", 1.0), ("compute_only", 2.0))]
+    records.append(rec("tflops", 1.0, "TFLOP/s", batch_size=2))
+    records.append(rec("tflops", 2.0, "TFLOP/s", batch_size=4))
+    assert report.plot_series(records, "batch_size") == {
+        "clips/s": {"end_to_end": [(2, 2.0), (4, 4.0)], "compute_only": [(2, 4.0), (4, 8.0)]},
+        "TFLOP/s": {"tflops": [(2, 1.0), (4, 2.0)]},
+    }
 
 
 def test_write_plots_orders_models_by_size(tmp_path):
@@ -87,7 +99,7 @@ def test_write_plots_orders_models_by_size(tmp_path):
     assert report._axis_order("model", [r["model"] for r in records]) == [
         "mvd_student_small", "mvd_student_base", "mvd_student_large"]
     files = report.write_plots("model", records, tmp_path)
-    assert files == ["model-clips-vs-model.png"]
+    assert files == ["model-clips_s-vs-model.png"]
     assert (tmp_path / files[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -186,8 +198,8 @@ def test_cli_reports_a_failing_mode_and_keeps_the_others(fake_modes, tmp_path, c
                               "quick": True, "out": str(tmp_path), "work": None}
     records = data["modes"]["shard"]["records"]
     assert [r["value"] for r in records] == [2.0, 3.5]
-    assert data["modes"]["shard"]["plots"] == ["shard-videos_per_s-vs-workers.png"]
-    assert (tmp_path / "shard-videos_per_s-vs-workers.png").exists()
+    assert data["modes"]["shard"]["plots"] == ["shard-videos_s-vs-workers.png"]
+    assert (tmp_path / "shard-videos_s-vs-workers.png").exists()
     assert "| workers | reencode | videos_per_s [videos/s] |" in (tmp_path / "report.md").read_text()
 
 
