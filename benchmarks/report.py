@@ -274,10 +274,10 @@ def write_plots(mode: str, records: list[dict], out_dir: Path) -> list[str]:
                 points = sorted(points, key=lambda p: xs.index(p[0]))
                 px = [xs.index(x) if categorical else x for x, _ in points]
                 ax.plot(px, [v for _, v in points], marker="o", label=label)
-            if categorical:
-                ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=15)
-            elif axis == "batch_size" and max(xs) / max(min(xs), 1) >= 8:
+            if not categorical and axis == "batch_size" and max(xs) / max(min(xs), 1) >= 8:
                 ax.set_xscale("log", base=2)
+            ax.set_xticks(range(len(xs)) if categorical else xs, [str(x) for x in xs],
+                          rotation=15 if categorical else 0)
             ax.set_xlabel(axis)
             ax.set_ylabel(unit)
             ax.set_title(f"{mode}: {unit} vs {axis}")
