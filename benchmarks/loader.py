@@ -11,6 +11,11 @@ per codec: VP9 (DALI decodes it on the CPU) and H.264 (on CPU, the PyAV fallback
 parallel external source). The fine-tuning (RandAugment, erasing, 2 views) and eval (3 crops)
 loaders are measured alone. `frames/s` counts the clip frames delivered (clips/s x 16).
 
+Besides wall-clock clips/s, the CPU time per clip (this process and its workers) is reported
+with its ratio: on a machine shared with other jobs the wall-clock ratio swings with their load,
+the CPU-time ratio much less (on an otherwise idle machine where both loaders keep every core
+busy, the two ratios agree).
+
     python -m benchmarks.loader [--device cpu|gpu] [--quick] [--out DIR]
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,22 +73,50 @@ def synth_shards(root: Path, s: LoaderBenchSettings, codec: str) -> Path:
     return out
 
 
-def clips_per_s(make_loader, batches: int) -> float:
-    """Clips/s over `batches` batches after one warm-up batch (worker start-up not counted)."""
+def clips_per_s(make_loader, batches: int) -> tuple[float, float]:
+    """(clips/s, CPU ms per clip) over `batches` batches after one warm-up batch (worker start-up
+    not counted). CPU time is that of this process and all its worker processes: on a shared
+    machine it stays meaningful when wall-clock rates do not."""
     loader = make_loader()
     it = _endless(loader)
     first = next(it)
     _sync(first)
-    start, clips = time.perf_counter(), 0
+    cpu0, start, clips = cpu_seconds(), time.perf_counter(), 0
     for _ in range(batches):
         batch = next(it)
         clips += batch["video"].shape[0]
     _sync(batch)
-    rate = clips / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     close = getattr(loader, "close", None)
     if close:
         close()
-    return rate
+    return clips / wall, 1000 * cpu / clips
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process, its live child processes and reaped ones."""
+    me, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in _children(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *_children(kid)]
+    return found
 
 
 def _endless(loader):
@@ -114,10 +148,14 @@ def run(out_dir: Path, *, device: str = "cpu", quick: bool = False) -> list[dict
             dali = lambda: PretrainLoader(data_dir, s.batch_size, device=device, **kw)  # noqa: E731
             base = lambda: BaselinePretrainLoader(data_dir, s.batch_size, num_workers=workers, **kw)  # noqa: E731
             rates = {"dali": [], "baseline": []}
+            cpu = {"dali": [], "baseline": []}
             for _ in range(s.rounds):  # interleaved, so both see the same machine load
-                rates["dali"].append(clips_per_s(dali, s.batches))
-                if s.baseline:
-                    rates["baseline"].append(clips_per_s(base, s.batches))
+                for name, make in (("dali", dali), ("baseline", base)):
+                    if name == "baseline" and not s.baseline:
+                        continue
+                    rate, ms = clips_per_s(make, s.batches)
+                    rates[name].append(rate)
+                    cpu[name].append(ms)
             decoder = dali().decoder
             for name, values in rates.items():
                 if not values:
@@ -128,17 +166,24 @@ def run(out_dir: Path, *, device: str = "cpu", quick: bool = False) -> list[dict
                                 "unit": "clips/s", **tag})
                 records.append({"name": "pretrain_frames_per_s",
                                 "value": median(values) * s.clip_frames, "unit": "frames/s", **tag})
+                records.append({"name": "pretrain_cpu_ms_per_clip", "value": median(cpu[name]),
+                                "unit": "ms", **tag})
             if rates["baseline"]:
+                ratio = dict(where, teacher_size=teacher, decoder=decoder)
                 records.append({"name": "pretrain_speedup_vs_baseline",
                                 "value": median(rates["dali"]) / median(rates["baseline"]),
-                                "unit": "x", **where, "teacher_size": teacher, "decoder": decoder})
+                                "unit": "x", **ratio})
+                records.append({"name": "pretrain_cpu_efficiency_vs_baseline",
+                                "value": median(cpu["baseline"]) / median(cpu["dali"]),
+                                "unit": "x", **ratio,
+                                "note": "baseline CPU time per clip over the DALI loader's"})
         finetune = lambda: FinetuneLoader(data_dir, s.batch_size // 2, device=device, **common)  # noqa: E731
-        rate = median(clips_per_s(finetune, s.batches) for _ in range(s.rounds))
+        rate = median(clips_per_s(finetune, s.batches)[0] for _ in range(s.rounds))
         records.append({"name": "finetune_clips_per_s", "value": rate, "unit": "clips/s",
                         **where, "loader": "dali", "note": "2 views per video (counted as clips)"})
         evaluation = lambda: EvalLoader(data_dir, s.batch_size // 2 * 3, device=device,  # noqa: E731
                                         num_clips=2, num_crops=3, **common)
-        rate = median(clips_per_s(evaluation, s.batches) for _ in range(s.rounds))
+        rate = median(clips_per_s(evaluation, s.batches)[0] for _ in range(s.rounds))
         records.append({"name": "eval_views_per_s", "value": rate, "unit": "views/s",
                         **where, "loader": "dali", "note": "3 crops per decoded clip"})
     return records

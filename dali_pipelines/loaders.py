@@ -73,11 +73,16 @@ class _ClipLoader:
         _check_videos(self.shards)
         self.device = device
         self.batch_size = batch_size
-        self._torch_device = torch.device("cuda", torch.cuda.current_device()) if device == "gpu" else torch.device("cpu")
+        if device == "gpu":
+            self._torch_device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self._torch_device = torch.device("cpu")
         self._cfg = replace(cfg, decode=_choose_decoder(self.shards, device, decoder))
         self._teacher_input_size = teacher_input_size
         cpus = len(os.sched_getaffinity(0))
-        self._num_workers = cpus if num_workers is None else num_workers
+        if num_workers is None:  # PyAV decodes in the workers; otherwise they only read bytes
+            num_workers = cpus if self._cfg.decode == "pyav" else min(cpus, 2)
+        self._num_workers = num_workers
         self._num_threads = num_threads or cpus
         self._prefetch = prefetch
         self.max_failure_fraction = max_failure_fraction
@@ -94,6 +99,7 @@ class _ClipLoader:
         self.num_failures = 0  # replacement events (a bad sample seen twice counts twice)
         self._pipe = None
         self._pipe_next: int | None = None  # epoch * steps + step of the pipeline's next batch
+        self._planner = self._reader(0, 0)  # the epoch plans (cached) for the main process
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -208,16 +214,14 @@ class _ClipLoader:
         found = {}
         for ahead in range(self._prefetch + 1):
             epoch, step = reader.position(ahead)
-            items, _ = reader.plan(epoch)
-            for item in items[step * self._cfg.batch_size : (step + 1) * self._cfg.batch_size]:
+            for item in self._planned(epoch, step)[0]:
                 sample, clip = reader._split(int(item))
                 if sample in self.bad or sample in found:
                     continue
-                params = reader.draw(sample, epoch, clip)
                 try:
-                    decode_frames(reader.video_bytes(sample), params["frames"])
+                    decode_frames(reader.video_bytes(sample), reader.draw(sample, epoch, clip)["frames"])
                 except DecodeError as err:
-                    found[sample] = f"{self.table.where(sample)}: {err}"
+                    found[sample] = str(err)
             if found:
                 break
         if not found:
@@ -245,10 +249,11 @@ class _ClipLoader:
         self._check_failures()
 
     def _check_failures(self) -> None:
-        if len(self.bad) > self.max_failure_fraction * len(self.table):
+        seen = len(self.table) / self._cfg.num_shards  # the samples this rank reads per epoch
+        if len(self.bad) > self.max_failure_fraction * seen:
             shards = sorted({self.table.where(i).split(":")[0] for i in self.bad})
             raise DecodeFailureError(
-                f"{len(self.bad)} of {len(self.table)} samples failed to decode, more than "
+                f"{len(self.bad)} of this rank's {seen:g} samples failed to decode, more than "
                 f"max_failure_fraction={self.max_failure_fraction}; shards: {', '.join(shards)}; "
                 f"keys: {', '.join(self.table.keys[i] for i in sorted(self.bad))}"
             )
@@ -262,7 +267,9 @@ class _ClipLoader:
 
         dense = tl.as_tensor()
         out = torch.empty(dense.shape(), dtype=torch.float32, device=self._torch_device)
-        stream = torch.cuda.current_stream(self._torch_device).cuda_stream if self.device == "gpu" else None
+        stream = None
+        if self.device == "gpu":  # DALI copies on torch's stream: no sync with the host
+            stream = torch.cuda.current_stream(self._torch_device).cuda_stream
         feed_ndarray(dense, out, cuda_stream=stream)
         return out
 
@@ -271,10 +278,11 @@ class _ClipLoader:
         self._note_failures(info, outputs[first_meta + 1])
         return info
 
-    def _planned_valid(self, epoch: int, step: int) -> np.ndarray:
-        items, valid = self._reader(epoch, step).plan(epoch)
+    def _planned(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, valid) of one batch as planned (before any replacement)."""
+        items, valid = self._planner.plan(epoch)
         b = self._cfg.batch_size
-        return valid[step * b : (step + 1) * b]
+        return items[step * b : (step + 1) * b], valid[step * b : (step + 1) * b]
 
     def _host(self, array: np.ndarray, dtype=torch.int64) -> torch.Tensor:
         return torch.as_tensor(array, dtype=dtype).to(self._torch_device, non_blocking=True)
@@ -365,7 +373,7 @@ class PretrainLoader(_ClipLoader):
             "label": self._host(self.table.label[samples]),
             "key": [self.table.keys[i] for i in samples],
             "index": self._host(samples),
-            "valid": self._host(self._planned_valid(epoch, step), torch.bool),
+            "valid": self._host(self._planned(epoch, step)[1], torch.bool),
         }
 
 
@@ -439,7 +447,7 @@ class FinetuneLoader(_ClipLoader):
             "label": self._host(self.table.label[samples]),
             "key": [self.table.keys[i] for i in samples],
             "index": self._host(samples),
-            "valid": self._host(np.repeat(self._planned_valid(epoch, step), v), torch.bool),
+            "valid": self._host(np.repeat(self._planned(epoch, step)[1], v), torch.bool),
         }
 
 
@@ -519,7 +527,7 @@ class EvalLoader(_ClipLoader):
             "index": self._host(samples),
             "clip": self._host(np.repeat(info[:, 2], c)),
             "crop": self._host(np.tile(np.arange(c), len(info))),
-            "valid": self._host(np.repeat(self._planned_valid(epoch, step), c), torch.bool),
+            "valid": self._host(np.repeat(self._planned(epoch, step)[1], c), torch.bool),
         }
 
 

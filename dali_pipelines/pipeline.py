@@ -103,7 +103,11 @@ def apply_rand_augment(video, ops, mags, signs, spec: RandAugmentSpec):
     shape = video.shape(dtype=types.FLOAT)[1:3]  # (H, W) of the frames
     for k in range(spec.n):
         signed = signed_bin(mags[k], random_sign=signs[k])
-        params = [aug._get_param(signed, spec.num_bins, "cpu") for aug in suite]
+        # per-op parameters of every sample, computed before the split on the device each op
+        # wants them (GPU clips take GPU masks/kernels for their arithmetic)
+        params = [
+            aug._get_param(signed, spec.num_bins, aug._infer_param_device(video)) for aug in suite
+        ]
         video = select(suite, ops[k], params, data=video, shape=shape, fill_value=128)
     return video
 
