@@ -19,8 +19,9 @@ def decode_frames(data: bytes, indices: np.ndarray, convert_all: bool = False) -
     """Frames `indices` (presentation order, 0-based) as (T, H, W, 3) uint8 RGB.
 
     Seeks to the key frame before the first wanted frame and decodes forward only up to the last
-    one; frames that are not wanted are decoded (later frames depend on them) but not converted
-    to RGB, unless `convert_all` (what public PyAV loaders do: every frame of the window).
+    one; frames that are not wanted are decoded only when other frames reference them, and not
+    converted to RGB, unless `convert_all` (what public PyAV loaders do: every frame of the
+    window decoded and converted).
     Raises DecodeError when the bytes do not hold the frames.
     """
     indices = np.asarray(indices, dtype=np.int64)
@@ -44,35 +45,41 @@ def decode_frames(data: bytes, indices: np.ndarray, convert_all: bool = False) -
 
 def _decode_wanted(container, stream, wanted: np.ndarray, convert_all: bool) -> dict[int, np.ndarray]:
     pts_table = _presentation_pts(container, stream)
-    first, last = int(wanted[0]), int(wanted[-1])
-    if pts_table is not None and first > 0 and last < len(pts_table):
+    if pts_table is not None and wanted[-1] < len(pts_table):
         index_of = {int(p): i for i, p in enumerate(pts_table)}
-        container.seek(int(pts_table[first]), stream=stream, backward=True, any_frame=False)
-        frames = _collect(container, stream, wanted, convert_all, lambda f, n: index_of.get(f.pts))
-        if all(int(i) in frames for i in wanted):
+        container.seek(int(pts_table[wanted[0]]), stream=stream, backward=True, any_frame=False)
+        frames = _collect(container, stream, wanted, convert_all, index_of)
+        if len(frames) == len(wanted):
             return frames
-        container.seek(0, stream=stream, backward=True, any_frame=False)
-    elif pts_table is not None:
-        container.seek(0, stream=stream, backward=True, any_frame=False)
-    return _collect(container, stream, wanted, convert_all, lambda f, n: n)
+    container.seek(0, stream=stream, backward=True, any_frame=False)  # count from the start
+    return _collect(container, stream, wanted, convert_all, None)
 
 
-def _collect(container, stream, wanted, convert_all, position) -> dict[int, np.ndarray]:
-    """Decode forward; `position(frame, n)` gives the frame's index (n = count since start)."""
+def _collect(container, stream, wanted, convert_all, index_of) -> dict[int, np.ndarray]:
+    """Decode forward until every wanted frame is in. A frame's index comes from its pts
+    (`index_of`) or, without one, from counting decoded frames from the start.
+
+    With pts, the packets of frames that are not wanted are decoded with skip_frame=NONREF:
+    a frame no other frame references (H.264/HEVC non-reference B-frames) is then skipped.
+    """
     wanted_set = {int(i) for i in wanted}
-    last = int(wanted[-1])
     frames: dict[int, np.ndarray] = {}
     to_rgb = VideoReformatter()  # one swscale context for the clip, not one per frame
-    for n, frame in enumerate(container.decode(stream)):
-        i = position(frame, n)
-        if i is None:
-            continue
-        if convert_all:
-            rgb = frame.to_ndarray(format="rgb24")  # as public loaders do, a context per frame
-        if i in wanted_set and i not in frames:
-            frames[i] = rgb if convert_all else to_rgb.reformat(frame, format="rgb24").to_ndarray()
-        if i >= last and len(frames) == len(wanted_set):
-            break
+    context = stream.codec_context
+    skip = index_of is not None and not convert_all
+    count = 0
+    for packet in container.demux(stream):
+        if skip and packet.pts is not None:
+            context.skip_frame = "DEFAULT" if index_of.get(packet.pts) in wanted_set else "NONREF"
+        for frame in context.decode(packet):
+            i = count if index_of is None else index_of.get(frame.pts)
+            count += 1
+            if convert_all:
+                rgb = frame.to_ndarray(format="rgb24")  # as public loaders do, a context per frame
+            if i in wanted_set and i not in frames:
+                frames[i] = rgb if convert_all else to_rgb.reformat(frame, format="rgb24").to_ndarray()
+                if len(frames) == len(wanted_set):
+                    return frames
     return frames
 
 
