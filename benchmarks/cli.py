@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks import env, report, targets
 
-# Modes in the order `all` runs them, and whether their run() takes the device.
+# Whether each mode's run() takes the device (`all` runs them in report.MODES order).
 TAKES_DEVICE = {"shard": False, "loader": True, "model": True, "step": True}
 
 

@@ -87,8 +87,8 @@ BF16_PEAK_TFLOPS = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("H200", 989.0),
     ("GH200", 989.0),
+    ("H200", 989.0),
     ("A100", 312.0),
     ("L40S", 362.0),
 )
@@ -100,6 +100,14 @@ def bf16_peak_tflops(gpu_name: str) -> float | None:
         if key in gpu_name:
             return peak
     return None
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
 
 
 def collect(device: str) -> dict:
@@ -114,6 +122,7 @@ def collect(device: str) -> dict:
         "cpu_count": usable_cpus(),
         "cpu_count_total": os.cpu_count(),
         "load_average_at_start": load_average(),
+        "torch_threads": _torch_threads(),
         "gpu": gpu,
         "platform": platform.platform(),
         "python_executable": sys.executable,
