@@ -9,8 +9,8 @@ the resumed loader yields exactly the batches an uninterrupted one would.
 
 Failures: a sample that fails to decode is replaced by another sample of its batch, counted and
 logged with its shard and key. On the PyAV path the reader catches it; on the DALI path the
-batch raises, the loader probes that batch's samples one by one to find the culprit, marks it
-bad and rebuilds the pipeline at the same step. When more than `max_failure_fraction` of the
+batch raises, the loader decodes that batch's samples one by one with DALI to find the culprit,
+marks it bad and rebuilds the pipeline at the same step. When more than `max_failure_fraction` of the
 dataset has failed, the loader raises DecodeFailureError naming the shards and keys.
 """
 
@@ -25,7 +25,6 @@ import torch
 
 from dali_pipelines import pipeline as dali_stage
 from dali_pipelines import sampling
-from dali_pipelines.decode import DecodeError, decode_frames
 from dali_pipelines.manifest import DALI_CODECS, ShardDir, load_shard_dir
 from dali_pipelines.reader import NO_FAILURE, ClipReader, ReaderConfig
 from mvd.masking import random_mask, tube_mask
@@ -208,9 +207,10 @@ class _ClipLoader:
                 self._find_bad_in_batch(exc)
 
     def _find_bad_in_batch(self, exc: Exception) -> None:
-        """Probe the samples of the failed batch (and the prefetched ones after it) with PyAV and
-        mark the ones that fail; raise the DALI error when none does."""
+        """Probe the samples of the failed batch (and of the prefetched ones after it) one by
+        one with DALI's decoder, and mark the ones that fail; re-raise when none does."""
         reader = self._reader(self.epoch, self.step)
+        device_id = self._torch_device.index if self.device == "gpu" else None
         found = {}
         for ahead in range(self._prefetch + 1):
             epoch, step = reader.position(ahead)
@@ -218,16 +218,16 @@ class _ClipLoader:
                 sample, clip = reader._split(int(item))
                 if sample in self.bad or sample in found:
                     continue
-                try:
-                    decode_frames(reader.video_bytes(sample), reader.draw(sample, epoch, clip)["frames"])
-                except DecodeError as err:
-                    found[sample] = str(err)
+                frames = reader.draw(sample, epoch, clip)["frames"]
+                why = dali_stage.decode_error(reader.video_bytes(sample), frames, self.device, device_id)
+                if why is not None:
+                    found[sample] = why
             if found:
                 break
         if not found:
             raise RuntimeError(
-                f"DALI failed on epoch {self.epoch} step {self.step} but every sample of the batch "
-                f"decodes with PyAV; DALI's error: {exc}"
+                f"DALI failed at epoch {self.epoch} step {self.step}, but every sample of the "
+                f"batch decodes on its own: {exc}"
             ) from exc
         for sample, why in found.items():
             log.warning("sample %s failed to decode with DALI (%s); it will be replaced",

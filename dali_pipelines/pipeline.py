@@ -7,6 +7,7 @@ per-sample data, so the DALI stage itself is deterministic: no DALI random opera
 
 from __future__ import annotations
 
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.auto_aug import augmentations
 from nvidia.dali.auto_aug.core import augmentation, signed_bin
@@ -208,6 +209,38 @@ def build(
     pipe = clip_pipeline()
     pipe.build()
     return pipe
+
+
+def decode_error(data: bytes, frames, device: str, device_id: int | None) -> str | None:
+    """Why DALI's video decoder on `device` fails on one sample's `frames`, or None if it does
+    not: the probe that finds the culprit of a failed batch. A fresh one-sample pipeline, as a
+    pipeline may not be reused after an operator failure."""
+    encoded = np.frombuffer(data, np.uint8)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, exec_dynamic=True)
+    def probe():
+        video = fn.external_source(source=lambda: [encoded], batch=True)
+        return fn.decoders.video(
+            video, device="mixed" if device == "gpu" else "cpu",
+            frames=[int(i) for i in frames], pad_mode="none",
+        )
+
+    pipe = probe()
+    try:
+        pipe.build()
+        pipe.run()
+    except Exception as exc:  # DALI reports decoder failures as generic errors
+        return _dali_reason(str(exc)) or type(exc).__name__
+    finally:
+        del pipe
+    return None
+
+
+def _dali_reason(message: str) -> str:
+    """The operator's own message out of DALI's error text (after "encountered:")."""
+    tail = message.split("encountered:", 1)[-1]
+    noise = ("C++ context", "Current pipeline")
+    return " ".join(line for line in tail.strip().splitlines() if not line.startswith(noise)).strip()
 
 
 def _cuda_initialized() -> bool:
