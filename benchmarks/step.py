@@ -18,6 +18,7 @@ loader's head room (the issue's target: at least 1.5x).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -99,7 +100,16 @@ def run(out_dir: Path, *, device: str, quick: bool) -> list[dict]:
     data_dir = synth_shards(out_dir / "shards", settings)
     records = []
     for batch_size in settings.batch_sizes:
-        records += measure(settings, data_dir, out_dir / f"run-b{batch_size}", batch_size, device)
+        try:
+            records += measure(settings, data_dir, out_dir / f"run-b{batch_size}", batch_size,
+                               device)
+        except torch.OutOfMemoryError as exc:  # the larger batch sizes of a full GPU run
+            reason = f"out of memory: {str(exc).splitlines()[0][:160]}"
+            records.append({"name": "end_to_end", "skipped": reason, "batch_size": batch_size})
+        finally:
+            gc.collect()  # the trainer's models and loader go before the next batch size's
+            if device == "gpu":
+                torch.cuda.empty_cache()
     return records
 
 
@@ -151,6 +161,8 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
         step(next(batches))
     cached = next(batches)
 
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     # Interleaved rounds, medians reported: other work on the machine hits all three alike.
     e2e_rates, wait_shares, compute_rates, loader_rates = [], [], [], []
     clips = settings.steps * batch_size
@@ -193,10 +205,13 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
         {"name": "flops_per_clip_counted", "value": counted / 1e9, "unit": "GFLOP"},
         {"name": "achieved_end_to_end", "value": flops * e2e_rate / 1e12, "unit": "TFLOP/s"},
     ]
-    peak = env.bf16_peak_tflops(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else None
-    if peak:
-        records.append({"name": "mfu_end_to_end", "value": 100.0 * flops * e2e_rate / 1e12 / peak,
-                        "unit": "%"})
+    if dev.type == "cuda":
+        records.append({"name": "peak_memory", "unit": "MiB",
+                        "value": torch.cuda.max_memory_allocated(dev) / 2**20})
+        peak = env.bf16_peak_tflops(torch.cuda.get_device_name(dev))
+        if peak:
+            records.append({"name": "mfu_end_to_end", "unit": "%",
+                            "value": 100.0 * flops * e2e_rate / 1e12 / peak})
     return [{**rec, **common} for rec in records]
 
 
