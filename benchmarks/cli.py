@@ -121,13 +121,14 @@ def run_mode(mode: str, device: str, quick: bool, work_dir: Path) -> dict:
             "seconds": time.perf_counter() - start,
         }
     seconds = time.perf_counter() - start
+    about = " ".join((module.__doc__ or "").split("\n\n")[0].split())
     print(f"[{mode}] {len(records)} records in {seconds:.1f} s")
     print("\n".join(report.tables(records)))
     for rec in records:
         if "value" not in rec:
             print(f"[{mode}]   {report.describe(rec)}")
     print(flush=True)
-    return {"status": "ok", "seconds": seconds, "records": records}
+    return {"status": "ok", "about": about, "seconds": seconds, "records": records}
 
 
 def unavailable(mode: str, device: str) -> str | None:

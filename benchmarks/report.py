@@ -175,6 +175,8 @@ def render_markdown(report: dict) -> str:
             if result["status"] != "failed" or not result.get("records"):
                 continue
         records = result.get("records", [])
+        if result.get("about"):
+            lines += [result["about"], ""]
         lines += [f"{len(measured(records))} figures in {result['seconds']:.1f} s.", ""]
         lines += tables(records)
         skipped = [r for r in records if "value" not in r]

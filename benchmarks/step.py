@@ -1,4 +1,6 @@
-"""`mvd-bench step`: the full MVD training step fed by the real loader.
+"""`mvd-bench step`: the full MVD training step fed by the real loader. End-to-end,
+compute-only (one cached batch) and loader-only clips/s side by side, with the share of the
+end-to-end time blocked on the loader (`bound` is "data" from 10 % on, else "compute").
 
 The step is the trainer's own (`mvd.engine.trainer.Trainer.train_step`: teachers' forward under
 inference mode, student forward/backward, AdamW, lr schedule) on a `pretrain_mvd` config, fed by
