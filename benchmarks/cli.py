@@ -40,10 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tiny models and inputs, few iterations: all modes in under 5 minutes on 2 cores",
     )
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="report directory (report.json, report.md, plots)")
     parser.add_argument(
         "--work",
         type=Path,
+        metavar="DIR",
         help="keep the modules' scratch data (synthetic videos and shards, run dirs) here and "
         "reuse it on the next run; default: a temporary directory, deleted at the end",
     )
