@@ -169,9 +169,9 @@ def build(
     device_id: int | None,
     prefetch: int = 2,
 ):
-    """The built pipeline for `reader`. Outputs, in order: per view the student video (and the teacher
-    video when teacher_input_size is set and differs), then `info`, `error`, then per view the
-    erasing boxes when the reader draws them."""
+    """The built pipeline for `reader`. Outputs, in order: per view the student video (and the
+    teacher video when teacher_input_size is set and differs), then `info`, `error`, then per
+    view the erasing boxes when the reader draws them."""
     cfg = reader.cfg
     names = output_names(cfg)
     parallel = num_workers > 0
