@@ -85,7 +85,7 @@ class _ClipLoader:
         self._num_threads = num_threads or cpus
         self._prefetch = prefetch
         self.max_failure_fraction = max_failure_fraction
-        num_items = len(self.table) * (cfg.num_clips if cfg.kind == "eval" else 1)
+        num_items = cfg.num_items(len(self.table))
         self.steps = sampling.steps_per_epoch(num_items, cfg.batch_size, cfg.num_shards, cfg.drop_last)
         if self.steps == 0:
             raise ValueError(
@@ -215,7 +215,7 @@ class _ClipLoader:
         for ahead in range(self._prefetch + 1):
             epoch, step = reader.position(ahead)
             for item in self._planned(epoch, step)[0]:
-                sample, clip = reader._split(int(item))
+                sample, clip = self._cfg.split(int(item))
                 if sample in self.bad or sample in found:
                     continue
                 frames = reader.draw(sample, epoch, clip)["frames"]
@@ -239,7 +239,7 @@ class _ClipLoader:
         """Count the replacements the reader reports (info[:, 1] = failed item or -1)."""
         for j in np.nonzero(info[:, 1] != NO_FAILURE)[0]:
             item = int(info[j, 1])
-            sample = item // self._cfg.num_clips if self._cfg.kind == "eval" else item
+            sample = self._cfg.split(item)[0]
             why = bytes(np.asarray(errors[int(j)])).decode(errors="replace") or "failed to decode"
             self.num_failures += 1
             if sample not in self.bad:

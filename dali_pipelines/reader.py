@@ -84,9 +84,15 @@ class ReaderConfig:
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
-    @property
-    def num_outputs(self) -> int:
-        return len(output_names(self))
+    def num_items(self, num_samples: int) -> int:
+        """Items per epoch: samples, or (sample, clip) pairs for eval."""
+        return num_samples * (self.num_clips if self.kind == "eval" else 1)
+
+    def split(self, item: int) -> tuple[int, int]:
+        """(sample, clip) of an item."""
+        if self.kind == "eval":
+            return item // self.num_clips, item % self.num_clips
+        return item, 0
 
 
 def output_names(cfg: ReaderConfig) -> list[str]:
@@ -126,15 +132,11 @@ class ClipReader:
 
     # -- the epoch plan --------------------------------------------------------------------
 
-    @property
-    def num_items(self) -> int:
-        return len(self.table) * (self.cfg.num_clips if self.cfg.kind == "eval" else 1)
-
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """This rank's (items, valid) for `epoch`, cached for the last two epochs."""
         if epoch not in self._plans:
             cfg = self.cfg
-            order = sampling.epoch_order(cfg.seed, epoch, self.num_items, cfg.shuffle)
+            order = sampling.epoch_order(cfg.seed, epoch, cfg.num_items(len(self.table)), cfg.shuffle)
             self._plans[epoch] = sampling.rank_items(
                 order, batch_size=cfg.batch_size, num_shards=cfg.num_shards,
                 shard_id=cfg.shard_id, drop_last=cfg.drop_last,
@@ -158,7 +160,7 @@ class ClipReader:
         planned = int(batch[j])
         failed, error = NO_FAILURE, ""
         for item in self._candidates(planned, batch, j, items):
-            sample, clip = self._split(item)
+            sample, clip = self.cfg.split(item)
             try:
                 if sample in self.bad:
                     raise DecodeError("failed to decode earlier")
@@ -170,11 +172,6 @@ class ClipReader:
             meta = np.array([sample, failed, clip], dtype=np.int64)
             return (*out, meta, np.frombuffer(error.encode()[:2000], np.uint8).copy())
         raise RuntimeError(f"no sample of epoch {epoch} could be read (all failed)")
-
-    def _split(self, item: int) -> tuple[int, int]:
-        if self.cfg.kind == "eval":
-            return item // self.cfg.num_clips, item % self.cfg.num_clips
-        return item, 0
 
     @staticmethod
     def _candidates(planned, batch, j, items):

@@ -3,6 +3,8 @@ the H.264 fallback and the errors raised before any decoding."""
 
 from __future__ import annotations
 
+import io
+
 import av
 import numpy as np
 import pytest
@@ -102,8 +104,6 @@ def test_counter_videos_decode_with_pyav_to_their_frame_numbers(counter_shards):
     with open(table.shard_paths[0], "rb") as f:
         f.seek(int(table.offset[0]))
         data = f.read(int(table.size[0]))
-    import io
-
     with av.open(io.BytesIO(data)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == table.num_frames[0]
