@@ -159,7 +159,7 @@ class Checkpointer:
         """Collective: every rank must call it (states are gathered to rank 0, which writes)."""
         if step == self.last_saved_step:
             return None
-        model_sd, optim_sd = self._state_dicts(model, optimizer)
+        model_sd, optim_sd = self.full_state_dicts(model, optimizer)
         loaders = D.all_gather_objects(plain(loader.state_dict()))
         rngs = D.all_gather_objects(rng_state())
         path = self.dir / f"step-{step:08d}.pt"
@@ -176,7 +176,8 @@ class Checkpointer:
         self.last_saved_step = step
         return path
 
-    def _state_dicts(self, model, optimizer) -> tuple[dict, dict]:
+    def full_state_dicts(self, model, optimizer) -> tuple[dict, dict]:
+        """(model, optimizer) state dicts, gathered whole under FSDP (collective then)."""
         if self.fsdp and self.info.distributed:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 

@@ -90,6 +90,7 @@ class Trainer:
             if cfg.train.precision == "fp16" else None
         self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, info, fsdp=cfg.dist.fsdp)
         self.step, self.counters = 0, {"skipped": 0}
+        self.last_eval: dict = {}
         ckpt = self.checkpointer.find_resume()
         if ckpt is not None:
             self.checkpointer.restore(ckpt, model=self.model, optimizer=self.optimizer,
@@ -163,7 +164,8 @@ class Trainer:
         if status == "finished":
             self.export()
             if isinstance(self.task, Finetune) and cfg.eval.dir:
-                result["eval"] = self.validate()
+                result["eval"] = self.last_eval if self.last_eval.get("step") == self.step \
+                    else self.validate()
         return result
 
     def _epoch(self) -> int:
@@ -289,14 +291,13 @@ class Trainer:
         """The trained model alone (no teachers, no optimizer) as run.dir/model.safetensors."""
         from safetensors.torch import save_file
 
-        sd = self.checkpointer._state_dicts(self.model, self.optimizer)[0] \
-            if self.cfg.dist.fsdp and self.info.distributed else D.unwrap(self.model).state_dict()
+        sd = self.checkpointer.full_state_dicts(self.model, self.optimizer)[0]
         path = self.run_dir / EXPORT_NAME
         if self.info.is_main:
             tmp = path.with_name("." + path.name + ".tmp")
             save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
-                      metadata={"model": self.cfg.model.name, "task": self.cfg.task,
-                                "step": str(self.step)})
+                      metadata={"format": "pt", "mvd_model": self.cfg.model.name,
+                                "task": self.cfg.task, "step": str(self.step)})
             tmp.replace(path)
             log.info("trained model written to %s", path)
         D.barrier()
@@ -305,8 +306,9 @@ class Trainer:
     def validate(self) -> dict:
         result = run_validation(self.cfg, self.info, self.model, self.autocast,
                                 num_classes=len(self.task.classes))
+        result["step"] = self.step
+        self.last_eval = result
         if self.info.is_main:
-            result["step"] = self.step
             with open(self.run_dir / "eval.json", "w") as f:
                 json.dump(result, f, indent=1)
             log.info("step %d: eval top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",

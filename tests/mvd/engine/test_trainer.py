@@ -140,3 +140,16 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     t.train()
     assert [s for s, _ in losses(tmp_path / "r")] == [1, 2, 3]
     assert t.loader.position == 6
+
+
+def test_finetune_validates_every_n_epochs_and_at_the_end(tmp_path):
+    t = make("finetune", tmp_path / "r", "eval.dir=" + str(tmp_path / "data"),
+             "eval.every_epochs=1", "schedule.epochs=2", "finetune.mixup=0", "finetune.cutmix=0")
+    seen = []
+    real = t.validate
+    t.validate = lambda: seen.append(t.step) or real()
+    result = t.train()
+    spe = t.derived.steps_per_epoch
+    assert seen == [spe, 2 * spe]  # after each epoch; the last one serves as the end-of-run one
+    assert result["eval"]["videos"] == 32
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["step"] == 2 * spe

@@ -1,0 +1,28 @@
+"""mvd-demo's logic end to end with its --quick budgets (seconds): data, both stage-1 teachers,
+distillation, both fine-tunings, evaluation, the table and summary.json. The full demo (several
+minutes; the distilled student must beat scratch) is checked by running `mvd-demo`, not in CI."""
+
+import json
+
+from mvd.demo import main
+
+
+def test_quick_demo_runs_every_stage_and_writes_the_summary(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--quick"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("distilled", "scratch"):
+        assert 0.0 <= summary[name]["top1"] <= 100.0 and 0.0 <= summary[name]["top5"] <= 100.0
+        assert summary[name]["steps"] == summary["distilled"]["steps"]  # the same budget
+        assert summary[name]["heldout_videos"] == summary["budget"]["heldout"]
+    for stage in ("image_teacher", "video_teacher", "student", "distilled", "scratch"):
+        assert (out / stage / "model.safetensors").is_file()
+        assert (out / stage / "config.yaml").is_file()
+    # stage 2 loaded the stage-1 runs; the distilled fine-tuning started from stage 2
+    student_cfg = (out / "student" / "config.yaml").read_text()
+    assert str(out / "image_teacher") in student_cfg and str(out / "video_teacher") in student_cfg
+    assert f"init: {out / 'student'}" in (out / "distilled" / "config.yaml").read_text()
+    assert "init: ''" in (out / "scratch" / "config.yaml").read_text()
+    captured = capsys.readouterr()
+    assert "distilled" in captured.err and "scratch" in captured.err and str(out) in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["out"] == str(out)
