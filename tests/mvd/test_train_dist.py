@@ -1,7 +1,8 @@
 """Two processes under real ``torchrun --nproc_per_node 2`` (gloo on CPU) on the synthetic shards:
 every task, stage-1 checkpoints loading as stage-2 teachers, a stage-2 checkpoint fine-tuning and
-evaluating, stop-and-resume and a SIGKILLed worker both resuming to the uninterrupted losses, a
-corrupted newest checkpoint skipped, and a NaN on one rank stopping both without a hang."""
+evaluating, stop-and-resume (DDP and FSDP2) and a SIGKILLed worker resuming to the uninterrupted
+losses, a corrupted newest checkpoint skipped, and a NaN on one rank stopping both without a
+hang."""
 
 import json
 import os
@@ -72,6 +73,13 @@ def test_two_process_stop_and_resume_reproduces_the_uninterrupted_losses(chain):
     out, results = chain
     assert results["mvd_resumed_from"] == 3
     assert rows(out / "mvd" / "metrics.jsonl") == rows(out / "mvd_resumed" / "metrics.jsonl")
+
+
+def test_fsdp_run_checkpoints_and_resumes_to_the_same_losses(chain):
+    out, results = chain
+    assert results["fsdp"]["step"] == results["fsdp_resumed"]["step"] == 4
+    assert rows(out / "fsdp" / "metrics.jsonl") == rows(out / "fsdp_resumed" / "metrics.jsonl")
+    assert (out / "fsdp" / "model.safetensors").is_file()
 
 
 def test_nan_on_one_rank_stops_both_ranks_naming_the_step(chain):

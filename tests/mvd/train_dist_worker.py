@@ -31,6 +31,12 @@ def main():
     # the same run as test_train_dist's killed-and-resumed one: 14 steps of pretrain_videomae
     results["videomae"] = Trainer(cfg("pretrain_videomae", "videomae", "train.max_steps=14",
                                       *common)).train()
+    # FSDP2 (fully_shard) instead of DDP: full state dicts gathered for the checkpoint, resumable
+    fsdp = ["dist.fsdp=true", *common]
+    results["fsdp"] = Trainer(cfg("pretrain_videomae", "fsdp", "train.max_steps=4", *fsdp)).train()
+    Trainer(cfg("pretrain_videomae", "fsdp_resumed", "train.max_steps=2", *fsdp)).train()
+    results["fsdp_resumed"] = Trainer(cfg("pretrain_videomae", "fsdp_resumed", "train.max_steps=4",
+                                          *fsdp)).train()
     teachers = [f"teachers.image.checkpoint={OUT / 'mae'}",
                 f"teachers.video.checkpoint={OUT / 'videomae' / 'checkpoints' / 'step-00000014.pt'}"]
     results["mvd"] = Trainer(cfg("pretrain_mvd", "mvd", "train.max_steps=6", *teachers,
