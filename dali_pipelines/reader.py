@@ -13,7 +13,10 @@ good sample of the same batch (then of the epoch), and the output says which ite
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +26,19 @@ from dali_pipelines.decode import DecodeError, decode_frames
 from dali_pipelines.manifest import SampleTable
 
 NO_FAILURE = -1
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process die when `parent_pid` dies.
+
+    DALI's parallel external-source workers block waiting for work and never notice that the
+    loader process is gone: a SIGKILLed training rank would otherwise leave them behind forever.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -124,10 +140,12 @@ class ClipReader:
     bad: frozenset = frozenset()
     _fds: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
+    _owner_pid: int = field(default_factory=os.getpid, repr=False)  # the loader's process
+    _armed_pid: int = field(default=-1, repr=False)  # the worker that armed exit_with_parent
 
     def __getstate__(self):  # file descriptors and caches stay in the process that made them
         state = dict(self.__dict__)
-        state["_fds"], state["_plans"] = {}, {}
+        state["_fds"], state["_plans"], state["_armed_pid"] = {}, {}, -1
         return state
 
     # -- the epoch plan --------------------------------------------------------------------
@@ -153,6 +171,10 @@ class ClipReader:
     # -- per sample ------------------------------------------------------------------------
 
     def __call__(self, info) -> tuple:
+        pid = os.getpid()
+        if pid != self._armed_pid and pid != self._owner_pid:  # first call in a DALI worker
+            exit_with_parent(self._owner_pid)
+            self._armed_pid = pid
         epoch, step = self.position(info.iteration)
         items, _ = self.plan(epoch)
         batch = items[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
