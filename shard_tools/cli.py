@@ -5,7 +5,8 @@
     mvd-shard list --root DIR --list FILE [--classes FILE] --out DIR
     mvd-shard ucf101 --videos DIR --class-index classInd.txt --split-file trainlist01.txt --out DIR
     mvd-shard hmdb51 --videos DIR --splits-dir DIR --split 1 --subset train --out DIR
-    mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME]
+    mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
+                          --spatial-cue shape|colour]
     mvd-shard verify DIR
 
 Re-running a command into the same ``--out`` resumes it. This module only parses and calls.
@@ -24,7 +25,7 @@ from shard_tools import sources as src
 from shard_tools.build import BuildOptions, ShardDirError, build_shards
 from shard_tools.encode import CODECS
 from shard_tools.reencode import ReencodeOptions
-from shard_tools.synth import CLASS_GRID, make_synth_dataset
+from shard_tools.synth import CLASS_GRID, SPATIAL_CUES, make_synth_dataset
 from shard_tools.verify import verify_shards
 
 REENCODE_CODECS = ("h264", "hevc", "vp9", "mjpeg")
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", required=True, choices=sorted(src.HMDB51_SUBSETS), help="lines with id 1 or 2")
     _common(p, reencode=True)
 
-    p = sub.add_parser("synth", help="the synthetic shape x motion-direction dataset")
+    p = sub.add_parser("synth", help="the synthetic (shape or colour) x motion-direction dataset")
     p.add_argument("--num-videos", type=int, default=400)
     p.add_argument("--num-frames", type=int, default=40)
     p.add_argument("--width", type=int, default=96)
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", choices=sorted(CODECS), default="vp9", help="(default: vp9 in .webm)")
     p.add_argument("--gop", type=int, default=16)
     p.add_argument("--split", default="train", help="split name; another name gives held-out clips (default: train)")
+    p.add_argument("--spatial-cue", choices=sorted(SPATIAL_CUES), default="shape",
+                   help="what tells the classes apart besides the motion direction (default: %(default)s)")
     _common(p, reencode=False)
 
     p = sub.add_parser("verify", help="check a shard directory against its manifest")
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "synth":
             make_synth_dataset(args.out, num_videos=args.num_videos, num_frames=args.num_frames, width=args.width,
                                height=args.height, num_classes=args.num_classes, fps=args.fps, codec=args.codec,
-                               gop=args.gop, seed=args.seed, split=args.split, shard_size_mb=args.shard_size_mb,
+                               gop=args.gop, seed=args.seed, split=args.split, spatial_cue=args.spatial_cue,
+                               shard_size_mb=args.shard_size_mb,
                                shard_samples=args.shard_samples, workers=args.workers,
                                progress=not args.no_progress, overwrite=args.overwrite)
             return 0

@@ -1,10 +1,16 @@
 """A synthetic labelled video dataset whose classes need both a spatial and a temporal cue.
 
-Each clip shows one shape (square, circle, triangle, cross) moving in a straight line in one
-direction (right, left, down, up) over a noisy two-colour gradient background. The class is the
-(shape, direction) pair, so no single frame tells the class (direction needs motion) and motion
-alone does not either (shape needs appearance). Colours, size, start position, speed and
-background are random per clip; colour carries no class information.
+Each clip shows one object moving in a straight line in one direction (right, left, down, up)
+over a noisy two-colour gradient background. The class is the (spatial cue, direction) pair, so
+no single frame tells the class (direction needs motion) and motion alone does not either. The
+spatial cue is, by ``spatial_cue``:
+
+- ``"shape"`` (default): the object's shape (square, circle, triangle, cross); its colour is
+  random and carries no class information;
+- ``"colour"``: the object's colour from a palette of well-separated colours (red, green, blue,
+  yellow); its shape is random, and the background never comes near any palette colour.
+
+Size, start position, speed and background are random per clip in both cases.
 
 Clips are drawn from ``numpy.random.default_rng([seed, crc32(split), index])``: the same
 arguments give the same clips, and another ``split`` name (or seed) gives a disjoint draw of the
@@ -25,17 +31,24 @@ from shard_tools.sources import SourceRecord, SourceSet
 
 SHAPES = ("square", "circle", "triangle", "cross")
 DIRECTIONS = ("right", "left", "down", "up")
+PALETTE = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (30, 60, 235), "yellow": (235, 215, 30)}
 _STEP = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
-# num_classes -> (number of shapes, number of directions); both at least 2
+# spatial_cue -> the values it takes, in class order
+SPATIAL_CUES = {"shape": SHAPES, "colour": tuple(PALETTE)}
+# num_classes -> (number of spatial cue values, number of directions); both at least 2
 CLASS_GRID = {4: (2, 2), 6: (3, 2), 8: (4, 2), 9: (3, 3), 12: (3, 4), 16: (4, 4)}
+# the gradient background keeps at least this RGB distance from every palette colour
+_PALETTE_CLEARANCE = 110.0
 
 
-def synth_classes(num_classes: int) -> list[str]:
-    """Class names ``"<shape>-<direction>"`` in index order (shape-major)."""
+def synth_classes(num_classes: int, spatial_cue: str = "shape") -> list[str]:
+    """Class names ``"<cue>-<direction>"`` in index order (cue-major), e.g. ``"circle-left"``."""
     if num_classes not in CLASS_GRID:
         raise ValueError(f"synthetic num_classes must be one of {sorted(CLASS_GRID)}, got {num_classes}")
-    n_shapes, n_dirs = CLASS_GRID[num_classes]
-    return [f"{s}-{d}" for s in SHAPES[:n_shapes] for d in DIRECTIONS[:n_dirs]]
+    if spatial_cue not in SPATIAL_CUES:
+        raise ValueError(f"synthetic spatial_cue must be one of {sorted(SPATIAL_CUES)}, got {spatial_cue!r}")
+    n_cues, n_dirs = CLASS_GRID[num_classes]
+    return [f"{s}-{d}" for s in SPATIAL_CUES[spatial_cue][:n_cues] for d in DIRECTIONS[:n_dirs]]
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -50,22 +63,50 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndar
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_clip(shape: str, direction: str, rng: np.random.Generator, num_frames: int,
-                width: int, height: int) -> np.ndarray:
-    """One clip as (T, H, W, 3) uint8 RGB."""
+def _segment_distance(point: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """RGB distance from ``point`` to the nearest colour of the gradient from ``a`` to ``b``."""
+    ab = b - a
+    t = np.clip(np.dot(point - a, ab) / max(float(np.dot(ab, ab)), 1e-9), 0.0, 1.0)
+    return float(np.linalg.norm(point - (a + t * ab)))
+
+
+def _gradient_colours(rng: np.random.Generator, avoid: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The background gradient's two end colours, kept away from every colour in ``avoid``."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    for _ in range(200):
+        if all(_segment_distance(c, c0, c1) > _PALETTE_CLEARANCE for c in avoid):
+            return c0, c1
+        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    grey = np.full(3, 128.0)  # far from every palette colour
+    return grey, grey
+
+
+def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: int,
+                width: int, height: int, spatial_cue: str = "shape") -> np.ndarray:
+    """One clip as (T, H, W, 3) uint8 RGB; ``cue`` is a shape or a palette colour (``spatial_cue``)."""
+    if spatial_cue not in SPATIAL_CUES or cue not in SPATIAL_CUES[spatial_cue]:
+        raise ValueError(f"unknown {spatial_cue} {cue!r}; spatial_cue {spatial_cue!r} takes "
+                         f"{SPATIAL_CUES.get(spatial_cue, sorted(SPATIAL_CUES))}")
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     # background: gradient between two random colours along a random axis, plus fixed texture
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    if spatial_cue == "colour":
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        c0, c1 = _gradient_colours(rng, [np.array(c, np.float64) for c in PALETTE.values()])
+    else:
+        shape = cue
+        c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     angle = rng.uniform(0, 2 * np.pi)
     t = (np.cos(angle) * xs / width + np.sin(angle) * ys / height + 1) / 2
     background = c0 * (1 - t[..., None]) + c1 * t[..., None] + rng.normal(0, 8, (height, width, 3))
-    # foreground colour far enough from the background's mean colour to stay visible
-    mean_bg = (c0 + c1) / 2
-    color = rng.uniform(0, 255, 3)
-    for _ in range(20):
-        if np.abs(color - mean_bg).sum() > 160:
-            break
+    if spatial_cue == "colour":
+        color = np.array(PALETTE[cue], np.float64)
+    else:  # a random colour far enough from the background's mean colour to stay visible
+        mean_bg = (c0 + c1) / 2
         color = rng.uniform(0, 255, 3)
+        for _ in range(20):
+            if np.abs(color - mean_bg).sum() > 160:
+                break
+            color = rng.uniform(0, 255, 3)
     r = rng.uniform(0.16, 0.24) * min(width, height)
     sx, sy = _STEP[direction]
     margin = r + 1
@@ -92,8 +133,9 @@ class SynthClip:
 
     index: int
     label: int
-    shape: str
+    cue: str  # a shape or a palette colour, by spatial_cue
     direction: str
+    spatial_cue: str
     seed: int
     split: str
     num_frames: int
@@ -107,14 +149,16 @@ class SynthClip:
         return np.random.default_rng([self.seed, zlib.crc32(self.split.encode()), self.index])
 
     def __call__(self, path: Path) -> None:
-        frames = render_clip(self.shape, self.direction, self.rng(), self.num_frames, self.width, self.height)
+        frames = render_clip(self.cue, self.direction, self.rng(), self.num_frames, self.width, self.height,
+                             self.spatial_cue)
         with VideoWriter(path, self.codec, self.width, self.height, self.fps, gop=self.gop) as writer:
             for frame in frames:
                 writer.write(frame)
 
 
 def synth_sources(clip_dir: Path, *, num_videos: int, num_frames: int, width: int, height: int,
-                  num_classes: int, fps: float, codec: str, gop: int, seed: int, split: str) -> SourceSet:
+                  num_classes: int, fps: float, codec: str, gop: int, seed: int, split: str,
+                  spatial_cue: str = "shape") -> SourceSet:
     """Balanced classes (clip ``i`` has label ``i % num_classes``); files are made on demand."""
     if num_videos < 1 or num_frames < 1:
         raise ValueError(f"need at least one video and one frame, got {num_videos} videos of {num_frames} frames")
@@ -122,30 +166,34 @@ def synth_sources(clip_dir: Path, *, num_videos: int, num_frames: int, width: in
         raise ValueError(f"synthetic clips need width and height >= 16, got {width}x{height}")
     if not split or not split.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"split must be a simple name like 'train' or 'val', got {split!r}")
-    classes = synth_classes(num_classes)
+    classes = synth_classes(num_classes, spatial_cue)
     ext = codec_by_name(codec).ext
     records = []
     for i in range(num_videos):
         label = i % num_classes
-        shape, direction = classes[label].split("-")
+        cue, direction = classes[label].split("-")
         name = f"{split}_{i:06d}.{ext}"
-        clip = SynthClip(i, label, shape, direction, seed, split, num_frames, width, height, fps, codec, gop)
+        clip = SynthClip(i, label, cue, direction, spatial_cue, seed, split, num_frames, width, height, fps,
+                         codec, gop)
         records.append(SourceRecord(Path(clip_dir) / name, label, classes[label], name, prepare=clip))
     return SourceSet("synth", classes, records)
 
 
 def make_synth_dataset(out_dir: Path, *, num_videos: int = 400, num_frames: int = 40, width: int = 96,
                        height: int = 64, num_classes: int = 8, fps: float = 12.0, codec: str = "vp9",
-                       gop: int = 16, seed: int = 0, split: str = "train", shard_size_mb: float = 1024.0,
+                       gop: int = 16, seed: int = 0, split: str = "train", spatial_cue: str = "shape",
+                       shard_size_mb: float = 1024.0,
                        shard_samples: int | None = None, workers: int | None = None,
                        progress: bool = False, overwrite: bool = False) -> dict:
     """Write a sharded synthetic dataset to ``out_dir``; returns the manifest.
 
     The defaults make a quick CPU demo set (400 clips of 40 frames at 96x64, 12 fps, VP9 in
-    .webm, 8 classes = 4 shapes x 2 directions). Use another ``split`` for held-out data.
+    .webm, 8 classes = 4 shapes x 2 directions). Use another ``split`` for held-out data, and
+    ``spatial_cue="colour"`` for 4 colours x 2 directions instead.
     """
     synth_options = {"num_videos": num_videos, "num_frames": num_frames, "width": width, "height": height,
-                     "num_classes": num_classes, "fps": fps, "codec": codec, "gop": gop, "split": split}
+                     "num_classes": num_classes, "fps": fps, "codec": codec, "gop": gop, "split": split,
+                     "spatial_cue": spatial_cue}
     sources = synth_sources(work_dir(out_dir), seed=seed, **synth_options)
     options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers)
     return build_shards(sources, out_dir, options, command=synth_options, progress=progress, overwrite=overwrite)

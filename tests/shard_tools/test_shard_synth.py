@@ -1,3 +1,4 @@
+import hashlib
 import io
 import json
 import tarfile
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from shard_videos import count_frames
 
-from shard_tools.synth import CLASS_GRID, make_synth_dataset, render_clip, synth_classes
+from shard_tools.synth import CLASS_GRID, PALETTE, make_synth_dataset, render_clip, synth_classes
 
 TINY = {"num_videos": 12, "num_frames": 8, "width": 32, "height": 24, "num_classes": 4, "shard_samples": 5,
         "workers": 1}
@@ -87,3 +88,38 @@ def test_bad_sizes_are_refused(tmp_path):
         make_synth_dataset(tmp_path, codec="h264", **{**TINY, "width": 33})
     with pytest.raises(ValueError, match=">= 16"):
         make_synth_dataset(tmp_path, **{**TINY, "width": 8})
+
+
+def test_default_clips_are_still_the_shape_clips():
+    # sha256 of this clip as rendered before spatial_cue existed: the default draws are unchanged
+    clip = render_clip("circle", "left", np.random.default_rng([3, 7]), 6, 32, 24)
+    assert hashlib.sha256(clip.tobytes()).hexdigest() == \
+        "5cf55fa5bec1bb8bac707cc7f17c2250b813d7c11ac81d0eaeb96cb5560d322e"
+    assert synth_classes(4) == ["square-right", "square-left", "circle-right", "circle-left"]
+
+
+def test_colour_classes_paint_the_moving_object_in_their_palette_colour():
+    palette = {name: np.array(rgb, float) for name, rgb in PALETTE.items()}
+    assert synth_classes(8, "colour") == [f"{c}-{d}" for c in palette for d in ("right", "left")]
+    for seed, (colour, rgb) in enumerate(palette.items()):
+        for direction, axis, sign in (("right", 1, 1), ("up", 0, -1)):
+            clip = render_clip(colour, direction, np.random.default_rng(seed), 8, 64, 48, "colour").astype(float)
+            obj = (clip == rgb).all(-1)  # the object is drawn in the exact palette colour
+            assert obj.sum(axis=(1, 2)).min() > 30
+            # nothing else comes near any palette colour: the background never takes the object's
+            near = np.stack([np.linalg.norm(clip - c, axis=-1) < 40 for c in palette.values()])
+            assert not (near.any(0) & ~obj).any(), (colour, direction)
+            centres = [np.argwhere(o).mean(0)[axis] for o in obj]
+            assert sign * (centres[-1] - centres[0]) > 5, (colour, direction)
+    with pytest.raises(ValueError, match="spatial_cue"):
+        synth_classes(8, "texture")
+
+
+def test_the_cli_spatial_cue_is_recorded_in_the_manifest(tmp_path):
+    from shard_tools.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--num-videos", "4", "--num-frames", "4", "--width", "32",
+                 "--height", "16", "--num-classes", "4", "--workers", "1", "--spatial-cue", "colour",
+                 "--no-progress"]) == 0
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["options"]["spatial_cue"] == "colour" and m["classes"] == synth_classes(4, "colour")
