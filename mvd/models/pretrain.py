@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from mvd.losses import normalize_patch_pixels, normalize_pixels_mae, pixel_loss, unnormalize_video
-from mvd.masking import gather_tokens, masked_count, split_indices
+from mvd.masking import gather_tokens
 from mvd.models.vit import MaskedDecoder, ViTEncoder
 
 
@@ -61,8 +61,7 @@ class VideoMAEPretrain(ViTEncoder):
         return pixel_loss(pred, target)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        self.patch_embed.check_input(video)
-        ids_visible, ids_masked = split_indices(mask, masked_count(mask, video.shape[0], self.num_patches))
+        ids_visible, ids_masked = self.mask_indices(video, mask)
         pred = self.forward_decoder(self.forward_encoder(video, ids_visible), ids_visible, ids_masked)
         return self.forward_loss(video, pred, ids_masked)
 
@@ -117,7 +116,6 @@ class MAEPretrain(ViTEncoder):
         return pixel_loss(pred, target)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        self.patch_embed.check_input(frames)
-        ids_visible, ids_masked = split_indices(mask, masked_count(mask, frames.shape[0], self.num_patches))
+        ids_visible, ids_masked = self.mask_indices(frames, mask)
         pred = self.forward_decoder(self.forward_encoder(frames, ids_visible), ids_visible, ids_masked)
         return self.forward_loss(frames, pred, ids_masked)

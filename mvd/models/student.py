@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mvd.masking import gather_tokens, masked_count, split_indices
+from mvd.masking import gather_tokens
 from mvd.models.vit import MaskedDecoder, ViTEncoder
 
 TARGETS = ("image", "video")
@@ -63,8 +63,6 @@ class MVDStudent(ViTEncoder):
                      for dec in (self.decoder_img, self.decoder_vid))
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        self.patch_embed.check_input(video)
-        num_masked = masked_count(mask, video.shape[0], self.num_patches)  # host sync: sets shapes
-        ids_visible, ids_masked = split_indices(mask, num_masked)
+        ids_visible, ids_masked = self.mask_indices(video, mask)
         x = self.forward_encoder(video, ids_visible)
         return self.forward_decoder(x, ids_visible, ids_masked)

@@ -11,7 +11,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from mvd.layers import LN_EPS, Block, FixedPosEmbed, PatchEmbed
-from mvd.masking import gather_tokens
+from mvd.masking import gather_tokens, masked_count, split_indices
 
 
 def init_vit_weights(module: nn.Module, linear_init: str = "xavier") -> None:
@@ -91,6 +91,12 @@ class ViTEncoder(nn.Module):
             return x
         cls = (self.cls_token + self.pos_embed.table[:, :1]).to(x.dtype)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+
+    def mask_indices(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the input and the (B, N) mask -> (ids_visible (B, N_vis), ids_masked (B, N_mask))."""
+        self.patch_embed.check_input(x)
+        num_masked = masked_count(mask, x.shape[0], self.num_patches)  # host sync: sets shapes
+        return split_indices(mask, num_masked)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
