@@ -125,16 +125,24 @@ def kinetics_sources(videos_dir: Path, csv_path: Path) -> SourceSet:
         except (TypeError, ValueError, AttributeError):
             rejected.append(Rejection(f"{csv_path.name}:{line_no}", rj.reason(rj.MALFORMED, f"row {row}")))
             continue
-        label_name = (row["label"] or "").strip()
         path = files.get(stem)
         where = _display_path(path, videos_dir) if path else stem
-        if label_name not in class_index:
-            rejected.append(Rejection(where, rj.reason(rj.UNKNOWN_LABEL, repr(label_name))))
-        elif path is None:
-            rejected.append(Rejection(where, rj.MISSING))
-        else:
-            records.append(SourceRecord(path, class_index[label_name], label_name, where))
+        _add_named_file(path, where, (row["label"] or "").strip(), class_index, records, rejected)
     return SourceSet("kinetics", classes, records, rejected)
+
+
+def _add_named_file(path: Path | None, where: str, label_name: str, class_index: dict[str, int],
+                    records: list[SourceRecord], rejected: list[Rejection]) -> None:
+    """Append the video at ``path`` labelled by class name, or its rejection (``where`` names it).
+
+    An unknown label is rejected first, then a file that was not found (``path`` None) as missing.
+    """
+    if label_name not in class_index:
+        rejected.append(Rejection(where, rj.reason(rj.UNKNOWN_LABEL, repr(label_name))))
+    elif path is None:
+        rejected.append(Rejection(where, rj.MISSING))
+    else:
+        records.append(SourceRecord(path, class_index[label_name], label_name, where))
 
 
 def ssv2_template_to_label(template: str) -> str:
@@ -174,12 +182,7 @@ def ssv2_sources(videos_dir: Path, labels_path: Path, annotations_path: Path) ->
         path = files.get(vid)
         where = _display_path(path, videos_dir) if path else f"{vid}.webm"
         label_name = ssv2_template_to_label(str(item.get("template", "")))
-        if label_name not in class_index:
-            rejected.append(Rejection(where, rj.reason(rj.UNKNOWN_LABEL, repr(label_name))))
-        elif path is None:
-            rejected.append(Rejection(where, rj.MISSING))
-        else:
-            records.append(SourceRecord(path, class_index[label_name], label_name, where))
+        _add_named_file(path, where, label_name, class_index, records, rejected)
     return SourceSet("ssv2", classes, records, rejected)
 
 
