@@ -1,4 +1,4 @@
-"""`mvd-bench {shard,loader,model,step,all} [--device cpu|gpu] [--quick] --out DIR`.
+"""`mvd-bench {shard,loader,model,step,demo,all} [--device cpu|gpu] [--quick] --out DIR`.
 
 Runs the chosen benchmark modules, then writes DIR/report.json, DIR/report.md and PNG plots.
 Each module is `benchmarks.<mode>` with `run(out_dir, *, quick[, device]) -> list[dict]`.
@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import env, report, targets
 
 # Whether each mode's run() takes the device (`all` runs them in report.MODES order).
-TAKES_DEVICE = {"shard": False, "loader": True, "model": True, "step": True}
+TAKES_DEVICE = {"shard": False, "loader": True, "model": True, "step": True, "demo": False}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 FORMAT = "mvd-bench/1"
-MODES = ("shard", "loader", "model", "step")
+MODES = ("shard", "loader", "model", "step", "demo")
 RESERVED = ("name", "value", "unit", "skipped")
 # Fields that vary along a plot's x axis, in the order plots are made.
 PLOT_AXES = ("batch_size", "model", "workers")

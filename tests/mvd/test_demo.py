@@ -1,6 +1,7 @@
 """mvd-demo's logic end to end with its --quick budgets (seconds): data, both stage-1 teachers,
 distillation, both fine-tunings, evaluation, the table and summary.json. The full demo (several
-minutes; the distilled student must beat scratch) is checked by running `mvd-demo`, not in CI."""
+minutes a seed; the distilled student must beat scratch on every seed) is the benchmark
+`mvd-bench demo`, too slow for CI; tests/benchmarks runs that mode on a shrunk budget."""
 
 import json
 
