@@ -79,8 +79,8 @@ class _ClipLoader:
         self._cfg = replace(cfg, decode=_choose_decoder(self.shards, device, decoder))
         self._teacher_input_size = teacher_input_size
         cpus = len(os.sched_getaffinity(0))
-        if num_workers is None:  # PyAV decodes in the workers; otherwise they only read bytes
-            num_workers = cpus if self._cfg.decode == "pyav" else min(cpus, 2)
+        if num_workers is None:
+            num_workers = _default_workers(self._cfg.decode, device, cpus)
         self._num_workers = num_workers
         self._num_threads = num_threads or cpus
         self._prefetch = prefetch
@@ -556,6 +556,17 @@ def _check_videos(shards: ShardDir) -> None:
             f"{shards.path}: samples with no frames or zero size in their .meta: "
             f"{', '.join(t.where(i) for i in bad[:10])}"
         )
+
+
+def _default_workers(decode: str, device: str, cpus: int) -> int:
+    """Reader worker processes by default. PyAV decodes in them: one per core. When DALI decodes,
+    they only read bytes: on the CPU the reader then runs in the calling process, as worker
+    processes only compete with DALI's decoding threads for the cores (on 2 cores, 16x4 clips at
+    224 from VP9: 40-42 clips/s in-process against 24-38 with 2 workers); on GPU two workers keep
+    the reads off the training loop's thread."""
+    if decode == "pyav":
+        return cpus
+    return 0 if device == "cpu" else min(cpus, 2)
 
 
 def _choose_decoder(shards: ShardDir, device: str, decoder: str) -> str:

@@ -94,9 +94,10 @@ def test_quick_step_on_cpu_writes_a_consistent_report(tmp_path):
 
 
 def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
-    """`mvd-bench all` over the real shard, loader, model and step modules, each shrunk to its
-    smallest real configuration so that the four fit the test budget (the shipped --quick
-    settings of all four take about a minute on an idle 2-core machine)."""
+    """`mvd-bench all` over the real shard, loader, model, step and demo modules, each shrunk to
+    its smallest real configuration so that the five fit the test budget (the shipped --quick
+    settings of all five take about two minutes on an idle 2-core machine)."""
+    import mvd.demo
     from benchmarks import cli, loader, model, shard, step
 
     monkeypatch.setattr(shard, "QUICK", replace(shard.QUICK, num_videos=4, num_frames=16,
@@ -109,15 +110,34 @@ def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(model, "cases", lambda device, quick: [smallest])
     monkeypatch.setattr(step, "QUICK", replace(step.QUICK, batch_sizes=(4,), warmup_steps=1,
                                                steps=2, rounds=1))
+    monkeypatch.setattr(mvd.demo, "QUICK", replace(mvd.demo.QUICK, pool=16, labeled=16, heldout=8))
     out = tmp_path / "report"
     assert cli.main(["all", "--quick", "--device", "cpu", "--out", str(out)]) == 0
     data = check_report(out, f"mvd-bench all --quick --device cpu --out {out}",
                         list(report.MODES))
     names = {m: {r["name"] for r in res["records"]} for m, res in data["modes"].items()}
     assert {"shard_videos_per_s"} <= names["shard"]
-    assert {"pretrain_clips_per_s", "pretrain_speedup_vs_baseline"} <= names["loader"]
+    assert {"pretrain_clips_per_s", "pretrain_speedup_vs_baseline", "decode_cpu_ms_per_clip",
+            "pretrain_speedup_ceiling"} <= names["loader"]
+    loader_recs = data["modes"]["loader"]["records"]
+    decoders = {(r["codec"], r["decoder"]) for r in loader_recs if r["name"] == "decode_cpu_ms_per_clip"}
+    assert decoders == {("vp9", "dali"), ("vp9", "pyav"), ("h264", "pyav")}
+    for ceiling in (r for r in loader_recs if r["name"] == "pretrain_speedup_ceiling"):
+        baseline = next(r["value"] for r in loader_recs if r["name"] == "pretrain_cpu_ms_per_clip"
+                        and r["loader"] == "baseline" and r["codec"] == ceiling["codec"])
+        decode = next(r["value"] for r in loader_recs if r["name"] == "decode_cpu_ms_per_clip"
+                      and (r["codec"], r["decoder"]) == (ceiling["codec"], ceiling["decoder"]))
+        assert ceiling["value"] == pytest.approx(baseline / decode)
     assert {"fwd_bwd", "achieved"} <= names["model"]
     assert {"end_to_end", "compute_only", "loader_only", "data_wait_share"} <= names["step"]
+    assert {"demo_top1", "demo_margin_top1", "demo_wall_s"} <= names["demo"]
+    demo = {(r["name"], r.get("student")): r for r in data["modes"]["demo"]["records"]}
+    assert demo[("demo_margin_top1", None)]["value"] == pytest.approx(
+        demo[("demo_top1", "distilled")]["value"] - demo[("demo_top1", "scratch")]["value"])
+    assert demo[("demo_top1", "distilled")]["heldout"] == 8
+    # a quick demo is not the reference budget: its margin is shown, never judged
+    demo_row = next(t for t in data["targets"] if t["what"].startswith("mvd-demo"))
+    assert demo_row["measured"] is not None and demo_row["status"] == "indicative only"
     # the CPU loader targets are evaluated from the loader's records, not left unmeasured
     loader_rows = [t for t in data["targets"] if "baseline" in t["what"]]
     assert loader_rows and all(t["measured"] is not None for t in loader_rows)
