@@ -168,7 +168,8 @@ def test_targets_say_why_a_figure_is_missing():
 
 @pytest.fixture
 def fake_modes(monkeypatch):
-    """benchmarks.shard returns records; benchmarks.loader raises; the others are absent."""
+    """benchmarks.shard and benchmarks.demo return records; benchmarks.loader raises; the others
+    are absent."""
     shard = types.ModuleType("benchmarks.shard")
     shard.run = lambda out_dir, *, quick: [
         rec("videos_per_s", v, "videos/s", workers=w, reencode=False)
@@ -180,6 +181,9 @@ def fake_modes(monkeypatch):
         raise RuntimeError("decoder exploded")
 
     loader.run = broken
+    demo = types.ModuleType("benchmarks.demo")
+    demo.run = lambda out_dir, *, quick: [rec("demo_margin_top1", 12.5, "points", seed=0)]
+    monkeypatch.setitem(sys.modules, "benchmarks.demo", demo)
     monkeypatch.setitem(sys.modules, "benchmarks.shard", shard)
     monkeypatch.setitem(sys.modules, "benchmarks.loader", loader)
 
@@ -210,7 +214,8 @@ def test_cli_skips_device_modes_on_gpu_without_cuda(fake_modes, tmp_path, monkey
     assert cli.main(["all", "--device", "gpu", "--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "report.json").read_text())
     statuses = {m: r["status"] for m, r in data["modes"].items()}
-    assert statuses == {"shard": "ok", "loader": "skipped", "model": "skipped", "step": "skipped"}
+    assert statuses == {"shard": "ok", "loader": "skipped", "model": "skipped", "step": "skipped",
+                        "demo": "ok"}  # the demo trains on whatever device there is
     assert "no CUDA device" in data["modes"]["step"]["reason"]
     assert "No GPU was visible" in (tmp_path / "report.md").read_text()
 
