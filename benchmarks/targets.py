@@ -102,7 +102,7 @@ def judge(target: Target, results: dict, gpu: str) -> dict:
         row["status"] = PASS if rec["value"] >= target.wanted else FAIL
         row["note"] = f"the {'lowest' if target.worst else 'best'} figure: {_config(rec)}"
         return row
-    where = f"on {gpu}" if gpu else "without a GPU"
+    where = "" if target.gpu is None else f"on {gpu} " if gpu else "without a GPU "
     row["status"] = INDICATIVE
-    row["note"] = f"measured {where} on {_config(rec)}; not the reference configuration"
+    row["note"] = f"measured {where}on {_config(rec)}; not the reference configuration"
     return row
