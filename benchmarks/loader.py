@@ -81,8 +81,10 @@ def clips_per_s(make_loader, batches: int) -> tuple[float, float]:
     """(clips/s, CPU ms per clip) over `batches` batches after one warm-up batch (worker start-up
     not counted). CPU time is that of this process and all its worker processes: on a shared
     machine it stays meaningful when wall-clock rates do not."""
+    from benchmarks.step import endless
+
     loader = make_loader()
-    it = _endless(loader)
+    it = endless(loader)
     first = next(it)
     _sync(first)
     cpu0, start, clips = cpu_seconds(), time.perf_counter(), 0
@@ -183,11 +185,6 @@ def _children(pid: int) -> list[int]:
         for kid in kids:
             found += [kid, *_children(kid)]
     return found
-
-
-def _endless(loader):
-    while True:
-        yield from loader
 
 
 def _sync(batch) -> None:
