@@ -227,6 +227,9 @@ class DistConfig:
     fsdp: bool = F(False, "shard the model with FSDP2 fully_shard (L/H) instead of DDP")
     device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available")
     timeout_s: int = F(1800, "collective timeout in seconds")
+    cpu_threads: int = F(0, "torch threads per process when training on CPU; 0 = half of this "
+                            "node's usable cores per process (the loader's DALI threads use the "
+                            "rest), at least 1")
 
 
 @dataclass
@@ -392,6 +395,7 @@ def validate(cfg: Config) -> None:
     need(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     need(cfg.run.log_every >= 1, "run.log_every", "must be >= 1")
+    need(cfg.dist.cpu_threads >= 0, "dist.cpu_threads", "must be >= 0 (0 = half the cores per process)")
     need(bool(cfg.run.dir), "run.dir", "must name a directory")
     if cfg.task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"):
         need(bool(cfg.data.dir), "data.dir", "must name a shard directory (data.dir=PATH)")

@@ -44,11 +44,22 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
+        torch.set_num_threads(cpu_threads(cfg.cpu_threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if world > 1 and not dist.is_initialized():
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if use_cuda else "gloo")
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.timeout_s),
                                 device_id=device if use_cuda else None)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def cpu_threads(configured: int, local_world_size: int) -> int:
+    """torch's intra-op threads for one CPU training process: `configured` when set, else half of
+    the usable cores per process on this node, at least 1. The other half is left to the loader's
+    DALI threads: on 2 cores, one torch thread made the demo's fine-tuning 17 % faster than two,
+    and under other load two threads slowed a tiny step a hundredfold."""
+    if configured > 0:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)) // max(1, local_world_size) // 2)
 
 
 def shutdown() -> None:

@@ -130,6 +130,8 @@ class Trainer:
                  self.cfg.optim.base_lr, d.global_batch, d.min_lr, d.steps_per_epoch,
                  self.cfg.schedule.epochs, d.total_steps, d.warmup_steps, d.max_steps)
         log.info("optimizer: %s", optimizer_impl)
+        if self.info.device.type == "cpu":
+            log.info("torch threads per process: %d (dist.cpu_threads)", torch.get_num_threads())
 
     # ------------------------------------------------------------------ loop
 

@@ -98,6 +98,8 @@ def test_cross_field_checks():
         load_config(None, ["data.dir=x", "teachers.image.name=", "teachers.video.name="])
     with pytest.raises(ConfigError, match="optim.betas"):
         load_config(None, ["data.dir=x", "optim.betas=[0.9]"])
+    with pytest.raises(ConfigError, match="dist.cpu_threads"):
+        load_config(None, ["data.dir=x", "dist.cpu_threads=-1"])
 
 
 def test_cli_reports_config_errors_before_any_work_with_exit_code_2(capsys, tmp_path):
