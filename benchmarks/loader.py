@@ -99,64 +99,56 @@ def clips_per_s(make_loader, batches: int) -> tuple[float, float]:
     return clips / wall, 1000 * cpu / clips
 
 
-def decode_floor_records(data_dir: Path, s: LoaderBenchSettings, where: dict,
-                         baseline_ms: dict[str, float]) -> list[dict]:
+def decode_floor_records(data_dir: Path, s: LoaderBenchSettings, where: dict, loader_decoder: str,
+                         baseline_ms: float | None) -> list[dict]:
     """Decoding alone, per decoder that can read the codec on the CPU, and the ceiling it puts on
-    the speedup over the baseline: the baseline's CPU ms per clip over the decode-only CPU ms of
-    the decoder the DALI loader used (with all cores busy, no loader that decodes the same frames
-    can go faster than that ratio)."""
+    the speedup over the baseline: the baseline's CPU ms per clip (`baseline_ms`) over the
+    decode-only CPU ms of the decoder the DALI loader used (with all cores busy, no loader that
+    decodes the same frames can go faster than that ratio).
+
+    The clips are the pretrain windows of the first batches x batch_size samples of epoch 0 (the
+    frames both loaders ask for), decoded on one thread to RGB frames by DALI's CPU video decoder
+    or by PyAV (`dali_pipelines.decode`, converting only the wanted frames)."""
+    from dali_pipelines.baseline import BaselinePretrainLoader
     from dali_pipelines.manifest import DALI_CODECS
 
+    reader = BaselinePretrainLoader(data_dir, s.batch_size, num_frames=s.clip_frames,
+                                    sampling_rate=s.sampling_rate, input_size=s.input_size).reader
+    items = [int(i) for i in reader.plan(0)[0][: s.batch_size * s.batches]]
+    videos = [reader.video_bytes(i) for i in items]
+    frames = [reader.draw(i, 0)["frames"] for i in items]
     decoders = ["dali", "pyav"] if where["codec"] in DALI_CODECS["cpu"] else ["pyav"]
-    clips = s.batch_size * s.batches
     records = []
     for decoder in decoders:
-        ms = median(decode_cpu_ms(data_dir, s, decoder, clips) for _ in range(s.rounds))
+        ms = median(decode_cpu_ms(videos, frames, decoder) for _ in range(s.rounds))
         records.append({"name": "decode_cpu_ms_per_clip", "value": ms, "unit": "ms", **where,
                         "decoder": decoder, "note": "one thread, the window's frames as RGB"})
-        if decoder in baseline_ms:
-            records.append({"name": "pretrain_speedup_ceiling", "value": baseline_ms[decoder] / ms,
+        if decoder == loader_decoder and baseline_ms is not None:
+            records.append({"name": "pretrain_speedup_ceiling", "value": baseline_ms / ms,
                             "unit": "x", **where, "teacher_size": s.teacher_sizes[0],
                             "decoder": decoder,
                             "note": "baseline CPU ms per clip over decode-only CPU ms per clip"})
     return records
 
 
-def decode_cpu_ms(data_dir: Path, s: LoaderBenchSettings, decoder: str, clips: int) -> float:
-    """CPU ms per clip of decoding alone, on one thread: the pretrain windows of the first `clips`
-    samples of epoch 0 (the frames both loaders ask for), as RGB frames, by DALI's CPU video
-    decoder or by PyAV (`dali_pipelines.decode`, converting only the wanted frames). Every
-    loader that delivers those frames spends at least this."""
-    import numpy as np
-    from nvidia.dali import fn, pipeline_def
-
-    from dali_pipelines.baseline import BaselinePretrainLoader
-    from dali_pipelines.decode import decode_frames
-
-    reader = BaselinePretrainLoader(data_dir, s.batch_size, num_frames=s.clip_frames,
-                                    sampling_rate=s.sampling_rate, input_size=s.input_size).reader
-    items = reader.plan(0)[0][:clips]
-    work = [(reader.video_bytes(int(i)), reader.draw(int(i), 0)["frames"]) for i in items]
+def decode_cpu_ms(videos: list[bytes], frames: list, decoder: str) -> float:
+    """CPU ms per clip to decode `frames[i]` of `videos[i]` on one thread with `decoder`
+    ("dali": DALI's CPU video decoder, in one batch after a warm-up batch; "pyav")."""
     if decoder == "pyav":
+        from dali_pipelines.decode import decode_frames
+
         start = time.process_time()
-        for data, frames in work:
-            decode_frames(data, frames)
-        return 1000 * (time.process_time() - start) / len(work)
-    videos = [np.frombuffer(data, np.uint8) for data, _ in work]
-    indices = [np.asarray(frames, np.int32) for _, frames in work]
+        for data, wanted in zip(videos, frames):
+            decode_frames(data, wanted)
+        return 1000 * (time.process_time() - start) / len(videos)
+    from dali_pipelines.pipeline import decode_only
 
-    @pipeline_def(batch_size=len(work), num_threads=1, device_id=None, exec_dynamic=True)
-    def decode_only():
-        video = fn.external_source(source=lambda: videos, batch=True)
-        frames = fn.external_source(source=lambda: indices, batch=True)
-        return fn.decoders.video(video, device="cpu", frames=frames, pad_mode="none")
-
-    pipe = decode_only()
+    pipe = decode_only(videos, frames, "cpu", None)
     pipe.build()
     pipe.run()  # warm-up: first-run allocations are not decoding
     start = time.process_time()
     pipe.run()
-    ms = 1000 * (time.process_time() - start) / len(work)
+    ms = 1000 * (time.process_time() - start) / len(videos)
     del pipe
     return ms
 
@@ -206,7 +198,7 @@ def run(out_dir: Path, *, device: str = "cpu", quick: bool = False) -> list[dict
         data_dir = synth_shards(Path(out_dir) / "shards", s, codec)
         where = dict(codec=codec, video=f"{s.width}x{s.height}x{s.num_frames}", clip=clip,
                      batch_size=s.batch_size, workers=workers, device=device)
-        baseline_ms = {}  # the DALI loader's decoder -> the baseline's CPU ms per clip
+        baseline_ms = None  # the baseline's CPU ms per clip at the first teacher size
         for teacher in s.teacher_sizes:
             kw = dict(common, teacher_input_size=teacher)
             dali = lambda: PretrainLoader(data_dir, s.batch_size, device=device, **kw)  # noqa: E731
@@ -233,7 +225,7 @@ def run(out_dir: Path, *, device: str = "cpu", quick: bool = False) -> list[dict
                 records.append({"name": "pretrain_cpu_ms_per_clip", "value": median(cpu[name]),
                                 "unit": "ms", **tag})
             if rates["baseline"] and teacher == s.teacher_sizes[0]:
-                baseline_ms[decoder] = median(cpu["baseline"])
+                baseline_ms = median(cpu["baseline"])
             if rates["baseline"]:
                 ratio = dict(where, teacher_size=teacher, decoder=decoder)
                 records.append({"name": "pretrain_speedup_vs_baseline",
@@ -244,7 +236,7 @@ def run(out_dir: Path, *, device: str = "cpu", quick: bool = False) -> list[dict
                                 "unit": "x", **ratio,
                                 "note": "baseline CPU time per clip over the DALI loader's"})
         if device == "cpu":  # the ceiling of a CPU loader
-            records += decode_floor_records(data_dir, s, where, baseline_ms)
+            records += decode_floor_records(data_dir, s, where, decoder, baseline_ms)
         finetune = lambda: FinetuneLoader(data_dir, s.batch_size // 2, device=device, **common)  # noqa: E731
         rate = median(clips_per_s(finetune, s.batches)[0] for _ in range(s.rounds))
         records.append({"name": "finetune_clips_per_s", "value": rate, "unit": "clips/s",

@@ -211,21 +211,27 @@ def build(
     return pipe
 
 
+def decode_only(videos: list[bytes], frames: list, device: str, device_id: int | None):
+    """A one-thread pipeline whose every run decodes `frames[i]` of `videos[i]` (one batch of
+    them) with DALI's video decoder on `device`; not built yet."""
+    encoded = [np.frombuffer(data, np.uint8) for data in videos]
+    indices = [np.asarray(f, np.int32) for f in frames]
+
+    @pipeline_def(batch_size=len(encoded), num_threads=1, device_id=device_id, exec_dynamic=True)
+    def decode_pipeline():
+        video = fn.external_source(source=lambda: encoded, batch=True)
+        wanted = fn.external_source(source=lambda: indices, batch=True)
+        return fn.decoders.video(video, device="mixed" if device == "gpu" else "cpu",
+                                 frames=wanted, pad_mode="none")
+
+    return decode_pipeline()
+
+
 def decode_error(data: bytes, frames, device: str, device_id: int | None) -> str | None:
     """Why DALI's video decoder on `device` fails on one sample's `frames`, or None if it does
     not: the probe that finds the culprit of a failed batch. A fresh one-sample pipeline, as a
     pipeline may not be reused after an operator failure."""
-    encoded = np.frombuffer(data, np.uint8)
-
-    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, exec_dynamic=True)
-    def probe():
-        video = fn.external_source(source=lambda: [encoded], batch=True)
-        return fn.decoders.video(
-            video, device="mixed" if device == "gpu" else "cpu",
-            frames=[int(i) for i in frames], pad_mode="none",
-        )
-
-    pipe = probe()
+    pipe = decode_only([data], [frames], device, device_id)
     try:
         pipe.build()
         pipe.run()
