@@ -9,9 +9,6 @@ demo's `--quick` budgets: it checks that the mode works, and its accuracies mean
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,12 +16,12 @@ SEEDS = (0, 1, 2)
 
 
 def run(out_dir: Path, *, quick: bool = False) -> list[dict]:
-    from mvd.demo import QUICK, Budget, run_demo
+    from mvd.demo import QUICK, Budget, quiet, run_demo
 
     records = []
     for seed in SEEDS[:1] if quick else SEEDS:
         budget = replace(QUICK if quick else Budget(), seed=seed)
-        with _quiet():
+        with quiet():
             summary = run_demo(Path(out_dir) / f"seed{seed}", budget)
         tag = {"seed": seed, "budget": "quick" if quick else "default",
                "classes": budget.classes, "heldout": summary["distilled"]["heldout_videos"],
@@ -37,17 +34,3 @@ def run(out_dir: Path, *, quick: bool = False) -> list[dict]:
         records.append({"name": "demo_wall_s", "value": summary["wall_s"], "unit": "s", **tag,
                         "note": "the whole demo: data, 2 teachers, distillation, 2 fine-tunings"})
     return records
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The demo's own quiet: training logs at ERROR, no deprecation warnings (as `mvd-demo`)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            yield
-    finally:
-        root.setLevel(level)

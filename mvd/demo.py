@@ -17,6 +17,7 @@ Every stage is an ordinary ``mvd-train`` run of a configs/tiny/ recipe with the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -151,6 +152,21 @@ def run_demo(out: Path, budget: Budget = Budget(), console=None) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def quiet():
+    """The demo's stages log only errors and no deprecation warnings (DALI's auto_aug raises
+    them on every pipeline build); the stage lines and the table say what happens."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def print_table(summary: dict, console) -> None:
     from rich.table import Table
 
@@ -183,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     budget = QUICK if args.quick else Budget()
     budget = Budget(**{**vars(budget), "seed": args.seed})
-    logging.basicConfig(level=logging.ERROR, format="%(message)s", force=True)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.basicConfig(format="%(message)s", force=True)
     console.print(f"mvd-demo: writing everything under {out}")
-    summary = run_demo(out, budget, console)
+    with quiet():
+        summary = run_demo(out, budget, console)
     print_table(summary, console)
     print(json.dumps({k: summary[k] for k in ("distilled", "scratch", "wall_s", "out")}))
     return 0
