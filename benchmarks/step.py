@@ -29,7 +29,6 @@ from pathlib import Path
 from statistics import median
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import env
 
@@ -148,7 +147,7 @@ def build_trainer(settings: StepSettings, data_dir: Path, run_dir: Path, batch_s
 def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: int,
             device: str) -> list[dict]:
     """End-to-end, compute-only and loader-only rates for one batch size."""
-    from mvd.models.flops import mvd_step_flops
+    from mvd.models.flops import count_flops, mvd_step_flops
     from mvd.models.teachers import unwrap
 
     trainer = build_trainer(settings, data_dir, run_dir, batch_size, device)
@@ -180,9 +179,7 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     # FLOPs per clip: the analytical count (mvd.models.flops) and torch's counter on one step.
     flops = mvd_step_flops(unwrap(task.model), task.image_teacher, task.video_teacher,
                            mask_ratio=cfg.data.mask_ratio)["total"]
-    with FlopCounterMode(display=False) as counter:
-        step(cached)
-    counted = counter.get_total_flops() / batch_size
+    counted = count_flops(lambda: step(cached)) / batch_size
     trainer.metrics.close()
 
     common = {

@@ -40,3 +40,16 @@ def synth_shards(tmp_path_factory) -> Path:
 def h264_shards(tmp_path_factory) -> Path:
     """Directory of the same dataset as ``synth_shards`` encoded as H.264 in .mp4."""
     return _make_fixture_shards(tmp_path_factory.mktemp("h264_shards"), "h264")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.cuda`` tests need a CUDA GPU: skipped (with the reason) where none is
+    visible; on a GPU machine ``python -m pytest -m cuda`` runs just them."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `python -m pytest -m cuda` on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -4,8 +4,11 @@ activations are left out, as torch's FlopCounterMode does). Per clip unless ``ba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import torch
 from torch import nn
+from torch.utils import flop_counter
 
 from mvd.models.vit import MaskedDecoder, ViTEncoder
 
@@ -71,3 +74,26 @@ def mvd_step_flops(student: nn.Module, image_teacher: nn.Module | None, video_te
         teachers += teacher_flops(video_teacher)
     return {"student_forward": batch * fwd, "student_backward": batch * 2 * fwd,
             "teachers_forward": batch * teachers, "total": batch * (3 * fwd + teachers)}
+
+
+def _attention_ops() -> dict:
+    """FLOP formulas for the fused SDPA kernels torch's counter does not know (it covers the CUDA
+    flash / efficient / cuDNN kernels): the CPU flash kernel, forward and backward, which torch
+    >= 2.14 selects for ``F.scaled_dot_product_attention`` on CPU. Same formulas as the CUDA ones."""
+    ops = {}
+    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None:
+        ops[fwd] = lambda q, k, v, *args, out_shape=None, **kw: flop_counter.sdpa_flop_count(q, k, v)
+    if bwd is not None:
+        ops[bwd] = lambda g, q, k, v, *args, out_shape=None, **kw: \
+            flop_counter.sdpa_backward_flop_count(g, q, k, v)
+    return ops
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs torch's FlopCounterMode counts while ``fn()`` runs, with the fused CPU attention
+    kernels counted too (see :func:`_attention_ops`); the measured twin of the analytical count."""
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=_attention_ops()) as counter:
+        fn()
+    return counter.get_total_flops()
