@@ -87,22 +87,28 @@ def sdpa_context(kind: str):
 def measure(case: ModelCase, dev: torch.device) -> list[dict]:
     """Time one case; returns its records (or one skipped record saying why)."""
     from mvd.distill import mvd_forward
-    from mvd.masking import tube_mask
+    from mvd.engine.precision import plan_precision
+    from mvd.masking import masked_tokens, tube_mask
     from mvd.models import create_model, freeze
     from mvd.models.flops import mvd_step_flops
 
+    precision = plan_precision("auto", dev.type)  # the trainer's default: bf16 on GPU, fp32 on CPU
     shape = dict(img_size=case.img_size, num_frames=case.num_frames)
     student = create_model(case.student, **shape).to(dev).train()
-    image_teacher = freeze(create_model(case.image_teacher, img_size=case.img_size)).to(dev)
-    video_teacher = freeze(create_model(case.video_teacher, **shape)).to(dev)
+    image_teacher = freeze(create_model(case.image_teacher, img_size=case.img_size)).to(
+        dev, precision.teacher_dtype)
+    video_teacher = freeze(create_model(case.video_teacher, **shape)).to(dev, precision.teacher_dtype)
     optimizer = make_optimizer(case.optimizer, student.parameters())
     g = torch.Generator(device=dev).manual_seed(0)
     video = torch.randn(case.batch_size, 3, case.num_frames, case.img_size, case.img_size, device=dev, generator=g)
     mask = tube_mask(case.batch_size, student.grid, case.mask_ratio, generator=g, device=dev)
+    num_masked = masked_tokens(student.grid, case.mask_ratio, "tube")
 
     def step():
         with sdpa_context(case.sdpa):
-            loss, _ = mvd_forward(student, image_teacher, video_teacher, video, video, mask)
+            with precision.autocast():
+                loss, _ = mvd_forward(student, image_teacher, video_teacher, video, video, mask,
+                                      num_masked=num_masked)
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -142,7 +148,7 @@ def measure(case: ModelCase, dev: torch.device) -> list[dict]:
 def describe(case: ModelCase, dev: torch.device) -> dict:
     return {"model": case.student, "teachers": f"{case.image_teacher}+{case.video_teacher}",
             "batch_size": case.batch_size, "clip": f"{case.num_frames}x{case.img_size}",
-            "mask": f"tube {case.mask_ratio}", "dtype": "bf16" if dev.type == "cuda" else "fp32",
+            "mask": f"tube {case.mask_ratio}", "dtype": precision.name,
             "sdpa": case.sdpa, "optimizer": case.optimizer, "steps": case.steps}
 
 

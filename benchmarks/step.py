@@ -190,7 +190,7 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
         "batch_size": batch_size,
         "clip": f"{cfg.data.num_frames}x{cfg.data.input_size}",
         "mask": f"{cfg.data.mask_type} {cfg.data.mask_ratio}",
-        "precision": "bf16" if task.bf16 else "fp32",
+        "precision": trainer.precision.name,
         "loader": f"PretrainLoader({device})",
         "bound": "data" if wait_share >= DATA_BOUND_SHARE else "compute",
     }

@@ -3,8 +3,6 @@ the student's masked tokens. Shared by the training engine and the benchmarks.""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
@@ -19,12 +17,6 @@ def _core(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def precision_context(device: torch.device, bf16: bool | None = None):
-    """bf16 autocast on CUDA (the project default), plain fp32 elsewhere unless asked."""
-    bf16 = device.type == "cuda" if bf16 is None else bf16
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def image_teacher_features(teacher: nn.Module, teacher_video: torch.Tensor, frame_stride: int) -> torch.Tensor:
@@ -55,7 +47,7 @@ def _check_target(name: str, feats: torch.Tensor, pred: torch.Tensor, num_tokens
 
 def mvd_forward(student: nn.Module, image_teacher: nn.Module | None, video_teacher: nn.Module | None,
                 video: torch.Tensor, teacher_video: torch.Tensor | None, mask: torch.Tensor, *,
-                loss_cfg: FeatureLossConfig = FeatureLossConfig(), bf16: bool | None = None,
+                loss_cfg: FeatureLossConfig = FeatureLossConfig(), num_masked: int | None = None,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Student forward + teacher targets + loss.
 
@@ -63,11 +55,13 @@ def mvd_forward(student: nn.Module, image_teacher: nn.Module | None, video_teach
     use ``video``); mask (B, N) bool, True = masked. Teachers run under ``torch.inference_mode``
     (the image teacher on frames 0, tubelet, 2*tubelet, ...); either may be None if the student
     was built without that decoder. Returns (loss, parts) with detached "loss_img" / "loss_vid".
+    ``num_masked``: masked tokens per clip when the caller knows it (no host sync; see
+    ``ViTEncoder.mask_indices``). Precision is the caller's: run it under
+    ``mvd.engine.precision.Precision.autocast()``, which covers student and teachers alike.
     """
     core = _core(student)
     teacher_video = video if teacher_video is None else teacher_video
-    with precision_context(video.device, bf16):
-        pred_img, pred_vid = student(video, mask)
+    pred_img, pred_vid = student(video, mask, num_masked)
     for name, pred, teacher in (("image", pred_img, image_teacher), ("video", pred_vid, video_teacher)):
         if (pred is None) != (teacher is None):
             raise ValueError(f"the student {'has no' if pred is None else 'has a'} {name} decoder but "
@@ -76,7 +70,7 @@ def mvd_forward(student: nn.Module, image_teacher: nn.Module | None, video_teach
     num_masked = (pred_img if pred_img is not None else pred_vid).shape[1]
     _, ids_masked = split_indices(mask, num_masked)
 
-    with torch.inference_mode(), precision_context(video.device, bf16):
+    with torch.inference_mode():
         target_img = target_vid = None
         if image_teacher is not None:
             feats = image_teacher_features(image_teacher, teacher_video, core.patch_embed.tubelet_size)

@@ -40,17 +40,35 @@ def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float, *, generator
     return spatial.unsqueeze(1).expand(batch, t, h * w).reshape(batch, t * h * w)
 
 
-def masked_count(mask: torch.Tensor, batch: int, num_tokens: int) -> int:
-    """Validate a (B, N) bool mask and return its per-sample masked count.
+def masked_tokens(grid: tuple[int, int, int], ratio: float, kind: str = "tube") -> int:
+    """Masked tokens per sample for a (T', H', W') token grid: what ``tube_mask`` (kind 'tube':
+    floor(ratio*H'W') per slice, x T') or ``random_mask`` ('random': floor(ratio*T'H'W')) make.
+    The training step takes this host int instead of reading the count back from the mask."""
+    t, h, w = grid
+    if kind == "tube":
+        return t * num_to_mask(h * w, ratio)
+    if kind == "random":
+        return num_to_mask(t * h * w, ratio)
+    raise ValueError(f"mask kind must be 'tube' or 'random', got {kind!r}")
 
-    Host sync: the count sets the shapes of everything downstream, so it has to reach the host;
-    min and max come back in one transfer.
-    """
+
+def check_mask_shape(mask: torch.Tensor, batch: int, num_tokens: int) -> None:
+    """A (B, N) bool mask of the right shape; no host sync (shapes and dtypes live on the host)."""
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise ValueError(f"mask must be a (B, N) bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}")
     if tuple(mask.shape) != (batch, num_tokens):
         raise ValueError(f"mask has shape {tuple(mask.shape)} but the input needs ({batch}, {num_tokens}) "
                          f"(one entry per token)")
+
+
+def masked_count(mask: torch.Tensor, batch: int, num_tokens: int) -> int:
+    """Validate a (B, N) bool mask and return its per-sample masked count.
+
+    Host sync: the count sets the shapes of everything downstream, so it has to reach the host;
+    min and max come back in one transfer. The training step avoids it by passing the count it
+    knows from the config (:func:`masked_tokens`) as ``num_masked``.
+    """
+    check_mask_shape(mask, batch, num_tokens)
     counts = mask.sum(dim=1)
     lo, hi = torch.stack([counts.min(), counts.max()]).tolist()  # host sync (see docstring)
     if lo != hi:

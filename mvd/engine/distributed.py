@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from mvd.config import DistConfig
+from mvd.engine.precision import Precision
 
 
 @dataclass
@@ -95,26 +96,65 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool,
-               find_unused: bool = False) -> torch.nn.Module:
-    """DDP (or FSDP2 per block + root) across ranks; the model itself when single-process."""
+def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every transformer block of the model (encoder and decoders), the FSDP / compile unit."""
+    return [block for m in model.modules()
+            if isinstance(getattr(m, "blocks", None), torch.nn.ModuleList) for block in m.blocks]
+
+
+def wrapping(distributed: bool, fsdp: bool, compile: bool) -> str:
+    """How :func:`wrap_model` wraps the trained model, in words (logged; in the dry-run plan)."""
+    if not distributed:
+        how = "single process"
+        return how + (", whole model compiled (fullgraph)" if compile else "")
+    if fsdp:
+        how = "FSDP2 fully_shard per block + root"
+        return ("each block compiled (fullgraph), then " + how) if compile else how
+    how = "DDP (broadcast_buffers=False, gradient_as_bucket_view)"
+    return how + (", then compiled whole (DDPOptimizer keeps bucketed all-reduce overlap)"
+                  if compile else "")
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool, precision: Precision,
+               compile: bool = False, find_unused: bool = False) -> torch.nn.Module:
+    """Compile and parallelise the trained model in torchtitan's order (see :func:`wrapping`):
+
+    - FSDP2: each block is compiled in place (``fullgraph``: a graph break is an error), then
+      sharded per block and at the root with ``precision``'s MixedPrecisionPolicy; compiling
+      after ``fully_shard`` would break the graph at every FSDP hook.
+    - DDP: wrapped first, then compiled whole, so dynamo's DDPOptimizer splits the graph at the
+      bucket boundaries and gradient all-reduce still overlaps backward. The fixed position tables
+      are buffers that never change: ``broadcast_buffers=False`` saves a broadcast every forward.
+    - One process: the whole model compiled (``fullgraph``).
+    Compiling in place (``Module.compile``) keeps the state-dict keys free of ``_orig_mod.``.
+    """
     if not info.distributed:
+        if compile:
+            model.compile(fullgraph=True)
         return model
     if fsdp:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if info.device.type == "cuda" else MixedPrecisionPolicy()
-        for m in model.modules():
-            if isinstance(getattr(m, "blocks", None), torch.nn.ModuleList):
-                for block in m.blocks:
-                    fully_shard(block, mp_policy=mp)
+        mp = precision.fsdp_policy()
+        for block in _blocks(model):
+            if compile:
+                block.compile(fullgraph=True)
+            fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [info.local_rank] if info.device.type == "cuda" else None
-    return DDP(model, device_ids=ids, find_unused_parameters=find_unused)
+    ddp = DDP(model, device_ids=ids, find_unused_parameters=find_unused, broadcast_buffers=False,
+              gradient_as_bucket_view=True)
+    return torch.compile(ddp) if compile else ddp
+
+
+def compile_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
+    """Compile a frozen teacher in place (``fullgraph``); teachers are most of a step's FLOPs."""
+    inner = getattr(teacher, "module", teacher)  # the Frozen wrapper's model
+    inner.compile(fullgraph=True)
+    return teacher
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -4,6 +4,7 @@ gathered across ranks with each view counted once (loaders pad the last batch wi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
@@ -15,8 +16,8 @@ log = logging.getLogger("mvd.train")
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, num_classes: int, autocast: AbstractContextManager
-             ) -> dict:
+def evaluate(model: nn.Module, loader, num_classes: int,
+             autocast: Callable[[], AbstractContextManager]) -> dict:
     """Returns {"top1", "top5" (percent), "videos", "views"} over the loader's whole split.
 
     Eval batches carry ``index`` (the video), ``clip``, ``crop`` and ``valid`` (False for the
@@ -25,7 +26,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, autocast: AbstractConte
     model.eval()
     rows, probs = [], []
     for batch in loader:
-        with autocast:
+        with autocast():
             logits = model(batch["video"])
         probs.append(logits.float().softmax(dim=-1))  # (B, K)
         b = logits.shape[0]

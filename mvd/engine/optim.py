@@ -56,30 +56,62 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float
     return list(groups.values())
 
 
+def apex_available() -> bool:
+    try:
+        import apex.optimizers  # noqa: F401  (optional dependency, never required)
+    except ImportError:
+        return False
+    return True
+
+
+IMPLEMENTATIONS = {"apex": "apex FusedAdam", "fused": "torch AdamW (fused)",
+                   "foreach": "torch AdamW (foreach)"}
+
+
+def choose_implementation(cfg: OptimConfig, device_type: str, *, fsdp: bool,
+                          apex: bool | None = None) -> str:
+    """'apex' | 'fused' | 'foreach' for ``optim.implementation`` on this target; raises
+    ConfigError for one that cannot run. auto: apex FusedAdam on GPU when importable and the
+    parameters are plain tensors (not under FSDP2, whose DTensor parameters apex's multi-tensor
+    kernels cannot take), else torch's fused AdamW on GPU, foreach on CPU."""
+    from mvd.config import ConfigError
+
+    apex = apex_available() if apex is None else apex
+    choice = cfg.implementation
+    if choice == "apex":
+        if not apex:
+            raise ConfigError("config key 'optim.implementation' is apex but apex is not "
+                              "importable; use optim.implementation=auto")
+        if device_type != "cuda":
+            raise ConfigError("config key 'optim.implementation' is apex, which needs a GPU; "
+                              "use optim.implementation=auto")
+        if fsdp:
+            raise ConfigError("config keys 'optim.implementation' and 'dist.fsdp': apex FusedAdam "
+                              "cannot update FSDP2's DTensor parameters; use "
+                              "optim.implementation=fused (or auto) with dist.fsdp=true")
+        return "apex"
+    if choice == "auto":
+        if device_type == "cuda":
+            return "apex" if apex and not fsdp else "fused"
+        return "foreach"
+    return choice
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device,
-                    lr: float) -> tuple[torch.optim.Optimizer, str]:
+                    lr: float, *, fsdp: bool = False) -> tuple[torch.optim.Optimizer, str]:
     """AdamW over :func:`param_groups`; returns (optimizer, which implementation was chosen)."""
     groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
     for g in groups:
         g.pop("names")
     kw = dict(lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    choice = cfg.implementation
-    if choice in ("auto", "apex"):
-        try:
-            from apex.optimizers import FusedAdam  # noqa: PLC0415
+    choice = choose_implementation(cfg, device.type, fsdp=fsdp)
+    if choice == "apex":
+        from apex.optimizers import FusedAdam  # optional dependency, checked importable above
 
-            if device.type == "cuda":
-                return FusedAdam(groups, adam_w_mode=True, **kw), "apex FusedAdam"
-            if choice == "apex":
-                raise RuntimeError("optim.implementation=apex needs a GPU")
-        except ImportError:
-            if choice == "apex":
-                raise RuntimeError("optim.implementation=apex but apex is not importable; "
-                                   "use optim.implementation=auto") from None
-        choice = "fused" if device.type == "cuda" else "foreach"
+        return FusedAdam(groups, adam_w_mode=True, **kw), IMPLEMENTATIONS[choice]
     if choice == "fused":
-        return torch.optim.AdamW(groups, fused=True, **kw), "torch AdamW (fused)"
-    return torch.optim.AdamW(groups, foreach=True, **kw), "torch AdamW (foreach)"
+        return torch.optim.AdamW(groups, fused=True, **kw), IMPLEMENTATIONS[choice]
+    return torch.optim.AdamW(groups, foreach=True, **kw), IMPLEMENTATIONS[choice]
 
 
 class CosineSchedule:

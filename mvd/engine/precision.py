@@ -1,21 +1,88 @@
-"""Numeric precision of the training step: bf16 autocast on GPU, fp32 on CPU, by default."""
+"""The one owner of numeric precision: ``train.precision`` decides, here and nowhere else, the
+autocast of the student and the teachers, the teachers' weight dtype, the FSDP
+``MixedPrecisionPolicy`` and the grad scaler. Everything else asks a :class:`Precision`.
+
+- bf16 (the default on GPU): bf16 autocast; frozen teachers keep their weights in bf16 (they are
+  never updated, so an fp32 master copy buys nothing); FSDP gathers bf16 parameters and reduces
+  gradients in fp32; no scaler.
+- fp16: fp16 autocast with a ``GradScaler``. Under DDP every rank sees the same all-reduced
+  gradients, so the scaler's inf check agrees across ranks. Under FSDP each rank holds a shard and
+  torch's plain scaler would decide per rank, so fp16 + FSDP is refused (use bf16).
+- fp32 (the default on CPU): no autocast, no scaler, fp32 everywhere.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
+from mvd.config import ConfigError
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
     """``train.precision`` -> 'bf16' | 'fp16' | 'fp32' ('auto' = bf16 on GPU, fp32 on CPU)."""
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device_type == "cuda" else "fp32"
+    if precision not in _DTYPES:
+        raise ConfigError(f"config key 'train.precision' is {precision!r}; it must be one of: "
+                          f"auto, bf16, fp16, fp32")
     return precision
 
 
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+@dataclass(frozen=True)
+class Precision:
+    """What ``train.precision`` means on one device type (and with or without FSDP)."""
+
+    name: str  # 'bf16' | 'fp16' | 'fp32'
+    device_type: str  # 'cuda' | 'cpu'
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The autocast dtype (fp32 = no autocast)."""
+        return _DTYPES[self.name]
+
+    @property
+    def teacher_dtype(self) -> torch.dtype:
+        """Frozen teachers' weights: the autocast dtype (no fp32 copy of weights never updated)."""
+        return self.dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A fresh autocast context for the student, the teachers and evaluation."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def fsdp_policy(self):
+        """FSDP2's MixedPrecisionPolicy: low-precision parameter all-gathers, fp32 reductions."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        if self.name == "fp32":
+            return MixedPrecisionPolicy()
+        return MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+    def describe(self, fsdp: bool) -> str:
+        parts = ["no autocast" if self.name == "fp32" else f"{self.name} autocast",
+                 f"teacher weights {str(self.teacher_dtype).removeprefix('torch.')}",
+                 "grad scaler" if self.name == "fp16" else "no grad scaler"]
+        if fsdp:
+            parts.append("FSDP params fp32, reduce fp32" if self.name == "fp32" else
+                         f"FSDP params {self.name}, reduce fp32")
+        return f"{self.name}: " + ", ".join(parts)
+
+
+def plan_precision(precision: str, device_type: str, *, fsdp: bool = False) -> Precision:
+    """The precision plan of a run; raises ConfigError for a combination that cannot train."""
+    name = resolve_precision(precision, device_type)
+    if name == "fp16" and fsdp:
+        raise ConfigError("config keys 'train.precision' and 'dist.fsdp': fp16 under FSDP needs a "
+                          "sharded grad scaler whose inf check agrees across ranks, which this "
+                          "trainer does not have; use train.precision=bf16 (or auto) with FSDP, "
+                          "or dist.fsdp=false for fp16")
+    return Precision(name, device_type)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from mvd.config import Config, ConfigError, TeacherConfig
-from mvd.engine.precision import resolve_precision
+from mvd.engine.precision import Precision
 from mvd.engine.weights import load_weights
+from mvd.masking import masked_count, masked_tokens, num_to_mask
 
 log = logging.getLogger("mvd.train")
 
@@ -45,18 +46,46 @@ def manifest_classes(data_dir: str) -> list[str]:
 
 
 class Task:
-    """The base: one trained model, no teachers."""
+    """The base: one trained model, no teachers.
+
+    ``precision`` (from :func:`mvd.engine.precision.plan_precision`) sets the teachers' weight
+    dtype; the trainer runs ``loss`` under its autocast. ``load=False`` builds the models without
+    reading any checkpoint (the dry run: shapes only, nothing needs to exist on disk).
+    """
 
     loader_kind = "pretrain"
     find_unused_parameters = False
 
-    def __init__(self, cfg: Config, device: torch.device, rank: int = 0):
+    def __init__(self, cfg: Config, device: torch.device, rank: int = 0, *,
+                 precision: Precision | None = None, load: bool = True):
         self.cfg = cfg
         self.device = device
         self.rank = rank
+        self.precision = precision or Precision("fp32", device.type)
+        self.load = load
         self.model: nn.Module = self.build_model().to(device)
-        if cfg.model.init:
+        if cfg.model.init and load:
             load_weights(self.model, cfg.model.init, what="model.init")
+        self.num_masked: int | None = None  # masked tokens per sample, a host int (no sync)
+        self._mask_checked = False
+
+    @property
+    def teachers(self) -> list[nn.Module]:
+        """The frozen teachers this task runs (none for stage 1 and fine-tuning)."""
+        return []
+
+    def checked_num_masked(self, mask: torch.Tensor) -> int:
+        """``num_masked`` for the models; the first batch's mask is counted once (one host sync,
+        at step 1 only) to prove the loader masks what the config says."""
+        if not self._mask_checked:
+            got = masked_count(mask, mask.shape[0], mask.shape[1])  # host sync: first batch only
+            if got != self.num_masked:
+                raise ConfigError(f"the loader's masks hide {got} of {mask.shape[1]} tokens per "
+                                  f"sample but data.mask_type={self.cfg.data.mask_type} "
+                                  f"data.mask_ratio={self.cfg.data.mask_ratio} means "
+                                  f"{self.num_masked}; check data.loader_options")
+            self._mask_checked = True
+        return self.num_masked
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -74,42 +103,51 @@ class Task:
         return pe.patch_size, pe.tubelet_size
 
 
-def build_teacher(tc: TeacherConfig, kind: str, cfg: Config, device: torch.device) -> nn.Module:
+def build_teacher(tc: TeacherConfig, kind: str, cfg: Config, device: torch.device,
+                  dtype: torch.dtype = torch.float32, load: bool = True) -> nn.Module:
+    """A frozen teacher in ``dtype``. Only the image teacher takes ``data.teacher_input_size``
+    (an H/14 MAE at 196 px gives the student's 14 x 14 grid); the video teacher shares the
+    student's tubelet grid, so it sees the student's view at ``data.input_size``."""
     from mvd.models import create_model
     from mvd.models.teachers import freeze
 
-    size = cfg.data.teacher_input_size or cfg.data.input_size
-    kw = {"img_size": size}
-    if kind == "video":
-        kw["num_frames"] = cfg.data.num_frames
+    if kind == "image":
+        kw = {"img_size": cfg.data.teacher_input_size or cfg.data.input_size}
+    else:
+        kw = {"img_size": cfg.data.input_size, "num_frames": cfg.data.num_frames}
     kw.update(tc.overrides)
     teacher = create_model(tc.name, **kw)
-    if tc.checkpoint:
+    if tc.checkpoint and load:
         load_weights(teacher, tc.checkpoint, what=f"teachers.{kind}.checkpoint")
-    else:
+    elif not tc.checkpoint:
         bar = "!" * 78
         log.warning("\n%s\n!! teachers.%s.checkpoint is empty: the %s teacher %s is RANDOMLY "
                     "INITIALISED.\n!! Its features are noise; fine for tests and benchmarks, "
                     "useless for real distillation.\n%s", bar, kind, kind, tc.name, bar)
-    return freeze(teacher).to(device)
+    return freeze(teacher).to(device, dtype)
 
 
 class PretrainMVD(Task):
     """Stage 2: the student regresses the frozen teachers' features of its masked tokens."""
 
-    def __init__(self, cfg: Config, device: torch.device, rank: int = 0):
-        self.image_teacher = build_teacher(cfg.teachers.image, "image", cfg, device) \
+    def __init__(self, cfg: Config, device: torch.device, rank: int = 0, *,
+                 precision: Precision | None = None, load: bool = True):
+        dtype = (precision or Precision("fp32", device.type)).teacher_dtype
+        self.image_teacher = build_teacher(cfg.teachers.image, "image", cfg, device, dtype, load) \
             if cfg.teachers.image.name else None
-        self.video_teacher = build_teacher(cfg.teachers.video, "video", cfg, device) \
+        self.video_teacher = build_teacher(cfg.teachers.video, "video", cfg, device, dtype, load) \
             if cfg.teachers.video.name else None
-        super().__init__(cfg, device, rank)
+        super().__init__(cfg, device, rank, precision=precision, load=load)
         from mvd.losses import FeatureLossConfig
 
         self.loss_cfg = FeatureLossConfig(kind=cfg.loss.type, normalize_targets=cfg.loss.norm_target,
                                           image_weight=cfg.loss.image_weight,
                                           video_weight=cfg.loss.video_weight)
-        # mvd_forward sets its own autocast around the student and teachers
-        self.bf16 = resolve_precision(cfg.train.precision, device) == "bf16"
+        self.num_masked = masked_tokens(self.model.grid, cfg.data.mask_ratio, cfg.data.mask_type)
+
+    @property
+    def teachers(self) -> list[nn.Module]:
+        return [t for t in (self.image_teacher, self.video_teacher) if t is not None]
 
     def build_model(self) -> nn.Module:
         from mvd.models import create_model
@@ -128,11 +166,15 @@ class PretrainMVD(Task):
 
         return mvd_forward(model, self.image_teacher, self.video_teacher, batch["video"],
                            batch.get("teacher_video"), batch["mask"], loss_cfg=self.loss_cfg,
-                           bf16=self.bf16)
+                           num_masked=self.checked_num_masked(batch["mask"]))
 
 
 class PretrainVideoMAE(Task):
     """Stage 1, video teacher: VideoMAE pixel reconstruction of tube-masked clips."""
+
+    def __init__(self, cfg: Config, device: torch.device, rank: int = 0, **kw):
+        super().__init__(cfg, device, rank, **kw)
+        self.num_masked = masked_tokens(self.model.grid, cfg.data.mask_ratio, cfg.data.mask_type)
 
     def build_model(self):
         from mvd.models import create_model
@@ -140,7 +182,7 @@ class PretrainVideoMAE(Task):
         return create_model(self.cfg.model.name, **_model_kwargs(self.cfg, **_clip_kwargs(self.cfg)))
 
     def loss(self, model, batch, micro_step):
-        loss = model(batch["video"], batch["mask"])
+        loss = model(batch["video"], batch["mask"], self.checked_num_masked(batch["mask"]))
         return loss, {}
 
 
@@ -168,7 +210,7 @@ class PretrainMAE(Task):
         n = self.model.num_patches
         mask = random_mask(frames.shape[0], n, self.cfg.data.mask_ratio, generator=g,
                            device=frames.device)
-        return model(frames, mask), {}
+        return model(frames, mask, num_to_mask(n, self.cfg.data.mask_ratio)), {}
 
 
 class Finetune(Task):
@@ -176,9 +218,9 @@ class Finetune(Task):
 
     loader_kind = "finetune"
 
-    def __init__(self, cfg, device, rank=0):
-        self.classes = manifest_classes(cfg.data.dir)
-        super().__init__(cfg, device, rank)
+    def __init__(self, cfg, device, rank=0, *, classes: list[str] | None = None, **kw):
+        self.classes = classes if classes is not None else manifest_classes(cfg.data.dir)
+        super().__init__(cfg, device, rank, **kw)
         f = cfg.finetune
         self.mixup = None
         if f.mixup > 0 or f.cutmix > 0:
@@ -220,5 +262,6 @@ TASKS = {"pretrain_mvd": PretrainMVD, "pretrain_videomae": PretrainVideoMAE,
          "pretrain_mae": PretrainMAE, "finetune": Finetune}
 
 
-def build_task(cfg: Config, device: torch.device, rank: int = 0) -> Task:
-    return TASKS[cfg.task](cfg, device, rank)
+def build_task(cfg: Config, device: torch.device, rank: int = 0, **kw) -> Task:
+    """``kw``: ``precision``, ``load`` (see :class:`Task`), ``classes`` (finetune)."""
+    return TASKS[cfg.task](cfg, device, rank, **kw)

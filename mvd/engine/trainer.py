@@ -25,7 +25,7 @@ from mvd.engine.data import build_loader
 from mvd.engine.evaluate import evaluate
 from mvd.engine.metrics import MetricsLogger
 from mvd.engine.optim import CosineSchedule, build_optimizer
-from mvd.engine.precision import autocast_for
+from mvd.engine.precision import plan_precision
 from mvd.engine.tasks import Finetune, build_task, manifest_classes
 from mvd.engine.weights import EXPORT_NAME, load_weights
 
@@ -73,21 +73,21 @@ class Trainer:
         self.cfg = cfg
         self.info = info = D.init_distributed(cfg.dist)
         self.run_dir = Path(cfg.run.dir)
+        self.fsdp = cfg.dist.fsdp and info.distributed
+        self.precision = plan_precision(cfg.train.precision, info.device.type, fsdp=cfg.dist.fsdp)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)
-        self.task = build_task(cfg, info.device, info.rank)
+        self.task = build_task(cfg, info.device, info.rank, precision=self.precision)
         self.loader = build_loader(self.task.loader_kind, cfg, info, self.task.patch)
         self.derived: Derived = derive(cfg, info.world_size, len(self.loader))
         seed_everything(cfg.seed + info.rank)  # then per-rank streams (drop path, mixup)
-        self.autocast = autocast_for(cfg.train.precision, info.device)
         self.model = self._wrap(self.task.model)
         self.optimizer, impl = build_optimizer(self.task.model, cfg.optim, info.device,
-                                               self.derived.lr)
+                                               self.derived.lr, fsdp=self.fsdp)
         d = self.derived
         self.schedule = CosineSchedule(self.optimizer, lr=d.lr, min_lr=d.min_lr,
                                        warmup_steps=d.warmup_steps, total_steps=d.total_steps,
                                        warmup_lr=d.warmup_lr)
-        self.scaler = torch.amp.GradScaler(info.device.type) \
-            if cfg.train.precision == "fp16" else None
+        self.scaler = self.precision.grad_scaler()
         self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, info, fsdp=cfg.dist.fsdp)
         self.step, self.counters = 0, {"skipped": 0}
         self.last_eval: dict = {}
@@ -106,10 +106,14 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Compile (student and teachers, with model.compile) and parallelise, in the order
+        :func:`mvd.engine.distributed.wrap_model` documents."""
         model.train()
         if self.cfg.model.compile:
-            model = torch.compile(model)
-        return D.wrap_model(model, self.info, fsdp=self.cfg.dist.fsdp,
+            for teacher in self.task.teachers:
+                D.compile_teacher(teacher)
+        return D.wrap_model(model, self.info, fsdp=self.cfg.dist.fsdp, precision=self.precision,
+                            compile=self.cfg.model.compile,
                             find_unused=self.task.find_unused_parameters)
 
     def _announce(self, optimizer_impl: str) -> None:
@@ -130,6 +134,9 @@ class Trainer:
                  self.cfg.optim.base_lr, d.global_batch, d.min_lr, d.steps_per_epoch,
                  self.cfg.schedule.epochs, d.total_steps, d.warmup_steps, d.max_steps)
         log.info("optimizer: %s", optimizer_impl)
+        log.info("precision: %s", self.precision.describe(self.fsdp))
+        log.info("model: %s", D.wrapping(self.info.distributed, self.cfg.dist.fsdp,
+                                         self.cfg.model.compile))
         if self.info.device.type == "cpu":
             log.info("torch threads per process: %d (dist.cpu_threads)", torch.get_num_threads())
 
@@ -201,7 +208,7 @@ class Trainer:
         total, parts_sum = 0.0, {}
         for i, batch in enumerate(group):
             micro = (self.step - 1) * accum + i
-            with self._grad_sync(i == accum - 1), self.autocast:
+            with self._grad_sync(i == accum - 1), self.precision.autocast():
                 loss, parts = self.task.loss(model, batch, micro)
             with self._grad_sync(i == accum - 1):
                 scaled = loss / accum
@@ -306,7 +313,7 @@ class Trainer:
         return path
 
     def validate(self) -> dict:
-        result = run_validation(self.cfg, self.info, self.model, self.autocast,
+        result = run_validation(self.cfg, self.info, self.model, self.precision,
                                 num_classes=len(self.task.classes))
         result["step"] = self.step
         self.last_eval = result
@@ -327,9 +334,9 @@ def _fsdp_no_sync(model):
         model.set_requires_gradient_sync(True)
 
 
-def run_validation(cfg: Config, info: D.DistInfo, model, autocast, num_classes: int) -> dict:
+def run_validation(cfg: Config, info: D.DistInfo, model, precision, num_classes: int) -> dict:
     loader = build_loader("eval", cfg, info)
-    return evaluate(model, loader, num_classes, autocast)
+    return evaluate(model, loader, num_classes, precision.autocast)
 
 
 def run_eval(cfg: Config) -> dict:
@@ -349,7 +356,7 @@ def run_eval(cfg: Config) -> dict:
         log.warning("\n%s\n!! model.init is empty: evaluating a RANDOMLY INITIALISED %s.\n!! Set "
                     "model.init=RUN_DIR_OR_CHECKPOINT to evaluate a trained model.\n%s", bar,
                     cfg.model.name, bar)
-    result = run_validation(cfg, info, model, autocast_for(cfg.train.precision, info.device),
+    result = run_validation(cfg, info, model, plan_precision(cfg.train.precision, info.device.type),
                             len(classes))
     if info.is_main:
         run_dir = Path(cfg.run.dir)

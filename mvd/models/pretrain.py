@@ -60,8 +60,9 @@ class VideoMAEPretrain(ViTEncoder):
             target = gather_tokens(target, ids_masked)
         return pixel_loss(pred, target)
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ids_visible, ids_masked = self.mask_indices(video, mask)
+    def forward(self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+        """``num_masked``: masked tubelets per clip if known (no host sync), see ``mask_indices``."""
+        ids_visible, ids_masked = self.mask_indices(video, mask, num_masked)
         pred = self.forward_decoder(self.forward_encoder(video, ids_visible), ids_visible, ids_masked)
         return self.forward_loss(video, pred, ids_masked)
 
@@ -115,7 +116,8 @@ class MAEPretrain(ViTEncoder):
             target = gather_tokens(target, ids_masked)
         return pixel_loss(pred, target)
 
-    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ids_visible, ids_masked = self.mask_indices(frames, mask)
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+        """``num_masked``: masked patches per frame if known (no host sync), see ``mask_indices``."""
+        ids_visible, ids_masked = self.mask_indices(frames, mask, num_masked)
         pred = self.forward_decoder(self.forward_encoder(frames, ids_visible), ids_visible, ids_masked)
         return self.forward_loss(frames, pred, ids_masked)

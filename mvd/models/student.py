@@ -62,7 +62,9 @@ class MVDStudent(ViTEncoder):
         return tuple(None if dec is None else dec(x, ids_visible, ids_masked)
                      for dec in (self.decoder_img, self.decoder_vid))
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        ids_visible, ids_masked = self.mask_indices(video, mask)
+    def forward(self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``num_masked``: masked tokens per sample if known (no host sync), see ``mask_indices``."""
+        ids_visible, ids_masked = self.mask_indices(video, mask, num_masked)
         x = self.forward_encoder(video, ids_visible)
         return self.forward_decoder(x, ids_visible, ids_masked)

@@ -11,7 +11,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from mvd.layers import LN_EPS, Block, FixedPosEmbed, PatchEmbed
-from mvd.masking import gather_tokens, masked_count, split_indices
+from mvd.masking import check_mask_shape, gather_tokens, masked_count, split_indices
 
 
 def init_vit_weights(module: nn.Module, linear_init: str = "xavier") -> None:
@@ -92,10 +92,21 @@ class ViTEncoder(nn.Module):
         cls = (self.cls_token + self.pos_embed.table[:, :1]).to(x.dtype)
         return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
-    def mask_indices(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check the input and the (B, N) mask -> (ids_visible (B, N_vis), ids_masked (B, N_mask))."""
+    def mask_indices(self, x: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the input and the (B, N) mask -> (ids_visible (B, N_vis), ids_masked (B, N_mask)).
+
+        ``num_masked``: the masked count per sample when the caller knows it (the trainer does,
+        from the config): no host sync, and the mask must hold exactly that many per row. None:
+        counted and checked on the host (one sync)."""
         self.patch_embed.check_input(x)
-        num_masked = masked_count(mask, x.shape[0], self.num_patches)  # host sync: sets shapes
+        if num_masked is None:
+            num_masked = masked_count(mask, x.shape[0], self.num_patches)  # host sync: sets shapes
+        else:
+            check_mask_shape(mask, x.shape[0], self.num_patches)
+            if not 0 < num_masked < self.num_patches:
+                raise ValueError(f"num_masked={num_masked}: need at least one masked and one "
+                                 f"visible token of {self.num_patches}")
         return split_indices(mask, num_masked)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ def test_scores_are_averaged_over_views_and_padding_is_not_counted():
         # padding repeats video 1's wrong view as if it were right: must be ignored
         _batch([1, 1], [0, 0], [2, 2], [False, False], [[0, 0, big], [0, 0, big]]),
     ]
-    result = evaluate(_Model(), batches, num_classes=3, autocast=contextlib.nullcontext())
+    result = evaluate(_Model(), batches, num_classes=3, autocast=contextlib.nullcontext)
     assert result["videos"] == 2 and result["views"] == 4
     assert result["top1"] == pytest.approx(50.0)  # video 0 right, video 1 wrong
     assert result["top5"] == pytest.approx(100.0)  # 3 classes: top-k is capped at 3
@@ -43,5 +43,5 @@ def test_a_view_seen_twice_counts_once():
     batches = [_batch([0], [0], [0], [True], [[big, 0, 0]]),
                _batch([0, 0], [1, 1], [0, 0], [True, True], [[0, big, 0], [0, big, 0]]),
                _batch([0], [2], [0], [True], [[big, 0, 0]])]
-    result = evaluate(_Model(), batches, num_classes=3, autocast=contextlib.nullcontext())
+    result = evaluate(_Model(), batches, num_classes=3, autocast=contextlib.nullcontext)
     assert result["views"] == 3 and result["top1"] == 100.0

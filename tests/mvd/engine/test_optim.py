@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mvd.config import OptimConfig
+from mvd.config import ConfigError, OptimConfig
 from mvd.engine.optim import CosineSchedule, build_optimizer, param_groups
 from mvd.models import create_model
 
@@ -51,7 +51,7 @@ def test_cpu_optimizer_is_foreach_adamw_and_the_choice_is_reported():
     opt, impl = build_optimizer(model, OptimConfig(), torch.device("cpu"), lr=1e-3)
     assert isinstance(opt, torch.optim.AdamW) and "foreach" in impl
     assert opt.defaults["betas"] == (0.9, 0.95)
-    with pytest.raises(RuntimeError, match="apex"):
+    with pytest.raises(ConfigError, match="apex"):
         build_optimizer(model, OptimConfig(implementation="apex"), torch.device("cpu"), lr=1e-3)
 
 
