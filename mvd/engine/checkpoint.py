@@ -9,8 +9,10 @@ A checkpoint is one file ``run.dir/checkpoints/step-XXXXXXXX.pt`` (``torch.save`
 
 Only the trained model is in it: teachers are never saved here. The file is written to a
 temporary name, flushed, fsync'ed and renamed, so a reader never sees half a checkpoint; on resume
-each candidate is loaded and checked for every key above before it is trusted, and a damaged
-newest file is skipped for the one before it with a warning.
+each candidate is opened memory-mapped and checked for every key above before it is trusted (only
+the zip directory and the pickle are read; tensor bytes are paged in when restored, from a page
+cache the ranks of a node share), and a damaged newest file is skipped for the one before it with
+a warning. Temporary files a killed run left behind are removed when the next run starts.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -34,13 +37,17 @@ FORMAT = "mvd-train-ckpt/1"
 REQUIRED = ("format", "step", "epoch", "model", "optimizer", "scheduler", "loader", "rng",
             "config", "complete")
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+_TMP_GLOB = ".*.tmp-*"  # what atomic_write leaves behind when the process is killed mid-write
 
 
 # --------------------------------------------------------------------------- RNG states
 
 
 def rng_state() -> dict:
-    """This process's python, numpy, torch (and CUDA) RNG states, as plain picklable values."""
+    """This process's python, numpy, torch (and CUDA) RNG states, as plain picklable values.
+
+    CUDA: the current device's generator only. Each rank draws on its own device, and
+    ``get_rng_state_all`` would create a CUDA context on every visible GPU in every rank."""
     np_state = np.random.get_state(legacy=False)
     state = {"python": random.getstate(),
              "numpy": {"bit_generator": np_state["bit_generator"],
@@ -48,7 +55,7 @@ def rng_state() -> dict:
                        "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -60,7 +67,11 @@ def set_rng_state(state: dict) -> None:
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda, device = state["cuda"], torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):  # written by get_rng_state_all (older checkpoints)
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 def _tuples(x):
@@ -83,13 +94,15 @@ def plain(x: Any) -> Any:
 # --------------------------------------------------------------------------- files
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, rename, fsync the directory."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(f)`` into a temporary file next to ``path``, fsync it, rename it to ``path``, fsync
+    the directory: a reader (or a crash) sees the old file or the whole new one, never a part.
+    The temporary name is ``.NAME.tmp-PID``; :func:`remove_stale_tmp` removes a killed writer's."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -98,9 +111,25 @@ def atomic_save(obj: Any, path: Path) -> None:
             tmp.unlink()
     fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fsync(fd)  # the rename itself is durable only once the directory is
     finally:
         os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_tmp(directory: Path) -> int:
+    """Delete the temporary files :func:`atomic_write` left in ``directory`` (a run killed
+    mid-save); returns how many. Call it only while nothing writes there (run start, rank 0)."""
+    if not directory.is_dir():
+        return 0
+    stale = [p for p in directory.glob(_TMP_GLOB) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -112,9 +141,15 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def load_valid(path: Path) -> dict:
-    """Load a training checkpoint and check it is complete; raises ValueError saying why not."""
+    """Open a training checkpoint memory-mapped and check it is complete; raises ValueError
+    saying why not.
+
+    Only the zip directory and the pickle are read here; tensors are views of the mapping
+    (private: writing to them never touches the file) and are read when first used."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # A file cut short at any point has lost the zip directory, which is written last, so
+        # a torn write fails here although no tensor bytes are read (pinned by the tests).
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # a truncated or overwritten file fails in the zip reader or unpickler
         raise ValueError(f"cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict):
@@ -149,6 +184,11 @@ class Checkpointer:
         self.info = info
         self.fsdp = fsdp
         self.last_saved_step = -1
+        if info.is_main:  # before any save of this run, so no live writer's file is removed
+            removed = remove_stale_tmp(self.dir)
+            if removed:
+                log.info("removed %d stale temporary checkpoint file(s) from %s (left by a run "
+                         "killed while saving)", removed, self.dir)
 
     def due(self, step: int) -> bool:
         return self.cfg.every_steps > 0 and step % self.cfg.every_steps == 0
@@ -186,7 +226,11 @@ class Checkpointer:
         return D.unwrap(model).state_dict(), optimizer.state_dict()
 
     def find_resume(self) -> dict | None:
-        """The checkpoint to resume from (per ``cfg.resume``), loaded on every rank, or None."""
+        """The checkpoint to resume from (per ``cfg.resume``), opened on every rank, or None.
+
+        With ``auto`` rank 0 validates the candidates and keeps the one it picked; the other ranks
+        open only that one. Every open is memory-mapped, so the tensor bytes are read once per
+        node (page cache), when restored."""
         choice = self.cfg.resume
         if choice == "none":
             return None
@@ -196,15 +240,16 @@ class Checkpointer:
                 return load_valid(path)
             except ValueError as e:
                 raise ValueError(f"checkpoint.resume={choice}: {path} {e}") from None
-        picked = None
+        picked, ckpt = None, None
         if self.info.is_main:
             found = find_latest_valid(self.dir)
-            picked = str(found[0]) if found else None
+            if found:
+                picked, ckpt = str(found[0]), found[1]
         picked = D.broadcast_object(picked)
         if picked is None:
             return None
         log.info("resuming from %s", picked)
-        return load_valid(Path(picked))
+        return ckpt if ckpt is not None else load_valid(Path(picked))
 
     def restore(self, ckpt: dict, *, model, optimizer, scheduler, scaler, loader) -> None:
         """Load a checkpoint from :meth:`find_resume` into the live training pieces."""

@@ -164,3 +164,25 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``t`` (N_r, C), concatenated in rank order: (sum of N_r, C).
+
+    N_r may differ between ranks (C and the dtype may not); ``t`` itself without a process group.
+    The tensors stay on ``t``'s device: CUDA under NCCL, CPU under gloo. Collective."""
+    if not dist.is_initialized():
+        return t
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
+    counts = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    counts = torch.cat(counts).tolist()  # host sync: the row counts, to pad to and trim back
+    most = max(counts)
+    if most == 0:
+        return t
+    padded = t.new_zeros((most, *t.shape[1:]))  # all_gather needs one shape on every rank
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return torch.cat([part[:c] for part, c in zip(out, counts)])  # (sum N_r, C)

@@ -35,12 +35,13 @@ def evaluate(model: nn.Module, loader, num_classes: int,
                                  batch.get("crop", zeros).long(), batch["label"].long(),
                                  batch.get("valid", zeros == 0).long()], dim=1))  # (B, 5)
     model.train(was_training)
-    # One transfer at the end, then every rank's views to every rank.
-    local = (torch.cat(rows).cpu() if rows else torch.zeros(0, 5, dtype=torch.long),
-             torch.cat(probs).cpu() if probs else torch.zeros(0, num_classes))
-    gathered = D.all_gather_objects(local)
-    row = torch.cat([g[0] for g in gathered])
-    prob = torch.cat([g[1] for g in gathered])
+    # Every rank's views to every rank, gathered on the device the views were scored on (NCCL
+    # gathers CUDA tensors), then one transfer to the host.
+    device = probs[0].device if probs else _device(model)
+    row = D.all_gather_rows(torch.cat(rows) if rows else
+                            torch.zeros(0, 5, dtype=torch.long, device=device)).cpu()  # (V, 5)
+    prob = D.all_gather_rows(torch.cat(probs) if probs else
+                             torch.zeros(0, num_classes, device=device)).cpu()  # (V, K)
     keep = row[:, 4] == 1
     row, prob = row[keep], prob[keep]
     _, first = _unique_first(row[:, :3])  # one per (video, clip, crop)
@@ -56,6 +57,12 @@ def evaluate(model: nn.Module, loader, num_classes: int,
     top1 = (top[:, 0] == truth).sum().item() * 100.0 / n
     top5 = (top == truth[:, None]).any(dim=1).sum().item() * 100.0 / n
     return {"top1": top1, "top5": top5, "videos": len(ids), "views": len(row)}
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where the model computes (for a rank that got no eval batch); CPU for a parameterless one."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _unique_first(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import torch
 
 from mvd.config import Config, Derived, derive, dump_yaml, to_dict
 from mvd.engine import distributed as D
-from mvd.engine.checkpoint import Checkpointer
+from mvd.engine.checkpoint import Checkpointer, atomic_write
 from mvd.engine.data import build_loader
 from mvd.engine.evaluate import evaluate
 from mvd.engine.metrics import MetricsLogger
@@ -134,7 +134,7 @@ class Trainer:
                  self.cfg.optim.base_lr, d.global_batch, d.min_lr, d.steps_per_epoch,
                  self.cfg.schedule.epochs, d.total_steps, d.warmup_steps, d.max_steps)
         log.info("optimizer: %s", optimizer_impl)
-        log.info("precision: %s", self.precision.describe(self.fsdp))
+        log.info("precision: %s", self.precision.describe(self.fsdp, bool(self.task.teachers)))
         log.info("model: %s", D.wrapping(self.info.distributed, self.cfg.dist.fsdp,
                                          self.cfg.model.compile))
         if self.info.device.type == "cpu":
@@ -298,16 +298,16 @@ class Trainer:
 
     def export(self) -> Path:
         """The trained model alone (no teachers, no optimizer) as run.dir/model.safetensors."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         sd = self.checkpointer.full_state_dicts(self.model, self.optimizer)[0]
         path = self.run_dir / EXPORT_NAME
         if self.info.is_main:
-            tmp = path.with_name("." + path.name + ".tmp")
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
-                      metadata={"format": "pt", "mvd_model": self.cfg.model.name,
-                                "task": self.cfg.task, "step": str(self.step)})
-            tmp.replace(path)
+            # serialised in memory (the model's size once more), then written like a checkpoint
+            data = save({k: v.detach().contiguous().cpu() for k, v in sd.items()},
+                        metadata={"format": "pt", "mvd_model": self.cfg.model.name,
+                                  "task": self.cfg.task, "step": str(self.step)})
+            atomic_write(path, lambda f: f.write(data))
             log.info("trained model written to %s", path)
         D.barrier()
         return path
