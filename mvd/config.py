@@ -131,6 +131,9 @@ class DataConfig:
                                          "(finetune); [] = off")
     erase_prob: float = F(0.25, "random erasing probability (finetune)")
     loader_options: dict = F({}, "extra keyword arguments passed to the loader as they are")
+    expected_samples: int = F(0, "training videos the recipe expects in data.dir (K400 train "
+                                 "240436); --dry-run plans with it when data.dir has no manifest "
+                                 "and warns when the manifest disagrees; 0 = unknown")
 
 
 @dataclass
@@ -227,6 +230,8 @@ class DistConfig:
     fsdp: bool = F(False, "shard the model with FSDP2 fully_shard (L/H) instead of DDP")
     device: Literal["auto", "cpu", "cuda"] = F("auto", "auto = cuda when available")
     timeout_s: int = F(1800, "collective timeout in seconds")
+    world_size_hint: int = F(8, "processes --dry-run plans for when not under torchrun "
+                                "(WORLD_SIZE wins)")
     cpu_threads: int = F(0, "torch threads per process when training on CPU; 0 = half of this "
                             "node's usable cores per process (the loader's DALI threads use the "
                             "rest), at least 1")
@@ -395,6 +400,8 @@ def validate(cfg: Config) -> None:
     need(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     need(cfg.run.log_every >= 1, "run.log_every", "must be >= 1")
+    need(cfg.dist.world_size_hint >= 1, "dist.world_size_hint", "must be >= 1")
+    need(cfg.data.expected_samples >= 0, "data.expected_samples", "must be >= 0 (0 = unknown)")
     need(cfg.dist.cpu_threads >= 0, "dist.cpu_threads", "must be >= 0 (0 = half the cores per process)")
     need(bool(cfg.run.dir), "run.dir", "must name a directory")
     if cfg.task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"):

@@ -11,6 +11,9 @@ import sys
 
 USAGE = """usage: mvd-train --config FILE [dotted.key=value ...]
        torchrun --nproc_per_node N -m mvd.train --config FILE [dotted.key=value ...]
+       mvd-train --config FILE --dry-run [dotted.key=value ...]
+                                   (the run's plan on shapes alone: no data, checkpoint or GPU;
+                                    last line is JSON; exit 2 naming every inconsistent key)
        mvd-train --help-config     (every key, its default and meaning)
 
 tasks: pretrain_mvd, pretrain_videomae, pretrain_mae, finetune, eval
@@ -18,8 +21,9 @@ examples: mvd-train --config configs/tiny/pretrain_mvd.yaml data.dir=shards run.
           train.max_steps=10 checkpoint.every_steps=5 seed=1 checkpoint.resume=auto"""
 
 
-def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    config, overrides, it = None, [], iter(argv)
+def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """(config file, overrides, dry run?)"""
+    config, overrides, dry_run, it = None, [], False, iter(argv)
     for arg in it:
         if arg in ("-h", "--help"):
             print(USAGE)
@@ -29,18 +33,20 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
 
             print("\n".join(describe()))
             raise SystemExit(0)
-        if arg == "--config":
+        if arg == "--dry-run":
+            dry_run = True
+        elif arg == "--config":
             config = next(it, None)
             if config is None:
                 raise SystemExit("mvd-train: --config needs a file\n" + USAGE)
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
         elif arg.startswith("-") and "=" not in arg:
-            raise SystemExit(f"mvd-train: unknown option {arg}; the only options are --config "
-                             f"and dotted.key=value overrides\n{USAGE}")
+            raise SystemExit(f"mvd-train: unknown option {arg}; the only options are --config, "
+                             f"--dry-run and dotted.key=value overrides\n{USAGE}")
         else:
             overrides.append(arg)
-    return config, overrides
+    return config, overrides, dry_run
 
 
 def setup_logging(rank: int) -> None:
@@ -61,7 +67,7 @@ def setup_logging(rank: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     from mvd.config import ConfigError, load_config
 
-    config, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    config, overrides, dry_run = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(int(os.environ.get("RANK", "0")))
     log = logging.getLogger("mvd.train")
     if config is None:
@@ -72,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mvd-train: config error: {e}", file=sys.stderr)
         return 2
+    if dry_run:
+        return dry_run_main(cfg, config)
     from mvd.engine import distributed as D
     from mvd.engine.trainer import NonFiniteLoss, Trainer, run_eval
 
@@ -91,6 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"task": cfg.task, "run_dir": cfg.run.dir, **result}))
     return 130 if result.get("status") == "interrupted" else 0
+
+
+def dry_run_main(cfg, config_path: str) -> int:
+    from mvd.engine.dryrun import make_plan, render
+
+    plan, notes = make_plan(cfg)
+    if plan is None:
+        for e in notes.errors:
+            print(f"mvd-train: config error: {e}", file=sys.stderr)
+        print(f"mvd-train --dry-run: {config_path}: {len(notes.errors)} inconsistent "
+              f"setting(s), see above", file=sys.stderr)
+        return 2
+    print(render(plan))
+    print(json.dumps({"config": config_path, **plan}))
+    return 0
 
 
 if __name__ == "__main__":

@@ -67,10 +67,11 @@ class Precision:
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
-    def describe(self, fsdp: bool) -> str:
-        parts = ["no autocast" if self.name == "fp32" else f"{self.name} autocast",
-                 f"teacher weights {str(self.teacher_dtype).removeprefix('torch.')}",
-                 "grad scaler" if self.name == "fp16" else "no grad scaler"]
+    def describe(self, fsdp: bool, teachers: bool = True) -> str:
+        parts = ["no autocast" if self.name == "fp32" else f"{self.name} autocast"]
+        if teachers:
+            parts.append(f"teacher weights {str(self.teacher_dtype).removeprefix('torch.')}")
+        parts.append("grad scaler" if self.name == "fp16" else "no grad scaler")
         if fsdp:
             parts.append("FSDP params fp32, reduce fp32" if self.name == "fp32" else
                          f"FSDP params {self.name}, reduce fp32")

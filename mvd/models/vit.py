@@ -36,7 +36,9 @@ def init_vit_weights(module: nn.Module, linear_init: str = "xavier") -> None:
 
 def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
                 grad_checkpointing: bool) -> nn.ModuleList:
-    dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth rule
+    # the stochastic depth rule, linear over the blocks (plain floats: the models also build under
+    # FakeTensorMode for the dry run, where a tensor's values cannot be read)
+    dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
     return nn.ModuleList(
         Block(dim, num_heads, mlp_ratio, drop_path=dpr[i], grad_checkpointing=grad_checkpointing)
         for i in range(depth)

@@ -1,0 +1,365 @@
+"""``mvd-train --config FILE --dry-run [overrides]``: the plan of a run, proven on shapes alone.
+
+Needs no data, no checkpoint and no GPU. It makes the decisions the trainer would make for the
+target (a GPU node unless ``dist.device=cpu``, ``WORLD_SIZE`` from torchrun or
+``dist.world_size_hint``): precision plan, optimizer implementation, DDP / FSDP and compile
+wrapping, global batch, lr and steps. It builds every model and teacher on the meta device,
+turns their weights into fake tensors (``FakeTensorMode``: shapes, dtypes and devices, no
+storage), and runs one real optimizer step of the task's own loss (forward, backward, AdamW) at
+the recipe's per-GPU batch on shape-only input, under the recipe's autocast (two steps: the
+second one carries the AdamW state, as every step after the first does).
+
+Peak memory per rank is measured on that fake step: every tensor's storage is counted from the
+op that creates it until Python frees it (parameters, teachers, gradients, AdamW state,
+activations, temporaries), and the peak of the live total is kept. Under FSDP the trained model's
+parameters, gradients and optimizer state are divided by the world size (the shards), and two
+unsharded blocks in the all-gather dtype are added (the block being computed and the one being
+prefetched). Not included: the CUDA context (~0.5 GiB), cuBLAS / flash workspaces, NCCL buffers,
+the loader's decode buffers and the caching allocator's fragmentation. CPU autocast casts
+the same matmul ops as CUDA autocast, and SDPA runs the fused (flash-style) kernel in both.
+
+Every inconsistent combination is collected and reported together, each naming its config key,
+and the command exits 2; otherwise the last stdout line is one JSON object (the plan).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from mvd.config import Config, ConfigError, derive
+from mvd.engine import distributed as D
+from mvd.engine.optim import IMPLEMENTATIONS, choose_implementation
+from mvd.engine.precision import plan_precision
+from mvd.engine.tasks import build_task
+from mvd.models.flops import count_flops, mvd_step_flops
+
+GIB = 2**30
+DEFAULT_CLASSES = 400  # planned with when neither the shards nor model.overrides say
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of every tensor storage alive, from the op that makes it until it is
+    freed, and keeps the peak (works on fake tensors: their storages have sizes, not memory)."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = self.peak = 0
+        self._seen = WeakIdKeyDictionary()
+
+    def add(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        if st in self._seen:
+            return
+        n = st.nbytes()
+        self._seen[st] = n
+        self.now += n
+        self.peak = max(self.peak, self.now)
+        weakref.finalize(st, self._free, n)
+
+    def _free(self, n: int) -> None:
+        self.now -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
+
+
+def _to_fake(module: nn.Module, mode, device: torch.device) -> None:
+    """Replace a meta-device module's parameters and buffers by fake tensors on ``device``."""
+    convert = mode.fake_tensor_converter.from_meta_and_device
+    for m in module.modules():
+        for k, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[k] = nn.Parameter(convert(mode, p.data, device),
+                                                requires_grad=p.requires_grad)
+        for k, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[k] = convert(mode, b, device)
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _manifest(path: str) -> dict | None:
+    p = Path(path) / "manifest.json" if path else None
+    return json.loads(p.read_text()) if p is not None and p.is_file() else None
+
+
+def _fake_batch(task, cfg: Config, mode, device: torch.device) -> dict:
+    """A batch of the loader's shapes and dtypes (fake tensors: nothing is allocated)."""
+    d = cfg.data
+    B = d.batch_size * (d.repeated_aug if cfg.task == "finetune" else 1)
+    with mode:
+        batch = {"video": torch.empty(B, 3, d.num_frames, d.input_size, d.input_size, device=device),
+                 "label": torch.zeros(B, dtype=torch.long, device=device)}
+        if cfg.task in ("pretrain_mvd", "pretrain_videomae"):
+            n = task.model.num_patches
+            batch["mask"] = torch.zeros(B, n, dtype=torch.bool, device=device)
+            s = d.teacher_input_size or d.input_size
+            if cfg.task == "pretrain_mvd" and s != d.input_size:
+                batch["teacher_video"] = torch.empty(B, 3, d.num_frames, s, s, device=device)
+    return batch
+
+
+class Plan:
+    """Collects the plan's errors (each naming its key) and warnings while it is made."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def check(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            self.errors.append(str(e))
+        except ValueError as e:  # a model refusing its shape arguments
+            self.errors.append(f"{e}")
+        return None
+
+
+def _check_grids(cfg: Config, task, plan: Plan) -> None:
+    """The teachers' token grids must be the student's: image teacher per frame (H', W'), video
+    teacher (T', H', W')."""
+    from mvd.models.teachers import unwrap
+
+    student = task.model
+    if task.image_teacher is not None:
+        got = unwrap(task.image_teacher).grid
+        if tuple(got) != tuple(student.grid[1:]):
+            plan.errors.append(
+                f"config keys 'data.teacher_input_size' / 'teachers.image': the image teacher "
+                f"{cfg.teachers.image.name} gives a {got[0]}x{got[1]} token grid per frame at "
+                f"{cfg.data.teacher_input_size or cfg.data.input_size} px but the student's is "
+                f"{student.grid[1]}x{student.grid[2]}; set data.teacher_input_size to "
+                f"{student.grid[1]} x the teacher's patch size")
+    if task.video_teacher is not None:
+        got = unwrap(task.video_teacher).grid
+        if tuple(got) != tuple(student.grid):
+            plan.errors.append(
+                f"config key 'teachers.video': the video teacher {cfg.teachers.video.name} gives a "
+                f"{'x'.join(map(str, got))} token grid but the student's is "
+                f"{'x'.join(map(str, student.grid))}; give both the same patch and tubelet size")
+
+
+def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Plan]:
+    """(the plan as a JSON-able dict, or None when errors stop it; the Plan with messages)."""
+    environ = os.environ if environ is None else environ
+    plan = Plan()
+    world = int(environ.get("WORLD_SIZE") or cfg.dist.world_size_hint)
+    device_type = "cpu" if cfg.dist.device == "cpu" else "cuda"
+    fsdp = cfg.dist.fsdp and world > 1
+    if cfg.dist.fsdp and world == 1:
+        plan.warnings.append("dist.fsdp=true with one process: FSDP only shards across ranks, "
+                             "so this run keeps whole copies (as DDP would)")
+    precision = plan.check(plan_precision, cfg.train.precision, device_type, fsdp=cfg.dist.fsdp)
+    training = cfg.task != "eval"
+    impl = plan.check(choose_implementation, cfg.optim, device_type, fsdp=fsdp) if training \
+        else None
+    if cfg.task == "eval" and cfg.eval.batch_size % cfg.eval.num_crops:
+        plan.errors.append(f"config key 'eval.batch_size' is {cfg.eval.batch_size}; it must be a "
+                           f"multiple of eval.num_crops={cfg.eval.num_crops} (each batch holds "
+                           f"whole clips)")
+
+    # What must exist by the time the run starts.
+    paths = {"data.dir": cfg.data.dir if training else "", "eval.dir": cfg.eval.dir,
+             "model.init": cfg.model.init}
+    if cfg.task == "pretrain_mvd":
+        for kind in ("image", "video"):
+            tc = getattr(cfg.teachers, kind)
+            if tc.name:
+                paths[f"teachers.{kind}.checkpoint"] = tc.checkpoint
+                if not tc.checkpoint:
+                    plan.warnings.append(f"teachers.{kind}.checkpoint is empty: the {kind} "
+                                         f"teacher would be randomly initialised")
+    for key, path in paths.items():
+        if path and not Path(path).exists():
+            plan.warnings.append(f"{key}={path} does not exist yet")
+
+    data_dir = cfg.data.dir if training else (cfg.eval.dir or cfg.data.dir)
+    manifest = _manifest(data_dir)
+    samples = manifest["samples"] if manifest else cfg.data.expected_samples
+    if manifest and cfg.data.expected_samples and manifest["samples"] != cfg.data.expected_samples:
+        plan.warnings.append(f"{data_dir} holds {manifest['samples']} samples, the recipe expects "
+                             f"data.expected_samples={cfg.data.expected_samples}")
+    if training and not samples:
+        plan.errors.append(f"config key 'data.expected_samples': data.dir={data_dir or '(empty)'} "
+                           f"has no manifest.json, so the plan needs the number of training "
+                           f"videos: set data.expected_samples=N")
+    classes = None
+    if cfg.task in ("finetune", "eval"):
+        if manifest:
+            classes = list(manifest["classes"])
+        elif "num_classes" in cfg.model.overrides:
+            classes = [str(i) for i in range(int(cfg.model.overrides["num_classes"]))]
+        else:
+            classes = [str(i) for i in range(DEFAULT_CLASSES)]
+            plan.warnings.append(f"no shards to read the class list from: planned with "
+                                 f"{DEFAULT_CLASSES} classes")
+    if plan.errors:
+        return None, plan
+
+    derived = None
+    if training:
+        from dali_pipelines.sampling import steps_per_epoch
+
+        batches = steps_per_epoch(samples, cfg.data.batch_size, world, drop_last=True)
+        derived = plan.check(derive, cfg, world, batches)
+        if derived is None:
+            return None, plan
+
+    # Build every model on the meta device, then give them fake weights.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    fake_device = torch.device("cpu")  # fake tensors need no memory; CPU autocast casts alike
+    with torch.device("meta"):
+        if cfg.task == "eval":
+            from mvd.models import create_model
+
+            model = plan.check(create_model, cfg.model.name, img_size=cfg.data.input_size,
+                               num_frames=cfg.data.num_frames, num_classes=len(classes),
+                               **cfg.model.overrides)
+            task = None
+        else:
+            kw = {"classes": classes} if cfg.task == "finetune" else {}
+            task = plan.check(build_task, cfg, torch.device("meta"), 0, precision=precision,
+                              load=False, **kw)
+            model = task.model if task is not None else None
+    if model is None:
+        return None, plan
+    if cfg.task == "pretrain_mvd":
+        _check_grids(cfg, task, plan)
+        if plan.errors:
+            return None, plan
+    teachers = task.teachers if task is not None else []
+    for m in [model, *teachers]:
+        _to_fake(m, mode, fake_device)
+
+    params = {"model": sum(p.numel() for p in model.parameters())}
+    if task is not None:
+        for kind in ("image", "video"):
+            t = getattr(task, f"{kind}_teacher", None)
+            if t is not None:
+                params[f"{kind}_teacher"] = sum(p.numel() for p in t.parameters())
+
+    cpu_precision = type(precision)(precision.name, fake_device.type)
+    live = LiveBytes()
+    with mode:
+        for m in [model, *teachers]:
+            for t in [*m.parameters(), *m.buffers()]:
+                live.add(t)
+        if training:
+            batch = _fake_batch(task, cfg, mode, fake_device)
+            model.train()
+            with live:
+                optimizer = torch.optim.AdamW(
+                    [p for p in model.parameters() if p.requires_grad], foreach=True)
+                task._mask_checked = True  # fake masks hold no values to count
+                for step in range(2):  # the second step carries the AdamW state: steady state
+                    with cpu_precision.autocast():
+                        loss, _ = task.loss(model, batch, step)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            flops = _train_flops(cfg, task, batch, cpu_precision)
+        else:
+            with torch.no_grad():
+                video = torch.empty(cfg.eval.batch_size, 3, cfg.data.num_frames,
+                                    cfg.data.input_size, cfg.data.input_size, device=fake_device)
+                model.eval()
+                with live, cpu_precision.autocast():
+                    model(video)
+                flops = {"forward": count_flops(lambda: model(video[:1]))}
+    peak = live.peak
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if fsdp:
+        state = 2 * _bytes(trained) + 2 * 4 * sum(p.numel() for p in trained)  # + Adam m, v
+        peak -= state * (world - 1) // world
+        blocks = D._blocks(model)
+        if blocks:
+            biggest = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+            peak += 2 * biggest * precision.dtype.itemsize
+
+    d = derived
+    result = {
+        "task": cfg.task,
+        "model": cfg.model.name,
+        "device": device_type,
+        "world_size": world,
+        "params": params,
+        "train_flops_per_clip": flops.get("total"),
+        "flops_per_clip": flops,
+        "per_gpu_batch": cfg.data.batch_size if training else cfg.eval.batch_size,
+        "global_batch": d.global_batch if d else cfg.eval.batch_size * world,
+        "samples": samples,
+        "lr": d.lr if d else None,
+        "min_lr": d.min_lr if d else None,
+        "steps_per_epoch": d.steps_per_epoch if d else None,
+        "total_steps": d.total_steps if d else None,
+        "warmup_steps": d.warmup_steps if d else None,
+        "peak_memory_gib_per_rank": round(peak / GIB, 3),
+        "memory_method": "FakeTensorMode step at the per-GPU batch, live storage bytes"
+                         + (", FSDP shards of params/grads/Adam state + 2 gathered blocks"
+                            if fsdp else ""),
+        "precision": precision.describe(fsdp, teachers=bool(teachers)),
+        "optimizer": IMPLEMENTATIONS[impl] if impl else None,
+        "fsdp": fsdp,
+        "compile": cfg.model.compile,
+        "wrapping": D.wrapping(world > 1, cfg.dist.fsdp, cfg.model.compile) if training else
+                    "evaluation: the plain model on every rank (no DDP), scores gathered at the end",
+        "warnings": plan.warnings,
+    }
+    return result, plan
+
+
+def _train_flops(cfg: Config, task, batch: dict, precision) -> dict:
+    """Per clip: 3 x the trained model's forward (forward + backward at 2x) + the teachers'
+    forward; analytical for MVD (``mvd.models.flops``, pinned to torch's counter by the tests),
+    torch's counter on one fake forward for the other tasks."""
+    if cfg.task == "pretrain_mvd":  # (random masking hides about as many tokens as tube)
+        f = mvd_step_flops(task.model, task.image_teacher, task.video_teacher, cfg.data.mask_ratio)
+        return {"student_forward": f["student_forward"], "teachers_forward": f["teachers_forward"],
+                "total": f["total"]}
+    one = {k: v[:2] for k, v in batch.items()}  # two clips: mixup pairs clips
+    with torch.no_grad():
+        fwd = count_flops(lambda: task.loss(task.model, one, 0)) // 2
+    return {"forward": fwd, "total": 3 * fwd}
+
+
+def render(plan: dict) -> str:
+    """The plan for a reader (the JSON line follows it)."""
+    p = plan
+    lines = [f"dry run: {p['task']} of {p['model']} on {p['world_size']} x {p['device']}"]
+    lines.append("  parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in p["params"].items()))
+    if p["train_flops_per_clip"]:
+        lines.append(f"  training FLOPs per clip: {p['train_flops_per_clip'] / 1e12:.3f} TFLOP "
+                     + "(" + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in p["flops_per_clip"].items()
+                                      if k != "total") + ")")
+    if p["lr"] is not None:
+        lines.append(f"  batch: {p['per_gpu_batch']} per GPU, {p['global_batch']} global; lr "
+                     f"{p['lr']:.3g} (min {p['min_lr']:.3g}); {p['samples']} samples -> "
+                     f"{p['steps_per_epoch']} steps/epoch, {p['total_steps']} steps "
+                     f"({p['warmup_steps']} warm-up)")
+    lines.append(f"  precision: {p['precision']}")
+    if p["optimizer"]:
+        lines.append(f"  optimizer: {p['optimizer']}")
+    lines.append(f"  model wrapping: {p['wrapping']}")
+    lines.append(f"  peak memory per rank: {p['peak_memory_gib_per_rank']:.2f} GiB "
+                 f"({p['memory_method']})")
+    for w in p["warnings"]:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
