@@ -146,6 +146,9 @@ def measure(case: ModelCase, dev: torch.device) -> list[dict]:
 
 
 def describe(case: ModelCase, dev: torch.device) -> dict:
+    from mvd.engine.precision import plan_precision
+
+    precision = plan_precision("auto", dev.type)
     return {"model": case.student, "teachers": f"{case.image_teacher}+{case.video_teacher}",
             "batch_size": case.batch_size, "clip": f"{case.num_frames}x{case.img_size}",
             "mask": f"tube {case.mask_ratio}", "dtype": precision.name,
