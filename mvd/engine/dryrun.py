@@ -9,12 +9,13 @@ storage), and runs one real optimizer step of the task's own loss (forward, back
 the recipe's per-GPU batch on shape-only input, under the recipe's autocast (two steps: the
 second one carries the AdamW state, as every step after the first does).
 
-Peak memory per rank is measured on that fake step: every tensor's storage is counted from the
+Peak memory per rank is measured on those fake steps: every tensor's storage is counted from the
 op that creates it until Python frees it (parameters, teachers, gradients, AdamW state,
-activations, temporaries), and the peak of the live total is kept. Under FSDP the trained model's
-parameters, gradients and optimizer state are divided by the world size (the shards), and two
-unsharded blocks in the all-gather dtype are added (the block being computed and the one being
-prefetched). Not included: the CUDA context (~0.5 GiB), cuBLAS / flash workspaces, NCCL buffers,
+activations, temporaries), and the peak of the live total is kept. Under FSDP the trained model
+is sharded for real by the trainer's own ``wrap_model`` over torch's fake process group of the
+world size (collectives move nothing), so shards, all-gathered blocks and reduce-scatter buffers
+are counted as FSDP2 allocates and frees them. DDP is not wrapped (its reducer needs real
+tensors); with ``gradient_as_bucket_view`` its buckets are the gradients. Not included: the CUDA context (~0.5 GiB), cuBLAS / flash workspaces, NCCL buffers,
 the loader's decode buffers and the caching allocator's fragmentation. CPU autocast casts
 the same matmul ops as CUDA autocast, and SDPA runs the fused (flash-style) kernel in both.
 
@@ -30,6 +31,7 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -48,25 +50,46 @@ DEFAULT_CLASSES = 400  # planned with when neither the shards nor model.override
 
 class LiveBytes(TorchDispatchMode):
     """Counts the bytes of every tensor storage alive, from the op that makes it until it is
-    freed, and keeps the peak (works on fake tensors: their storages have sizes, not memory)."""
+    freed, and keeps the peak (works on fake tensors: their storages have sizes, not memory).
+    Storages resized in place count at their new size (FSDP2 frees and re-allocates its
+    unsharded parameters with ``untyped_storage().resize_``)."""
 
     def __init__(self):
         super().__init__()
         self.now = self.peak = 0
-        self._seen = WeakIdKeyDictionary()
+        self._seen = WeakIdKeyDictionary()  # storage -> [bytes] (a box the finalizer shares)
 
     def add(self, t: torch.Tensor) -> None:
         st = t.untyped_storage()
         if st in self._seen:
             return
-        n = st.nbytes()
-        self._seen[st] = n
-        self.now += n
-        self.peak = max(self.peak, self.now)
-        weakref.finalize(st, self._free, n)
+        box = [st.nbytes()]
+        self._seen[st] = box
+        self._grow(box[0])
+        weakref.finalize(st, self._grow, box)
 
-    def _free(self, n: int) -> None:
-        self.now -= n
+    def _grow(self, n) -> None:
+        self.now += n if isinstance(n, int) else -n[0]  # an int: allocated; a box: freed
+        self.peak = max(self.peak, self.now)
+
+    def __enter__(self):
+        self._resize = resize = torch.UntypedStorage.resize_
+        seen, grow = self._seen, self._grow
+
+        def counted_resize(storage, size):
+            out = resize(storage, size)
+            if storage in seen:
+                box = seen[storage]
+                grow(size - box[0])
+                box[0] = size
+            return out
+
+        torch.UntypedStorage.resize_ = counted_resize  # restored in __exit__
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.UntypedStorage.resize_ = self._resize
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -89,8 +112,15 @@ def _to_fake(module: nn.Module, mode, device: torch.device) -> None:
                 m._buffers[k] = convert(mode, b, device)
 
 
-def _bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+def _fake_process_group(world: int) -> None:
+    """Join a ``world``-rank process group of torch's fake backend (collectives return at once,
+    moving nothing), so FSDP2 shards the fake model exactly as it would across real ranks."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("mvd-train --dry-run runs without a process group; do not start it "
+                           "under an initialised one")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
 
 
 def _manifest(path: str) -> dict | None:
@@ -257,42 +287,14 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
                 params[f"{kind}_teacher"] = sum(p.numel() for p in t.parameters())
 
     cpu_precision = type(precision)(precision.name, fake_device.type)
-    live = LiveBytes()
-    with mode:
-        for m in [model, *teachers]:
-            for t in [*m.parameters(), *m.buffers()]:
-                live.add(t)
-        if training:
-            batch = _fake_batch(task, cfg, mode, fake_device)
-            model.train()
-            with live:
-                optimizer = torch.optim.AdamW(
-                    [p for p in model.parameters() if p.requires_grad], foreach=True)
-                task._mask_checked = True  # fake masks hold no values to count
-                for step in range(2):  # the second step carries the AdamW state: steady state
-                    with cpu_precision.autocast():
-                        loss, _ = task.loss(model, batch, step)
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            flops = _train_flops(cfg, task, batch, cpu_precision)
-        else:
-            with torch.no_grad():
-                video = torch.empty(cfg.eval.batch_size, 3, cfg.data.num_frames,
-                                    cfg.data.input_size, cfg.data.input_size, device=fake_device)
-                model.eval()
-                with live, cpu_precision.autocast():
-                    model(video)
-                flops = {"forward": count_flops(lambda: model(video[:1]))}
-    peak = live.peak
-    trained = [p for p in model.parameters() if p.requires_grad]
-    if fsdp:
-        state = 2 * _bytes(trained) + 2 * 4 * sum(p.numel() for p in trained)  # + Adam m, v
-        peak -= state * (world - 1) // world
-        blocks = D._blocks(model)
-        if blocks:
-            biggest = max(sum(p.numel() for p in b.parameters()) for b in blocks)
-            peak += 2 * biggest * precision.dtype.itemsize
+    if fsdp:  # shard for real: FSDP2 over a process group that moves no data
+        _fake_process_group(world)
+    try:
+        flops, peak = _fake_steps(cfg, task, model, teachers, mode, fake_device, cpu_precision,
+                                  world if fsdp else 1)
+    finally:
+        if fsdp:
+            dist.destroy_process_group()
 
     d = derived
     result = {
@@ -312,8 +314,8 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
         "total_steps": d.total_steps if d else None,
         "warmup_steps": d.warmup_steps if d else None,
         "peak_memory_gib_per_rank": round(peak / GIB, 3),
-        "memory_method": "FakeTensorMode step at the per-GPU batch, live storage bytes"
-                         + (", FSDP shards of params/grads/Adam state + 2 gathered blocks"
+        "memory_method": "live storage bytes over two FakeTensorMode steps at the per-GPU batch"
+                         + (f", FSDP2 applied over a fake {world}-rank process group"
                             if fsdp else ""),
         "precision": precision.describe(fsdp, teachers=bool(teachers)),
         "optimizer": IMPLEMENTATIONS[impl] if impl else None,
@@ -326,7 +328,46 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     return result, plan
 
 
-def _train_flops(cfg: Config, task, batch: dict, precision) -> dict:
+def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], mode,
+                device: torch.device, precision, fsdp_world: int) -> tuple[dict, int]:
+    """(FLOPs per clip, peak live bytes) of two training steps (or one eval forward) on fake
+    tensors; with ``fsdp_world`` > 1 the model is first sharded with the trainer's own
+    ``wrap_model`` over the fake process group."""
+    if fsdp_world > 1:
+        info = D.DistInfo(rank=0, world_size=fsdp_world, local_rank=0, device=device)
+        model = D.wrap_model(model, info, fsdp=True, precision=precision)  # (mesh: real tensors)
+    live = LiveBytes()
+    with mode:
+        for m in [model, *teachers]:
+            for t in [*m.parameters(), *m.buffers()]:
+                live.add(getattr(t, "_local_tensor", t))  # a DTensor's shard
+        if cfg.task != "eval":
+            batch = _fake_batch(task, cfg, mode, device)
+            model.train()
+            with live:
+                optimizer = torch.optim.AdamW(
+                    [p for p in model.parameters() if p.requires_grad], foreach=True)
+                task._mask_checked = True  # fake masks hold no values to count
+                for step in range(2):  # the second step carries the AdamW state: steady state
+                    with precision.autocast():
+                        loss, _ = task.loss(model, batch, step)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            flops = _train_flops(cfg, task, batch)
+        else:
+            with torch.no_grad():
+                video = torch.empty(cfg.eval.batch_size, 3, cfg.data.num_frames,
+                                    cfg.data.input_size, cfg.data.input_size, device=device)
+                model.eval()
+                with live, precision.autocast():
+                    model(video)
+                flops = {"forward": count_flops(lambda: model(video[:1]))}
+    return flops, live.peak
+
+
+
+def _train_flops(cfg: Config, task, batch: dict) -> dict:
     """Per clip: 3 x the trained model's forward (forward + backward at 2x) + the teachers'
     forward; analytical for MVD (``mvd.models.flops``, pinned to torch's counter by the tests),
     torch's counter on one fake forward for the other tasks."""
