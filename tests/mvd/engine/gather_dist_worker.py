@@ -18,22 +18,10 @@ import torch.distributed as dist
 from mvd.engine.distributed import all_gather_rows
 from mvd.engine.evaluate import evaluate
 
+sys.path.insert(0, str(Path(__file__).parent))  # torchrun puts it there too; explicit for clarity
+from engine_fakes import ScoresModel, eval_batch  # noqa: E402
+
 BIG = 20.0
-
-
-class _Model(torch.nn.Module):
-    """Logits are the clip's first pixel row (so the test sets each view's scores)."""
-
-    def forward(self, x):
-        return x[:, 0, 0, 0, :3]
-
-
-def _batch(index, clip, label, valid, logits):
-    video = torch.zeros(len(index), 3, 1, 1, 3)
-    video[:, 0, 0, 0] = torch.tensor(logits, dtype=torch.float32)
-    return {"video": video, "index": torch.tensor(index), "clip": torch.tensor(clip),
-            "crop": torch.zeros(len(index), dtype=torch.long), "label": torch.tensor(label),
-            "valid": torch.tensor(valid)}
 
 
 def _rows(rank, n, dtype):
@@ -53,12 +41,12 @@ def main():
     }
     # video 0 (label 1): 3 views on rank 0, averaged right; video 1 (label 2): one wrong view on
     # rank 1, and padding (valid False) that would make it right if it were counted.
-    batches = [[_batch([0, 0], [0, 1], [1, 1], [True, True], [[BIG, 0, 0], [0, BIG, 0]]),
-                _batch([0], [2], [1], [True], [[0, BIG, 0]])],
-               [_batch([1, 1, 1], [0, 0, 0], [2, 2, 2], [True, False, False],
+    batches = [[eval_batch([0, 0], [0, 1], [1, 1], [True, True], [[BIG, 0, 0], [0, BIG, 0]]),
+                eval_batch([0], [2], [1], [True], [[0, BIG, 0]])],
+               [eval_batch([1, 1, 1], [0, 0, 0], [2, 2, 2], [True, False, False],
                        [[BIG, 0, 0], [0, 0, BIG], [0, 0, BIG]])]]
-    got["eval"] = evaluate(_Model(), batches[rank], num_classes=3, autocast=contextlib.nullcontext)
-    got["eval_rank1_empty"] = evaluate(_Model(), batches[0] if rank == 0 else [], num_classes=3,
+    got["eval"] = evaluate(ScoresModel(), batches[rank], num_classes=3, autocast=contextlib.nullcontext)
+    got["eval_rank1_empty"] = evaluate(ScoresModel(), batches[0] if rank == 0 else [], num_classes=3,
                                        autocast=contextlib.nullcontext)
     (out / f"rank{rank}.json").write_text(json.dumps(got))
     dist.destroy_process_group()
