@@ -449,7 +449,7 @@ class Derived:
     """Values computed from the config, the world size and the loader (saved as derived.yaml)."""
 
     world_size: int
-    global_batch: int  # clips per optimizer step = batch_size x world_size x accum_steps
+    global_batch: int  # clips per optimizer step = batch_size (x repeated_aug) x world x accum
     lr: float  # peak lr = base_lr x global_batch / 256
     min_lr: float
     warmup_lr: float
@@ -460,8 +460,13 @@ class Derived:
 
 
 def derive(cfg: Config, world_size: int, batches_per_epoch: int) -> Derived:
-    """Global batch, lr scaling (x global_batch / 256) and step counts."""
-    gb = cfg.data.batch_size * world_size * cfg.train.accum_steps
+    """Global batch, lr scaling (x global_batch / 256) and step counts.
+
+    The global batch counts clips: in fine-tuning each video gives ``data.repeated_aug`` augmented
+    views per step, and the lr scales with all of them, as the VideoMAE / MVD releases scale it
+    (batch x GPUs x update_freq x num_sample / 256)."""
+    views = cfg.data.repeated_aug if cfg.task == "finetune" else 1
+    gb = cfg.data.batch_size * views * world_size * cfg.train.accum_steps
     scale = gb / 256.0
     spe = batches_per_epoch // cfg.train.accum_steps
     if spe < 1:

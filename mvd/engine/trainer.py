@@ -127,7 +127,8 @@ class Trainer:
         log.info("task %s: %s (%.2fM trainable parameters) on %d x %s, run dir %s",
                  self.cfg.task, self.cfg.model.name, n_params / 1e6, d.world_size,
                  self.info.device.type, self.run_dir)
-        log.info("global batch %d = %d per process x %d processes x %d accumulation; lr %.3g "
+        log.info("global batch %d clips = %d per process x %d processes x %d accumulation "
+                 "(x views per video when fine-tuning); lr %.3g "
                  "(base %.3g x %d / 256), min lr %.3g; %d steps/epoch, %d epochs = %d steps "
                  "(%d warm-up); this run stops at step %d", d.global_batch,
                  self.cfg.data.batch_size, d.world_size, self.cfg.train.accum_steps, d.lr,

@@ -130,3 +130,14 @@ def test_derived_global_batch_lr_scaling_and_steps():
     assert (d.steps_per_epoch, d.total_steps, d.warmup_steps, d.max_steps) == (10, 100, 20, 25)
     with pytest.raises(ConfigError, match="accum_steps"):
         derive(cfg, world_size=1, batches_per_epoch=1)
+
+
+def test_finetune_lr_scales_with_every_augmented_view():
+    """The VideoMAE / MVD fine-tuning scripts scale lr by batch x GPUs x num_sample / 256."""
+    cfg = load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
+                             "data.repeated_aug=2", "optim.base_lr=5e-4"])
+    d = derive(cfg, world_size=8, batches_per_epoch=100)
+    assert d.global_batch == 8 * 2 * 8 and d.lr == pytest.approx(5e-4 * 128 / 256)
+    one_view = derive(load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
+                                         "data.repeated_aug=1", "optim.base_lr=5e-4"]), 8, 100)
+    assert one_view.lr == pytest.approx(d.lr / 2)

@@ -48,7 +48,8 @@ def test_every_recipe_plans_without_data_or_checkpoints(path):
     if cfg.task == "eval":
         assert plan["lr"] is None and plan["optimizer"] is None
         return
-    assert plan["global_batch"] == cfg.data.batch_size * 8 * cfg.train.accum_steps
+    views = cfg.data.repeated_aug if cfg.task == "finetune" else 1  # the release's lr scaling
+    assert plan["global_batch"] == cfg.data.batch_size * views * 8 * cfg.train.accum_steps
     assert plan["lr"] == pytest.approx(cfg.optim.base_lr * plan["global_batch"] / 256)
     assert plan["total_steps"] == plan["steps_per_epoch"] * cfg.schedule.epochs
     assert plan["train_flops_per_clip"] > 0
