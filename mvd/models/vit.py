@@ -154,4 +154,7 @@ class MaskedDecoder(nn.Module):
         x = torch.cat([x[:, :P] + table[:, :P], visible, masked], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return self.head(self.norm(x[:, -ids_masked.shape[1]:]))
+        x = self.norm(x[:, -ids_masked.shape[1]:])  # (B, N_mask, D_dec)
+        # the head as matmul + bias: nn.Linear on 3-D input returns a view of its 2-D result, and
+        # FSDP2 warns that a root module's view output can lose its pre-backward hook
+        return torch.matmul(x, self.head.weight.t()) + self.head.bias
