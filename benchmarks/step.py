@@ -15,6 +15,14 @@ size three rates are measured in one run, on the same shards and models:
 A data-wait share near zero, with end-to-end close to compute-only, says the run is compute
 bound; a large share says the loader is the bottleneck. Loader-only over compute-only is the
 loader's head room (the issue's target: at least 1.5x).
+
+On a GPU (`--device gpu`, and the GPU check, benchmarks/gpu/run.sh) four variants run in one
+process: MVD-S and MVD-B with both ViT-B teachers at 16x224, tube 0.9, bf16 autocast, flash
+attention forced (`sdpa_kernel`: an error instead of a silent fallback), torch's fused AdamW,
+eager then compiled (`model.compile`). A variant that fails is recorded as skipped with its
+error and the others still run. MFU is quoted against a ceiling measured in the same run on the
+same GPU (`bf16_matmul_ceiling`: a timed 8192^3 bf16 matmul), and also against the data sheet's
+peak.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import contextlib
 import gc
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks import env
 
@@ -49,6 +59,8 @@ class StepSettings:
     steps: int  # per timed window
     rounds: int  # interleaved rounds of the three windows; medians are reported
     synth: dict = field(default_factory=dict)
+    name: str = ""  # the variant's name in run dirs and progress lines
+    attention: str = "default"  # "flash": the step runs under sdpa_kernel(FLASH_ATTENTION)
 
 
 # Teachers are randomly initialised: their weights do not change the speed.
@@ -65,16 +77,35 @@ QUICK = StepSettings(
     synth={"num_videos": 48},
 )
 
-# The reference recipe and the issue's target: ViT-B student, ViT-B image and video teachers,
-# 16x224, tube masking 0.9, bf16, fed from short-side-240 H.264.
-FULL_GPU = StepSettings(
-    config=CONFIGS / "pretrain_mvd_base_k400.yaml",
-    overrides=RANDOM_TEACHERS,
-    batch_sizes=(16, 32, 64),
-    warmup_steps=5,
-    steps=20,
-    rounds=3,
-    synth={"num_videos": 640, "num_frames": 64, "width": 320, "height": 240, "codec": "h264"},
+# The reference recipe and the issue's target (ViT-B student, ViT-B image and video teachers,
+# 16x224, tube masking 0.9, bf16) and its ViT-S sibling, eager and compiled, at the recipes'
+# 32 clips per GPU, fed from short-side-240 GOP-16 H.264 clips of 80 frames (the reference
+# clip). The shards are few (64 clips, ~10 MiB) so that they travel to a GPU machine without an
+# encoder (benchmarks/gpu/pack.py); the loader cycles through them epoch after epoch.
+GPU_SHARDS = {"num_videos": 64, "num_frames": 80, "width": 320, "height": 240, "codec": "h264",
+              "gop": 16}
+_GPU_OVERRIDES = (*RANDOM_TEACHERS, "train.precision=bf16", "optim.implementation=fused")
+
+
+def _gpu_variant(name: str, config: str, compile: bool) -> StepSettings:
+    return StepSettings(
+        config=CONFIGS / config,
+        overrides=(*_GPU_OVERRIDES, f"model.compile={'true' if compile else 'false'}"),
+        batch_sizes=(32,),
+        warmup_steps=3,  # the first compiled step compiles
+        steps=10,
+        rounds=2,
+        synth=GPU_SHARDS,
+        name=name,
+        attention="flash",
+    )
+
+
+FULL_GPU = (
+    _gpu_variant("mvd_s", "pretrain_mvd_small_k400.yaml", compile=False),
+    _gpu_variant("mvd_b", "pretrain_mvd_base_k400.yaml", compile=False),
+    _gpu_variant("mvd_b_compiled", "pretrain_mvd_base_k400.yaml", compile=True),
+    _gpu_variant("mvd_s_compiled", "pretrain_mvd_small_k400.yaml", compile=True),
 )
 
 # Without a GPU the reference takes minutes per step: the ViT-S recipe at half resolution.
@@ -89,28 +120,45 @@ FULL_CPU = StepSettings(
 )
 
 
-def settings_for(device: str, quick: bool) -> StepSettings:
+def settings_for(device: str, quick: bool) -> tuple[StepSettings, ...]:
+    """The variants to measure, in order."""
     if quick:
-        return QUICK
-    return FULL_GPU if device == "gpu" else FULL_CPU
+        return (QUICK,)
+    return FULL_GPU if device == "gpu" else (FULL_CPU,)
 
 
 def run(out_dir: Path, *, device: str, quick: bool) -> list[dict]:
-    """Measure the MVD step for each batch size of the settings; returns benchmark records."""
-    settings = settings_for(device, quick)
-    data_dir = synth_shards(out_dir / "shards", settings)
-    records = []
-    for batch_size in settings.batch_sizes:
-        try:
-            records += measure(settings, data_dir, out_dir / f"run-b{batch_size}", batch_size,
-                               device)
-        except torch.OutOfMemoryError as exc:  # the larger batch sizes of a full GPU run
-            reason = f"out of memory: {str(exc).splitlines()[0][:160]}"
-            records.append({"name": "end_to_end", "skipped": reason, "batch_size": batch_size})
-        finally:
-            gc.collect()  # the trainer's models and loader go before the next batch size's
-            if device == "gpu":
-                torch.cuda.empty_cache()
+    """Measure the MVD step for each variant and batch size; returns benchmark records.
+
+    A variant or batch size that fails (out of memory, a compile error, a kernel flash attention
+    cannot run) becomes a skipped record with the error, and the rest still run; when nothing
+    could be measured the error is raised."""
+    records, errors, ceiling = [], [], None
+    if device == "gpu":
+        records.append(matmul_ceiling(torch.device("cuda", torch.cuda.current_device())))
+        ceiling = records[-1]["value"]
+        print(f"[step] bf16 matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
+    for settings in settings_for(device, quick):
+        data_dir = synth_shards(out_dir / "shards", settings)
+        for batch_size in settings.batch_sizes:
+            run_dir = out_dir / f"run-{settings.name + '-' if settings.name else ''}b{batch_size}"
+            try:
+                records += measure(settings, data_dir, run_dir, batch_size, device, ceiling)
+            except Exception as exc:  # recorded with its error; the other variants still run
+                traceback.print_exc()
+                first = (str(exc).splitlines() or [""])[0][:200]
+                why = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "failed"
+                # only the text is kept: the exception's traceback holds the variant's models
+                errors.append(f"{why}: {type(exc).__name__}: {first}")
+                records.append({"name": "end_to_end", "skipped": errors[-1],
+                                "variant": settings.name, "batch_size": batch_size})
+                print(f"[step] {settings.name or 'step'} b{batch_size}: {errors[-1]}", flush=True)
+            finally:
+                gc.collect()  # the trainer's models and loader go before the next variant's
+                if device == "gpu":
+                    torch.cuda.empty_cache()
+    if errors and not any(r["name"] == "end_to_end" and "value" in r for r in records):
+        raise RuntimeError(f"no step could be measured: {'; '.join(errors)}")
     return records
 
 
@@ -145,8 +193,9 @@ def build_trainer(settings: StepSettings, data_dir: Path, run_dir: Path, batch_s
 
 
 def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: int,
-            device: str) -> list[dict]:
-    """End-to-end, compute-only and loader-only rates for one batch size."""
+            device: str, ceiling: float | None = None) -> list[dict]:
+    """End-to-end, compute-only and loader-only rates for one batch size; MFU against
+    `ceiling` (TFLOP/s measured on this GPU) when given."""
     from mvd.models.flops import count_flops, mvd_step_flops
     from mvd.models.teachers import unwrap
 
@@ -156,7 +205,8 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     batches = endless(trainer.loader)
 
     def step(batch: dict) -> None:
-        trainer.train_step([batch])
+        with attention_backend(settings.attention):
+            trainer.train_step([batch])
 
     for _ in range(settings.warmup_steps):
         step(next(batches))
@@ -179,7 +229,8 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
     # FLOPs per clip: the analytical count (mvd.models.flops) and torch's counter on one step.
     flops = mvd_step_flops(unwrap(task.model), task.image_teacher, task.video_teacher,
                            mask_ratio=cfg.data.mask_ratio)["total"]
-    counted = count_flops(lambda: step(cached)) / batch_size
+    # torch's counter traces the eager step; a compiled one would recompile under it
+    counted = None if cfg.model.compile else count_flops(lambda: step(cached)) / batch_size
     trainer.metrics.close()
 
     common = {
@@ -191,6 +242,9 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
         "clip": f"{cfg.data.num_frames}x{cfg.data.input_size}",
         "mask": f"{cfg.data.mask_type} {cfg.data.mask_ratio}",
         "precision": trainer.precision.name,
+        "attention": settings.attention,
+        "optimizer": _optimizer_name(trainer.optimizer),
+        "compile": "on" if cfg.model.compile else "off",
         "loader": f"PretrainLoader({device})",
         "bound": "data" if wait_share >= DATA_BOUND_SHARE else "compute",
     }
@@ -201,17 +255,73 @@ def measure(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: i
         {"name": "data_wait_share", "value": 100.0 * wait_share, "unit": "%"},
         {"name": "loader_over_compute", "value": loader_rate / compute_rate, "unit": "x"},
         {"name": "flops_per_clip", "value": flops / 1e9, "unit": "GFLOP"},
-        {"name": "flops_per_clip_counted", "value": counted / 1e9, "unit": "GFLOP"},
+        *([{"name": "flops_per_clip_counted", "value": counted / 1e9, "unit": "GFLOP"}]
+          if counted is not None else []),
         {"name": "achieved_end_to_end", "value": flops * e2e_rate / 1e12, "unit": "TFLOP/s"},
+        {"name": "achieved_compute_only", "value": flops * compute_rate / 1e12,
+         "unit": "TFLOP/s"},
     ]
     if dev.type == "cuda":
         records.append({"name": "peak_memory", "unit": "MiB",
                         "value": torch.cuda.max_memory_allocated(dev) / 2**20})
+        records.append({"name": "peak_memory_reserved", "unit": "MiB",
+                        "value": torch.cuda.max_memory_reserved(dev) / 2**20})
         peak = env.bf16_peak_tflops(torch.cuda.get_device_name(dev))
+        if ceiling:
+            note = "against this run's bf16_matmul_ceiling"
+            records.append({"name": "mfu_end_to_end", "unit": "%", "note": note,
+                            "value": 100.0 * flops * e2e_rate / 1e12 / ceiling})
+            records.append({"name": "mfu_compute_only", "unit": "%", "note": note,
+                            "value": 100.0 * flops * compute_rate / 1e12 / ceiling})
         if peak:
-            records.append({"name": "mfu_end_to_end", "unit": "%",
+            records.append({"name": "mfu_end_to_end_datasheet", "unit": "%",
+                            "note": f"against the data sheet's dense bf16 peak, {peak:g} TFLOP/s",
                             "value": 100.0 * flops * e2e_rate / 1e12 / peak})
-    return [{**rec, **common} for rec in records]
+    records = [{**rec, **common} for rec in records]
+    print(f"[step] {settings.name or common['model']} b{batch_size}: " + ", ".join(
+        f"{r['name']} {r['value']:.4g} {r['unit']}" for r in records
+        if r["name"] in PROGRESS_FIGURES), flush=True)
+    return records
+
+
+# The figures a progress line shows as each variant finishes (a run cut short keeps them).
+PROGRESS_FIGURES = ("end_to_end", "compute_only", "loader_only", "data_wait_share",
+                    "mfu_end_to_end", "mfu_compute_only", "peak_memory")
+
+
+def attention_backend(name: str):
+    """The SDPA backend the step runs under: "flash" forces flash attention (a shape or dtype it
+    cannot take raises instead of falling back to a slower kernel); "default" lets torch pick."""
+    if name == "flash":
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    if name == "default":
+        return contextlib.nullcontext()
+    raise ValueError(f"attention must be 'flash' or 'default', got {name!r}")
+
+
+def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """e.g. "AdamW (fused)", "AdamW (foreach)", "FusedAdam"."""
+    name = type(optimizer).__name__
+    for flag in ("fused", "foreach"):
+        if optimizer.defaults.get(flag):
+            return f"{name} ({flag})"
+    return name
+
+
+def matmul_ceiling(dev: torch.device, n: int = 8192, iters: int = 20, rounds: int = 3) -> dict:
+    """The record of the best rate of an n x n x n bf16 matmul on `dev` over `rounds` timed
+    windows of `iters` calls (after a warm-up): the ceiling MFU is quoted against, measured on
+    the same device in the same run rather than taken from a data sheet."""
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    out = torch.empty(n, n, device=dev, dtype=torch.bfloat16)
+    mm = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    timed(mm, 3, dev)  # warm-up: clocks up, cuBLAS heuristics chosen
+    seconds = min(timed(mm, iters, dev) for _ in range(rounds))
+    del a, b, out
+    return {"name": "bf16_matmul_ceiling", "value": 2 * n**3 * iters / seconds / 1e12,
+            "unit": "TFLOP/s", "shape": f"{n}x{n}x{n}",
+            "note": f"bf16 torch.mm, random normal inputs, best of {rounds} x {iters} calls"}
 
 
 def _named(model: torch.nn.Module, overridden: bool) -> str:

@@ -2,16 +2,27 @@
 
 `PretrainLoader`, `FinetuneLoader`, `EvalLoader` read a shard directory written by mvd-shard;
 see ARCHITECTURE.md ("Loaders") for the batch contract.
+
+The names below are loaded on first use: the loaders import DALI, while `dali_pipelines.budget`
+(the per-rank CPU split) and `dali_pipelines.normalize` (the step's normalisation) are plain
+Python and torch, imported by the trainer without DALI.
 """
 
-from dali_pipelines.loaders import DecodeFailureError, EvalLoader, FinetuneLoader, PretrainLoader
-from dali_pipelines.manifest import ShardDirError, load_shard_dir
+from importlib import import_module
 
-__all__ = [
-    "PretrainLoader",
-    "FinetuneLoader",
-    "EvalLoader",
-    "DecodeFailureError",
-    "ShardDirError",
-    "load_shard_dir",
-]
+_EXPORTS = {
+    "PretrainLoader": "dali_pipelines.loaders",
+    "FinetuneLoader": "dali_pipelines.loaders",
+    "EvalLoader": "dali_pipelines.loaders",
+    "DecodeFailureError": "dali_pipelines.failures",
+    "ShardDirError": "dali_pipelines.manifest",
+    "load_shard_dir": "dali_pipelines.manifest",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dali_pipelines' has no attribute {name!r}")

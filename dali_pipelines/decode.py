@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 
 class DecodeError(RuntimeError):
@@ -24,6 +22,8 @@ def decode_frames(data: bytes, indices: np.ndarray, convert_all: bool = False) -
     window decoded and converted).
     Raises DecodeError when the bytes do not hold the frames.
     """
+    import av  # PyAV: imported when a PyAV decode is asked for (a DALI-only machine lacks it)
+
     indices = np.asarray(indices, dtype=np.int64)
     wanted = np.unique(indices)
     try:
@@ -62,6 +62,8 @@ def _collect(container, stream, wanted, convert_all, index_of) -> dict[int, np.n
     With pts, the packets of frames that are not wanted are decoded with skip_frame=NONREF:
     a frame no other frame references (H.264/HEVC non-reference B-frames) is then skipped.
     """
+    from av.video.reformatter import VideoReformatter  # PyAV, as in decode_frames
+
     wanted_set = {int(i) for i in wanted}
     frames: dict[int, np.ndarray] = {}
     to_rgb = VideoReformatter()  # one swscale context for the clip, not one per frame

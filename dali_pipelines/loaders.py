@@ -1,45 +1,65 @@
 """PretrainLoader, FinetuneLoader and EvalLoader: iterate shards into batches of torch tensors.
 
 Each loader is a checkpointable reader stage (`reader.ClipReader`) feeding a DALI decoding and
-augmenting stage (`pipeline.build`). Iterating yields the rest of the current epoch, then moves
-to the next: a fresh loader yields epoch 0, iterating again yields epoch 1. The state is
-(epoch, step) plus the samples known to be bad; `load_state_dict` rebuilds the pipeline at that
-step, and since every random draw is a function of (seed, epoch, sample) or (seed, epoch, step),
-the resumed loader yields exactly the batches an uninterrupted one would.
+augmenting stage (`pipeline.build`), run by `runner.PipelineRunner`. Iterating yields the rest of
+the current epoch, then moves to the next: a fresh loader yields epoch 0, iterating again yields
+epoch 1. The state is (epoch, step) plus the samples known to be bad; `load_state_dict` rebuilds
+the pipeline at that step, and since every random draw is a function of (seed, epoch, sample) or
+(seed, epoch, step), the resumed loader yields exactly the batches an uninterrupted one would.
 
-Failures: a sample that fails to decode is replaced by another sample of its batch, counted and
-logged with its shard and key. On the PyAV path the reader catches it; on the DALI path the
-batch raises, the loader decodes that batch's samples one by one with DALI to find the culprit,
-marks it bad and rebuilds the pipeline at the same step. When more than `max_failure_fraction` of the
-dataset has failed, the loader raises DecodeFailureError naming the shards and keys.
+Clips: `normalize=True` (the default) yields float32 ImageNet-normalised clips, DALI normalising;
+`normalize=False` yields the uint8 clips (a quarter of the bytes to copy and move) for a training
+step that normalises on its own device (`dali_pipelines.normalize`). Either way each view is
+written once into its row of the batch tensor: copied there by DALI on GPU (DALI crops and
+resizes), written there by torch's crop + resize on CPU (see `tensors`).
+
+The three loaders build their batches on one path (`_ClipLoader._batch`): the views of every
+pipeline's samples written into their rows (`_clips`), the per-clip host fields (label, index,
+valid, ...) repeated per view, then what each loader adds (mask, erasing, clip and crop).
+
+Failures (`failures`): a sample that fails to decode is replaced by another sample of its batch,
+counted and logged with its shard and key; past `max_failure_fraction` of the dataset every rank
+raises DecodeFailureError at the same step naming the shards and keys.
+
+Keywords shared by the three loaders, beyond the clip's:
+  device "gpu" | "cpu"; decoder "auto" | "dali" | "pyav"; normalize (above);
+  gpu_decoders: concurrent decode pipelines (default: the GPU's NVDEC engines,
+    `budget.nvdec_engines`; 1 on CPU), each decoding whole samples at fixed batch positions;
+  cpu_decode_share: the share of each batch decoded by one host pipeline (DALI's CPU decoder for
+    VP8/VP9/MJPEG, PyAV otherwise) while the device pipelines decode the rest (see `runner`);
+  num_threads / num_workers: DALI threads and reader worker processes (None: from
+    `budget.cpu_budget`, given the training step beside the loader: `step_device` "cpu" |
+    "cuda" | None and its `torch_threads`, 0 = auto); the split used is `loader.budget`;
+  max_failure_fraction, process_group (the torch.distributed group of the failure vote; default
+    the default group when one is initialised); prefetch (batches each pipeline runs ahead).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from dali_pipelines import pipeline as dali_stage
-from dali_pipelines import sampling
+from dali_pipelines import sampling, tensors
+from dali_pipelines.budget import cpu_budget, nvdec_engines
+from dali_pipelines.failures import DecodeFailureError, FailureLog, probe
 from dali_pipelines.manifest import DALI_CODECS, ShardDir, load_shard_dir
-from dali_pipelines.reader import NO_FAILURE, ClipReader, ReaderConfig
+from dali_pipelines.normalize import Normalize, erase_
+from dali_pipelines.outputs import per_view
+from dali_pipelines.reader import ClipReader, ReaderConfig
+from dali_pipelines.runner import BatchFailed, Part, PipelinePlan, PipelineRunner, plan_pipelines
 from mvd.masking import random_mask, tube_mask
 
-log = logging.getLogger("dali_pipelines")
+__all__ = ["PretrainLoader", "FinetuneLoader", "EvalLoader", "DecodeFailureError"]
 
 STATE_VERSION = 1
 
 
-class DecodeFailureError(RuntimeError):
-    """More samples failed to decode than the loader's max_failure_fraction allows."""
-
-
 class _ClipLoader:
-    """What the three loaders share: shard dir, epoch/step state, the pipeline, failures."""
+    """What the three loaders share: shard dir, epoch/step state, the pipelines, failures, and
+    the batch building."""
 
     def __init__(
         self,
@@ -53,6 +73,12 @@ class _ClipLoader:
         num_threads: int | None,
         max_failure_fraction: float,
         prefetch: int,
+        normalize: bool,
+        gpu_decoders: int | None,
+        cpu_decode_share: float,
+        process_group,
+        step_device: str | None,
+        torch_threads: int,
         teacher_input_size: int | None = None,
     ):
         if device not in ("cpu", "gpu"):
@@ -67,6 +93,10 @@ class _ClipLoader:
             raise ValueError(f"sampling must be 'dense' or 'segment', got {cfg.sampling!r}")
         if cfg.num_frames < 1 or cfg.sampling_rate < 1 or cfg.input_size < 1:
             raise ValueError("num_frames, sampling_rate and input_size must be positive")
+        if gpu_decoders is not None and gpu_decoders < 1:
+            raise ValueError(f"gpu_decoders must be >= 1 (or None for the default), got {gpu_decoders}")
+        if not 0.0 <= cpu_decode_share <= 1.0:
+            raise ValueError(f"cpu_decode_share must be in [0, 1], got {cpu_decode_share}")
         self.shards: ShardDir = load_shard_dir(data_dir)
         self.table = self.shards.table
         _check_videos(self.shards)
@@ -77,14 +107,7 @@ class _ClipLoader:
         else:
             self._torch_device = torch.device("cpu")
         self._cfg = replace(cfg, decode=_choose_decoder(self.shards, device, decoder))
-        self._teacher_input_size = teacher_input_size
-        cpus = len(os.sched_getaffinity(0))
-        if num_workers is None:
-            num_workers = _default_workers(self._cfg.decode, device, cpus)
-        self._num_workers = num_workers
-        self._num_threads = num_threads or cpus
         self._prefetch = prefetch
-        self.max_failure_fraction = max_failure_fraction
         num_items = cfg.num_items(len(self.table))
         self.steps = sampling.steps_per_epoch(num_items, cfg.batch_size, cfg.num_shards, cfg.drop_last)
         if self.steps == 0:
@@ -94,11 +117,42 @@ class _ClipLoader:
                 f"set drop_last=False"
             )
         self.epoch, self.step = 0, 0
-        self.bad: dict[int, str] = {}  # sample -> why it failed
-        self.num_failures = 0  # replacement events (a bad sample seen twice counts twice)
-        self._pipe = None
-        self._pipe_next: int | None = None  # epoch * steps + step of the pipeline's next batch
-        self._planner = self._reader(0, 0)  # the epoch plans (cached) for the main process
+        # the samples this rank reads per epoch: the base of max_failure_fraction
+        self.failures = FailureLog(
+            self.table, self._cfg.split, max_failure_fraction,
+            len(self.table) / self._cfg.num_shards, group=process_group,
+            vote_device=torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available() else None)
+        if gpu_decoders is None:  # NVDEC engines on GPU; one CPU pipeline
+            gpu_decoders = nvdec_engines(torch.cuda.get_device_name(self._torch_device)) \
+                if device == "gpu" else 1
+        host_decode = _choose_decoder(self.shards, "cpu", "auto")
+        pyav = self._cfg.decode == "pyav" or (cpu_decode_share > 0 and host_decode == "pyav")
+        self.budget = cpu_budget(
+            loader_device=device, decoder="pyav" if pyav else "dali", step_device=step_device,
+            torch_threads=torch_threads, dali_threads=num_threads or 0,
+            reader_workers=-1 if num_workers is None else num_workers,
+        )
+        plans = plan_pipelines(
+            cfg.batch_size, device_pipelines=gpu_decoders, device_decode=self._cfg.decode,
+            device_decode_on="gpu" if device == "gpu" and self._cfg.decode == "dali" else "cpu",
+            host_share=cpu_decode_share, host_decode=host_decode,
+            num_threads=self.budget.dali_threads, num_workers=self.budget.reader_workers,
+        )
+        # who crops and resizes the views: DALI on GPU; torch on CPU (see dali_pipelines.tensors)
+        self._resize = "dali" if device == "gpu" else "torch"
+        self._runner = PipelineRunner(
+            self._cfg, self.table, self.steps, plans, device=device,
+            device_id=self._torch_device.index if device == "gpu" else None,
+            input_size=self._cfg.input_size, teacher_input_size=teacher_input_size,
+            prefetch=prefetch, normalize=normalize, resize=self._resize,
+        )
+        self.normalize = normalize
+        self._teacher_input_size = teacher_input_size
+        # float batches resized in torch are normalised as their rows are written
+        torch_float = normalize and self._resize == "torch"
+        self._normalize = Normalize(self._torch_device) if torch_float else None
+        self._planner = ClipReader(self._cfg, self.table, 0, 0, self.steps)  # cached epoch plans
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -115,6 +169,24 @@ class _ClipLoader:
         """"dali" or "pyav": who decodes on this loader."""
         return self._cfg.decode
 
+    @property
+    def max_failure_fraction(self) -> float:
+        return self.failures.max_failure_fraction
+
+    @property
+    def bad(self) -> dict[int, str]:
+        """Samples known to be bad: sample -> why."""
+        return self.failures.bad
+
+    @property
+    def num_failures(self) -> int:
+        """Replacement events so far (a bad sample seen twice counts twice)."""
+        return self.failures.num_failures
+
+    @property
+    def failed_keys(self) -> list[str]:
+        return self.failures.failed_keys
+
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return self.steps
@@ -123,10 +195,9 @@ class _ClipLoader:
         if self.step >= self.steps:
             self.epoch, self.step = self.epoch + 1, 0
         while self.step < self.steps:
-            outputs = self._run()
-            batch = self._batch(outputs, self.epoch, self.step)
+            batch = self._batch(self._run(), self.epoch, self.step)
+            self.failures.check(self.epoch, self.step)  # every rank, every batch: stop together
             self.step += 1
-            self._pipe_next += 1
             yield batch
         self.epoch, self.step = self.epoch + 1, 0
 
@@ -140,8 +211,8 @@ class _ClipLoader:
             "num_shards": self._cfg.num_shards,
             "shard_id": self._cfg.shard_id,
             "batch_size": self.batch_size,
-            "bad": {int(k): v for k, v in self.bad.items()},
-            "num_failures": self.num_failures,
+            "bad": {int(k): v for k, v in self.failures.bad.items()},
+            "num_failures": self.failures.num_failures,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -153,130 +224,48 @@ class _ClipLoader:
                     f"{key}={mine[key]}; resume needs the same {key}"
                 )
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.bad = {int(k): v for k, v in state.get("bad", {}).items()}
-        self.num_failures = int(state.get("num_failures", 0))
-        self._close()
-
-    @property
-    def failed_keys(self) -> list[str]:
-        return [self.table.where(i) for i in sorted(self.bad)]
+        self.failures.bad = {int(k): v for k, v in state.get("bad", {}).items()}
+        self.failures.num_failures = int(state.get("num_failures", 0))
+        self._runner.close()
 
     def close(self) -> None:
-        self._close()
+        self._runner.close()
 
     def __del__(self):
         try:
-            self._close()
+            self._runner.close()
         except Exception:  # interpreter shutdown
             pass
 
-    # -- the pipeline --------------------------------------------------------------------------
+    def decode_stage(self) -> PipelineRunner:
+        """A runner of this loader's pipelines that stop after decoding (the same readers,
+        threads, workers and prefetch; `run(epoch, step, bad)` returns parts whose outputs are
+        `decoded`, `info`, `error`): what `mvd-bench loader` times as decoding alone."""
+        return self._runner.with_decode_only()
 
-    def _reader(self, epoch: int, step: int) -> ClipReader:
-        return ClipReader(self._cfg, self.table, epoch, step, self.steps, frozenset(self.bad))
+    @property
+    def pipelines(self) -> tuple[PipelinePlan, ...]:
+        """The decode pipelines: the batch positions each decodes, its decoder, threads and
+        reader workers."""
+        return self._runner.plans
 
-    def _open(self) -> None:
-        self._close()
-        self._pipe = dali_stage.build(
-            self._reader(self.epoch, self.step),
-            device=self.device, input_size=self._cfg.input_size,
-            teacher_input_size=self._teacher_input_size,
-            num_threads=self._num_threads, num_workers=self._num_workers,
-            device_id=self._torch_device.index if self.device == "gpu" else None,
-            prefetch=self._prefetch,
-        )
-        self._pipe_next = self.epoch * self.steps + self.step
+    # -- the pipelines -------------------------------------------------------------------------
 
-    def _close(self) -> None:
-        if self._pipe is not None:
-            pipe, self._pipe, self._pipe_next = self._pipe, None, None
-            pool = getattr(pipe, "_py_pool", None)
-            del pipe
-            if pool is not None:
-                pool.close()
+    @property
+    def _pipe(self):
+        """The built pipelines (None when closed): the same object until they are rebuilt."""
+        return self._runner.pipes
 
-    def _run(self):
-        """The pipeline's outputs for (epoch, step), recovering from DALI decode errors."""
+    def _run(self) -> list[Part]:
+        """The pipelines' outputs for (epoch, step), recovering from DALI decode errors."""
         while True:
-            if self._pipe is None or self._pipe_next != self.epoch * self.steps + self.step:
-                self._open()
             try:
-                return self._pipe.run()
-            except Exception as exc:  # DALI reports any operator failure as a generic error
-                self._close()
-                self._find_bad_in_batch(exc)
-
-    def _find_bad_in_batch(self, exc: Exception) -> None:
-        """Probe the samples of the failed batch (and of the prefetched ones after it) one by
-        one with DALI's decoder, and mark the ones that fail; re-raise when none does."""
-        reader = self._reader(self.epoch, self.step)
-        device_id = self._torch_device.index if self.device == "gpu" else None
-        found = {}
-        for ahead in range(self._prefetch + 1):
-            epoch, step = reader.position(ahead)
-            for item in self._planned(epoch, step)[0]:
-                sample, clip = self._cfg.split(int(item))
-                if sample in self.bad or sample in found:
-                    continue
-                frames = reader.draw(sample, epoch, clip)["frames"]
-                why = dali_stage.decode_error(reader.video_bytes(sample), frames, self.device, device_id)
-                if why is not None:
-                    found[sample] = why
-            if found:
-                break
-        if not found:
-            raise RuntimeError(
-                f"DALI failed at epoch {self.epoch} step {self.step}, but every sample of the "
-                f"batch decodes on its own: {exc}"
-            ) from exc
-        for sample, why in found.items():
-            log.warning("sample %s failed to decode with DALI (%s); it will be replaced",
-                        self.table.where(sample), why)
-            self.bad[sample] = why
-        self._check_failures()
-
-    def _note_failures(self, info: np.ndarray, errors) -> None:
-        """Count the replacements the reader reports (info[:, 1] = failed item or -1)."""
-        for j in np.nonzero(info[:, 1] != NO_FAILURE)[0]:
-            item = int(info[j, 1])
-            sample = self._cfg.split(item)[0]
-            why = bytes(np.asarray(errors[int(j)])).decode(errors="replace") or "failed to decode"
-            self.num_failures += 1
-            if sample not in self.bad:
-                log.warning("sample %s replaced by %s: %s", self.table.where(sample),
-                            self.table.where(int(info[j, 0])), why)
-                self.bad[sample] = why
-        self._check_failures()
-
-    def _check_failures(self) -> None:
-        seen = len(self.table) / self._cfg.num_shards  # the samples this rank reads per epoch
-        if len(self.bad) > self.max_failure_fraction * seen:
-            shards = sorted({self.table.where(i).split(":")[0] for i in self.bad})
-            raise DecodeFailureError(
-                f"{len(self.bad)} of this rank's {seen:g} samples failed to decode, more than "
-                f"max_failure_fraction={self.max_failure_fraction}; shards: {', '.join(shards)}; "
-                f"keys: {', '.join(self.table.keys[i] for i in sorted(self.bad))}"
-            )
-
-    # -- outputs to tensors ----------------------------------------------------------------------
-
-    def _tensor(self, tl) -> torch.Tensor:
-        """A DALI TensorList (uniform shapes) as a torch tensor on the loader's device, copied
-        device-side on GPU (no host round trip) and into fresh memory on CPU."""
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        dense = tl.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=self._torch_device)
-        stream = None
-        if self.device == "gpu":  # DALI copies on torch's stream: no sync with the host
-            stream = torch.cuda.current_stream(self._torch_device).cuda_stream
-        feed_ndarray(dense, out, cuda_stream=stream)
-        return out
-
-    def _meta(self, outputs, first_meta: int):
-        info = outputs[first_meta].as_array()  # (B, 3) int64 on the host: sample, failed, clip
-        self._note_failures(info, outputs[first_meta + 1])
-        return info
+                return self._runner.run(self.epoch, self.step, self.failures.bad)
+            except BatchFailed as failed:
+                device_id = self._torch_device.index if failed.decode_on == "gpu" else None
+                found = probe(failed.reader, self._prefetch, self.failures.bad, failed.decode_on,
+                              device_id, failed.cause)
+                self.failures.mark(found)
 
     def _planned(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(items, valid) of one batch as planned (before any replacement)."""
@@ -284,8 +273,79 @@ class _ClipLoader:
         b = self._cfg.batch_size
         return items[step * b : (step + 1) * b], valid[step * b : (step + 1) * b]
 
-    def _host(self, array: np.ndarray, dtype=torch.int64) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=dtype).to(self._torch_device, non_blocking=True)
+    # -- the batch -----------------------------------------------------------------------------
+
+    def _batch(self, parts: list[Part], epoch: int, step: int) -> dict:
+        """The batch dict of one step: `video` (B * V, ...) with the V views (or crops) of a
+        sample adjacent, the per-clip host fields, then what the loader adds (`_extend`)."""
+        v = self._cfg.num_views
+        info = np.empty((self._cfg.batch_size, 3), np.int64)  # sample, failed item, clip
+        for part in parts:
+            rows = part.named["info"].as_array()
+            info[part.positions] = rows
+            self.failures.note(rows, part.named["error"])
+        samples = np.repeat(info[:, 0], v)
+        host = {"label": self.table.label[samples], "index": samples,
+                "valid": np.repeat(self._planned(epoch, step)[1], v), **self._host_fields(info)}
+        batch = {"video": self._clips(parts, "video"),
+                 "key": [self.table.keys[i] for i in samples]}
+        batch.update(tensors.to_device(host, {"valid": torch.bool}, self._torch_device))
+        self._extend(batch, parts, epoch, step)
+        return batch
+
+    def _clips(self, parts: list[Part], name: str) -> torch.Tensor:
+        """The views `name` ("video", or "teacher" at the teacher size) of every part as one
+        (B * V, 3, T, S, S) tensor, each view written once into its row (sample position b,
+        view k -> row b * V + k): copied from DALI's views, or cropped and resized here."""
+        v, rows = self._cfg.num_views, self._cfg.batch_size * self._cfg.num_views
+        if self._resize == "dali":
+            out = None
+            for part in parts:
+                for k in range(v):
+                    tl = part.named[per_view(name, k)]
+                    if out is None:
+                        out = tensors.new_batch(tl, rows, self._torch_device)
+                    tensors.write_rows(tl, out, part.positions * v + k)
+            return out
+        size = self._cfg.input_size if name == "video" else self._teacher_input_size
+        dtype = torch.uint8 if self._normalize is None else torch.float32
+        out = torch.empty((rows, 3, self._cfg.num_frames, size, size), dtype=dtype)
+        for part in parts:
+            for i, position in enumerate(part.positions):
+                for k, view in enumerate(self._resized_views(part, i, size)):
+                    tensors.put(out[position * v + k], view, self._normalize)
+        return out
+
+    def _resized_views(self, part: Part, i: int, size: int) -> list[torch.Tensor]:
+        """The views of sample i of `part` cropped and resized in torch, (T, 3, size, size)
+        uint8 each: the reader's roi (and flip) of every view."""
+        views = []
+        for k in range(self._cfg.num_views):
+            frames = tensors.frames(part.named[part.outputs.clip(k)], i)
+            roi = np.asarray(part.named[per_view("roi", k)][i])
+            flip = part.named.get(per_view("flip", k))
+            flip = flip is not None and bool(np.asarray(flip[i]))
+            views.append(tensors.crop_resize(frames, roi, size, flip))
+        return views
+
+    def _host_rows(self, parts: list[Part], name: str) -> np.ndarray:
+        """The per-view host outputs `name` of every part as one (B * V, ...) array."""
+        v = self._cfg.num_views
+        out = None
+        for part in parts:
+            for k in range(v):
+                rows = part.named[per_view(name, k)].as_array()
+                if out is None:
+                    out = np.empty((self._cfg.batch_size * v, *rows.shape[1:]), rows.dtype)
+                out[part.positions * v + k] = rows
+        return out
+
+    def _host_fields(self, info: np.ndarray) -> dict[str, np.ndarray]:
+        """Extra per-clip host fields of this loader (int64 tensors in the batch)."""
+        return {}
+
+    def _extend(self, batch: dict, parts: list[Part], epoch: int, step: int) -> None:
+        """What this loader adds to the batch."""
 
     def _step_generator(self, epoch: int, step: int) -> torch.Generator:
         """A torch generator on the loader's device for the per-step draws (mask, erasing)."""
@@ -294,17 +354,14 @@ class _ClipLoader:
         g.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
         return g
 
-    def _batch(self, outputs, epoch: int, step: int) -> dict:
-        raise NotImplementedError
-
 
 class PretrainLoader(_ClipLoader):
     """Pretraining batches: the multi-scale crop at the student and teacher sizes, and a mask.
 
     Yields dicts:
-      video (B, 3, T, S, S) float32, normalised; teacher_video (B, 3, T, S_t, S_t) (the same
-      tensor when S_t == S); mask (B, N) bool, N = T/tubelet * (S/patch)^2, True = masked;
-      label (B,) int64; key list[str]; index (B,) int64 (sample in the manifest); valid (B,)
+      video (B, 3, T, S, S) float32, normalised (uint8 0..255 with normalize=False);
+      teacher_video (B, 3, T, S_t, S_t) (the same tensor when S_t == S); mask (B, N) bool,
+      N = T/tubelet * (S/patch)^2, True = masked; label (B,) int64; key list[str]; index (B,) int64 (sample in the manifest); valid (B,)
       bool (False for the padding of the last batch when drop_last=False).
     """
 
@@ -332,6 +389,12 @@ class PretrainLoader(_ClipLoader):
         num_threads: int | None = None,
         max_failure_fraction: float = 0.01,
         prefetch: int = 2,
+        normalize: bool = True,
+        gpu_decoders: int | None = None,
+        cpu_decode_share: float = 0.0,
+        process_group=None,
+        step_device: str | None = None,
+        torch_threads: int = 0,
     ):
         _check_tokens(num_frames, tubelet_size, input_size, patch_size, "input_size")
         if mask_type not in ("tube", "random"):
@@ -347,17 +410,19 @@ class PretrainLoader(_ClipLoader):
         super().__init__(
             data_dir, batch_size, cfg, device=device, decoder=decoder, num_workers=num_workers,
             num_threads=num_threads, max_failure_fraction=max_failure_fraction,
-            prefetch=prefetch, teacher_input_size=teacher_input_size,
+            prefetch=prefetch, normalize=normalize, gpu_decoders=gpu_decoders,
+            cpu_decode_share=cpu_decode_share, process_group=process_group,
+            step_device=step_device, torch_threads=torch_threads,
+            teacher_input_size=teacher_input_size,
         )
         self.mask_type, self.mask_ratio = mask_type, mask_ratio
         self.grid = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size)
         self.teacher_input_size = teacher_input_size
 
-    def _batch(self, outputs, epoch: int, step: int) -> dict:
-        video = self._tensor(outputs[0])  # (B, 3, T, S, S)
+    def _extend(self, batch: dict, parts: list[Part], epoch: int, step: int) -> None:
+        video = batch["video"]  # (B, 3, T, S, S)
         separate_teacher = self.teacher_input_size != self._cfg.input_size
-        teacher = self._tensor(outputs[1]) if separate_teacher else video
-        info = self._meta(outputs, 2 if separate_teacher else 1)
+        batch["teacher_video"] = self._clips(parts, "teacher") if separate_teacher else video
         g = self._step_generator(epoch, step)
         b = video.shape[0]
         if self.mask_type == "tube":
@@ -365,16 +430,7 @@ class PretrainLoader(_ClipLoader):
         else:
             n = self.grid[0] * self.grid[1] * self.grid[2]
             mask = random_mask(b, n, self.mask_ratio, generator=g, device=self._torch_device)
-        samples = info[:, 0]
-        return {
-            "video": video,
-            "teacher_video": teacher,
-            "mask": mask,
-            "label": self._host(self.table.label[samples]),
-            "key": [self.table.keys[i] for i in samples],
-            "index": self._host(samples),
-            "valid": self._host(self._planned(epoch, step)[1], torch.bool),
-        }
+        batch["mask"] = mask
 
 
 class FinetuneLoader(_ClipLoader):
@@ -382,11 +438,16 @@ class FinetuneLoader(_ClipLoader):
 
     Per view: random-resized crop (default, as VideoMAE fine-tuning) or the multi-scale crop,
     optional horizontal flip, RandAugment (rand-m7-n4-mstd0.5 by default, None to turn off) on
-    the whole clip before the crop, random erasing (probability per frame, in torch on the
-    device, pixel mode). Mixup/cutmix are left to the training step.
+    the whole clip before the crop, random erasing (probability per frame, pixel mode, in
+    normalised space). Mixup/cutmix are left to the training step.
 
     Yields dicts: video (B * num_sample, 3, T, S, S), views of one video adjacent; label, key,
-    index, valid repeated per view.
+    index, valid repeated per view. With normalize=True (the default) video is float32
+    normalised and already erased (noise from a per-step generator of the loader). With
+    normalize=False video is uint8 and the batch carries `erase_boxes`, a host numpy int32
+    (B * num_sample, T, 4) array of rows (top, left, h, w), h == 0 for none (when erase_prob >
+    0): the step normalises (`dali_pipelines.normalize.Normalize`) and then erases with
+    `dali_pipelines.normalize.erase_`, as timm erases after normalising.
     """
 
     def __init__(
@@ -413,6 +474,12 @@ class FinetuneLoader(_ClipLoader):
         num_threads: int | None = None,
         max_failure_fraction: float = 0.01,
         prefetch: int = 2,
+        normalize: bool = True,
+        gpu_decoders: int | None = None,
+        cpu_decode_share: float = 0.0,
+        process_group=None,
+        step_device: str | None = None,
+        torch_threads: int = 0,
     ):
         if crop not in ("random_resized", "multiscale"):
             raise ValueError(f"crop must be 'random_resized' or 'multiscale', got {crop!r}")
@@ -430,25 +497,18 @@ class FinetuneLoader(_ClipLoader):
         super().__init__(
             data_dir, batch_size, cfg, device=device, decoder=decoder, num_workers=num_workers,
             num_threads=num_threads, max_failure_fraction=max_failure_fraction, prefetch=prefetch,
+            normalize=normalize, gpu_decoders=gpu_decoders, cpu_decode_share=cpu_decode_share,
+            process_group=process_group, step_device=step_device, torch_threads=torch_threads,
         )
         self.num_sample = num_sample
 
-    def _batch(self, outputs, epoch: int, step: int) -> dict:
-        v = self.num_sample
-        views = [self._tensor(outputs[k]) for k in range(v)]
-        info = self._meta(outputs, v)
-        video = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, T, S, S), video-major
+    def _extend(self, batch: dict, parts: list[Part], epoch: int, step: int) -> None:
         if self._cfg.erase_prob > 0:
-            boxes = np.stack([outputs[v + 2 + k].as_array() for k in range(v)], axis=1)  # (B, V, T, 4)
-            erase(video, boxes.reshape(-1, *boxes.shape[2:]), self._step_generator(epoch, step))
-        samples = np.repeat(info[:, 0], v)
-        return {
-            "video": video,
-            "label": self._host(self.table.label[samples]),
-            "key": [self.table.keys[i] for i in samples],
-            "index": self._host(samples),
-            "valid": self._host(np.repeat(self._planned(epoch, step)[1], v), torch.bool),
-        }
+            boxes = self._host_rows(parts, "erase")  # (B * V, T, 4)
+            if self.normalize:
+                erase_(batch["video"], boxes, self._step_generator(epoch, step))
+            else:  # erased by the step after it normalises (erasing is in normalised space)
+                batch["erase_boxes"] = boxes
 
 
 class EvalLoader(_ClipLoader):
@@ -459,8 +519,9 @@ class EvalLoader(_ClipLoader):
     of input_size are taken along the long side. `batch_size` counts views and must be a
     multiple of num_crops (the crops of a clip share one decode).
 
-    Yields dicts: video (B, 3, T, S, S); label, key; index (B,) the video's manifest index (to
-    average scores per video); clip, crop (B,) int64; valid (B,) bool.
+    Yields dicts: video (B, 3, T, S, S) (float32 normalised, or uint8 with normalize=False);
+    label, key; index (B,) the video's manifest index (to average scores per video); clip, crop
+    (B,) int64; valid (B,) bool.
     """
 
     def __init__(
@@ -483,6 +544,12 @@ class EvalLoader(_ClipLoader):
         num_threads: int | None = None,
         max_failure_fraction: float = 0.01,
         prefetch: int = 2,
+        normalize: bool = True,
+        gpu_decoders: int | None = None,
+        cpu_decode_share: float = 0.0,
+        process_group=None,
+        step_device: str | None = None,
+        torch_threads: int = 0,
     ):
         short_side_size = short_side_size or input_size
         if input_size > short_side_size:
@@ -506,6 +573,8 @@ class EvalLoader(_ClipLoader):
         super().__init__(
             data_dir, batch_size, cfg, device=device, decoder=decoder, num_workers=num_workers,
             num_threads=num_threads, max_failure_fraction=max_failure_fraction, prefetch=prefetch,
+            normalize=normalize, gpu_decoders=gpu_decoders, cpu_decode_share=cpu_decode_share,
+            process_group=process_group, step_device=step_device, torch_threads=torch_threads,
         )
         self.num_clips, self.num_crops = num_clips, num_crops
 
@@ -514,30 +583,19 @@ class EvalLoader(_ClipLoader):
         """Views this rank yields per epoch, padding included."""
         return self.steps * self.batch_size
 
-    def _batch(self, outputs, epoch: int, step: int) -> dict:
+    def _resized_views(self, part: Part, i: int, size: int) -> list[torch.Tensor]:
+        """The reference's test views: the clip resized once (short side to short_side_size),
+        then num_crops squares sliced from it."""
+        sample = int(np.asarray(part.named["info"][i])[0])
+        (w, h), offsets = sampling.eval_crop_layout(
+            int(self.table.width[sample]), int(self.table.height[sample]), size, self.num_crops,
+            self._cfg.short_side_size)
+        resized = tensors.resize(tensors.frames(part.named["clip0"], i), h, w)
+        return [resized[:, :, y : y + size, x : x + size] for x, y in offsets]
+
+    def _host_fields(self, info: np.ndarray) -> dict[str, np.ndarray]:
         c = self.num_crops
-        views = [self._tensor(outputs[k]) for k in range(c)]
-        info = self._meta(outputs, c)
-        video = torch.stack(views, dim=1).flatten(0, 1)  # (B, 3, T, S, S), crops of a clip adjacent
-        samples = np.repeat(info[:, 0], c)
-        return {
-            "video": video,
-            "label": self._host(self.table.label[samples]),
-            "key": [self.table.keys[i] for i in samples],
-            "index": self._host(samples),
-            "clip": self._host(np.repeat(info[:, 2], c)),
-            "crop": self._host(np.tile(np.arange(c), len(info))),
-            "valid": self._host(np.repeat(self._planned(epoch, step)[1], c), torch.bool),
-        }
-
-
-def erase(video: torch.Tensor, boxes: np.ndarray, generator: torch.Generator) -> None:
-    """Random erasing in place, pixel mode: video (V, C, T, H, W) normalised; boxes (V, T, 4)
-    int rows (top, left, h, w), h == 0 for none; erased pixels ~ N(0, 1) from `generator`."""
-    for v, t in zip(*np.nonzero(boxes[:, :, 2])):
-        top, left, h, w = (int(x) for x in boxes[v, t])
-        noise = torch.randn((video.shape[1], h, w), generator=generator, device=video.device)
-        video[v, :, t, top : top + h, left : left + w] = noise
+        return {"clip": np.repeat(info[:, 2], c), "crop": np.tile(np.arange(c), len(info))}
 
 
 def _check_tokens(num_frames: int, tubelet: int, size: int, patch: int, name: str) -> None:
@@ -556,17 +614,6 @@ def _check_videos(shards: ShardDir) -> None:
             f"{shards.path}: samples with no frames or zero size in their .meta: "
             f"{', '.join(t.where(i) for i in bad[:10])}"
         )
-
-
-def _default_workers(decode: str, device: str, cpus: int) -> int:
-    """Reader worker processes by default. PyAV decodes in them: one per core. When DALI decodes,
-    they only read bytes: on the CPU the reader then runs in the calling process, as worker
-    processes only compete with DALI's decoding threads for the cores (on 2 cores, 16x4 clips at
-    224 from VP9: 40-42 clips/s in-process against 24-38 with 2 workers); on GPU two workers keep
-    the reads off the training loop's thread."""
-    if decode == "pyav":
-        return cpus
-    return 0 if device == "cpu" else min(cpus, 2)
 
 
 def _choose_decoder(shards: ShardDir, device: str, decoder: str) -> str:

@@ -1,5 +1,6 @@
 """The DALI stage: decode the reader's bytes (or take its PyAV frames), crop + resize every view,
-normalise to float C,T,H,W. Augmentation is written as plain functions of DataNodes.
+then either normalise to float C,T,H,W or keep uint8 C,T,H,W (the step normalises on its device).
+Augmentation is written as plain functions of DataNodes.
 
 Every random choice was already drawn by the reader (`dali_pipelines.reader`) and arrives as
 per-sample data, so the DALI stage itself is deterministic: no DALI random operator is used.
@@ -13,10 +14,9 @@ from nvidia.dali.auto_aug import augmentations
 from nvidia.dali.auto_aug.core import augmentation, signed_bin
 from nvidia.dali.auto_aug.core._args import filter_extra_accepted_kwargs
 
-from dali_pipelines.reader import ClipReader, RandAugmentSpec, output_names
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
+from dali_pipelines.outputs import Outputs, per_view
+from dali_pipelines.reader import ClipReader, RandAugmentSpec
 
 
 @augmentation(
@@ -86,13 +86,17 @@ def rand_augment_spec(n: int = 4, m: float = 7.0, mstd: float = 0.5) -> RandAugm
     return RandAugmentSpec(n=n, m=m, mstd=mstd, num_ops=identity, identity_op=identity)
 
 
-def decode(named: dict, device: str):
-    """(F, H, W, 3) uint8 frames of each sample, on "cpu" or "gpu"."""
+def decode(named: dict, device: str, decode_on: str | None = None):
+    """(F, H, W, 3) uint8 frames of each sample on `device` ("cpu" or "gpu"): decoded by DALI on
+    `decode_on` (default `device`; "gpu" is NVDEC through the mixed decoder, "cpu" DALI's CPU
+    decoder, its frames moved to the GPU for a GPU pipeline), or the reader's PyAV frames."""
+    decode_on = decode_on or device
     if "frames" in named:  # DALI decodes exactly the requested frames; out of range is an error
-        return fn.decoders.video(
-            named["data"], device="mixed" if device == "gpu" else "cpu",
+        frames = fn.decoders.video(
+            named["data"], device="mixed" if decode_on == "gpu" else "cpu",
             frames=named["frames"], pad_mode="none",
         )
+        return frames.gpu() if device == "gpu" and decode_on == "cpu" else frames
     frames = named["data"]  # decoded by the reader (PyAV fallback)
     return frames.gpu() if device == "gpu" else frames
 
@@ -144,22 +148,28 @@ def select(suite, op_idx, params, lo: int = 0, hi: int | None = None, **kwargs):
     return fn._conditional.merge(low, high, predicate=predicate)
 
 
-def crop_resize_normalize(video, roi, size: int, flip=None):
+def crop_resize(video, roi, size: int, flip=None, normalize: bool = True):
     """Crop `roi` = [y0, x0, y1, x1] (source pixels) resized to size x size bilinear
-    (antialiased), then normalised with ImageNet mean/std to float (C, F, size, size)."""
+    (antialiased), laid out (C, F, size, size): normalised with ImageNet mean/std to float, or
+    uint8 when not `normalize`."""
     resized = fn.resize(
         video, roi_start=roi[0:2], roi_end=roi[2:4], size=[size, size],
         interp_type=types.INTERP_LINEAR, antialias=True,
     )
+    mirror = 0 if flip is None else flip
+    if not normalize:  # uint8 out: the transpose (and flip) only
+        return fn.crop_mirror_normalize(resized, dtype=types.UINT8, output_layout="CFHW",
+                                        mirror=mirror)
     return fn.crop_mirror_normalize(
         resized, dtype=types.FLOAT, output_layout="CFHW",
         mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
-        mirror=0 if flip is None else flip,
+        mirror=mirror,
     )
 
 
 def build(
     reader: ClipReader,
+    outputs: Outputs,
     *,
     device: str,
     input_size: int,
@@ -168,43 +178,55 @@ def build(
     num_workers: int,
     device_id: int | None,
     prefetch: int = 2,
+    normalize: bool = True,
+    decode_on: str | None = None,
 ):
-    """The built pipeline for `reader`. Outputs, in order: per view the student video (and the
-    teacher video when teacher_input_size is set and differs), then `info`, `error`, then per
-    view the erasing boxes when the reader draws them."""
+    """The built pipeline for `reader`; its run() returns the DataNodes named `outputs.stage`
+    (per view the student video, and the teacher video when `outputs.teacher`, float32
+    normalised or uint8 (`normalize`); `info`, `error`; per view the erasing boxes when the
+    reader draws them), taking the reader's `outputs.reader`. Its batches are the reader's
+    share of each planned batch (`reader.positions`); `decode_on` as in `decode`."""
     cfg = reader.cfg
-    names = output_names(cfg)
     parallel = num_workers > 0
     start_method = "fork" if device == "cpu" and not _cuda_initialized() else "spawn"
 
     @pipeline_def(
-        batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id,
+        batch_size=reader.pipeline_batch_size, num_threads=num_threads, device_id=device_id,
         prefetch_queue_depth=prefetch, py_num_workers=max(num_workers, 1),
         py_start_method=start_method, exec_dynamic=True,
     )
     def clip_pipeline():
-        layouts = ["FHWC" if n == "data" and cfg.decode == "pyav" else "" for n in names]
+        layouts = ["FHWC" if n == "data" and cfg.decode == "pyav" else "" for n in outputs.reader]
         kwargs = {"parallel": True, "prefetch_queue_depth": prefetch} if parallel else {}
-        outs = fn.external_source(
-            source=reader, num_outputs=len(names), batch=False, layout=layouts, **kwargs
+        sources = fn.external_source(
+            source=reader, num_outputs=len(outputs.reader), batch=False, layout=layouts, **kwargs
         )
-        named = dict(zip(names, outs))
-        video = decode(named, device)
-        results, erase = [], []
+        named = dict(zip(outputs.reader, sources))
+        video = decode(named, device, decode_on)
+        out = {"info": named["info"], "error": named["error"]}
+        if outputs.decode_only:
+            return outputs.stage_tuple({**out, "decoded": video})
         for v in range(cfg.num_views):
             clip = video
             if cfg.rand_augment is not None:
                 clip = apply_rand_augment(
-                    clip, named[f"ra_ops{v}"], named[f"ra_mags{v}"], named[f"ra_signs{v}"],
-                    cfg.rand_augment,
+                    clip, named[per_view("ra_ops", v)], named[per_view("ra_mags", v)],
+                    named[per_view("ra_signs", v)], cfg.rand_augment,
                 )
-            roi, flip = named[f"roi{v}"], named.get(f"flip{v}")
-            results.append(crop_resize_normalize(clip, roi, input_size, flip))
-            if teacher_input_size and teacher_input_size != input_size:
-                results.append(crop_resize_normalize(clip, roi, teacher_input_size, flip))
+            roi, flip = named[per_view("roi", v)], named.get(per_view("flip", v))
+            if outputs.resize == "torch":  # the loader crops and resizes (tensors.crop_resize)
+                out[per_view("clip", v)] = clip
+                out[per_view("roi", v)] = roi
+                if flip is not None:
+                    out[per_view("flip", v)] = flip
+            else:
+                out[per_view("video", v)] = crop_resize(clip, roi, input_size, flip, normalize)
+                if outputs.teacher:
+                    out[per_view("teacher", v)] = crop_resize(clip, roi, teacher_input_size,
+                                                              flip, normalize)
             if cfg.erase_prob > 0:
-                erase.append(named[f"erase{v}"])
-        return (*results, named["info"], named["error"], *erase)
+                out[per_view("erase", v)] = named[per_view("erase", v)]
+        return outputs.stage_tuple(out)
 
     pipe = clip_pipeline()
     pipe.build()

@@ -24,6 +24,7 @@ import numpy as np
 from dali_pipelines import sampling
 from dali_pipelines.decode import DecodeError, decode_frames
 from dali_pipelines.manifest import SampleTable
+from dali_pipelines.outputs import Outputs, per_view
 
 NO_FAILURE = -1
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -111,23 +112,10 @@ class ReaderConfig:
         return item, 0
 
 
-def output_names(cfg: ReaderConfig) -> list[str]:
-    """The reader's outputs, in order (per-view names carry the view number)."""
-    names = ["data"] + (["frames"] if cfg.decode == "dali" else [])
-    for v in range(cfg.num_views):
-        names.append(f"roi{v}")
-        if cfg.flip:
-            names.append(f"flip{v}")
-        if cfg.rand_augment is not None:
-            names += [f"ra_ops{v}", f"ra_mags{v}", f"ra_signs{v}"]
-        if cfg.erase_prob > 0:
-            names.append(f"erase{v}")
-    return names + ["info", "error"]
-
-
 @dataclass
 class ClipReader:
-    """Callable(SampleInfo) -> tuple of arrays, see `output_names`.
+    """Callable(SampleInfo) -> the arrays named by `outputs.reader` (default `Outputs.of(cfg)`),
+    in that order.
 
     `info` is int64 [sample, failed item or -1, clip]; `error` the failure message as uint8.
     """
@@ -142,6 +130,14 @@ class ClipReader:
     _plans: dict = field(default_factory=dict, repr=False)
     _owner_pid: int = field(default_factory=os.getpid, repr=False)  # the loader's process
     _armed_pid: int = field(default=-1, repr=False)  # the worker that armed exit_with_parent
+    outputs: Outputs | None = field(default=None, repr=False)  # what __call__ returns (by name)
+    # the positions of each planned batch this reader's pipeline decodes (None: all of them);
+    # sample i of the pipeline's batch is the planned batch's sample positions[i]
+    positions: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.outputs is None:
+            self.outputs = Outputs.of(self.cfg)
 
     def __getstate__(self):  # file descriptors and caches stay in the process that made them
         state = dict(self.__dict__)
@@ -163,6 +159,22 @@ class ClipReader:
                 del self._plans[old]
         return self._plans[epoch]
 
+    def batch_items(self, epoch: int, step: int) -> np.ndarray:
+        """The items planned for batch `step` of `epoch` (before any replacement)."""
+        items, _ = self.plan(epoch)
+        b = self.cfg.batch_size
+        return items[step * b : (step + 1) * b]
+
+    def own_items(self, epoch: int, step: int) -> np.ndarray:
+        """The planned items of that batch this reader's pipeline decodes."""
+        batch = self.batch_items(epoch, step)
+        return batch if self.positions is None else batch[list(self.positions)]
+
+    @property
+    def pipeline_batch_size(self) -> int:
+        """Samples per batch of this reader's pipeline."""
+        return self.cfg.batch_size if self.positions is None else len(self.positions)
+
     def position(self, iteration: int) -> tuple[int, int]:
         """(epoch, step) of the pipeline's `iteration`-th batch."""
         g = self.start_step + iteration
@@ -177,8 +189,8 @@ class ClipReader:
             self._armed_pid = pid
         epoch, step = self.position(info.iteration)
         items, _ = self.plan(epoch)
-        batch = items[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
-        j = info.idx_in_batch
+        batch = self.batch_items(epoch, step)
+        j = info.idx_in_batch if self.positions is None else self.positions[info.idx_in_batch]
         planned = int(batch[j])
         failed, error = NO_FAILURE, ""
         for item in self._candidates(planned, batch, j, items):
@@ -191,8 +203,9 @@ class ClipReader:
                 if failed == NO_FAILURE:
                     failed, error = planned, f"{self.table.where(sample)}: {exc}"
                 continue
-            meta = np.array([sample, failed, clip], dtype=np.int64)
-            return (*out, meta, np.frombuffer(error.encode()[:2000], np.uint8).copy())
+            out["info"] = np.array([sample, failed, clip], dtype=np.int64)
+            out["error"] = np.frombuffer(error.encode()[:2000], np.uint8).copy()
+            return self.outputs.reader_tuple(out)
         raise RuntimeError(f"no sample of epoch {epoch} could be read (all failed)")
 
     @staticmethod
@@ -236,26 +249,29 @@ class ClipReader:
             views.append(view)
         return {"frames": frames, "views": views}
 
-    def read(self, sample: int, epoch: int, clip: int) -> tuple:
-        """The sample's outputs before `info`/`error` (see `output_names`)."""
+    def read(self, sample: int, epoch: int, clip: int) -> dict:
+        """The sample's outputs by name, all but `info` and `error` (see `Outputs`)."""
         cfg = self.cfg
         params = self.draw(sample, epoch, clip)
         data = self.video_bytes(sample)
-        out = []
         if cfg.decode == "dali":
-            out += [np.frombuffer(data, np.uint8), params["frames"].astype(np.int32)]
+            out = {"data": np.frombuffer(data, np.uint8), "frames": params["frames"].astype(np.int32)}
         else:
-            out.append(decode_frames(data, params["frames"]))
-        for view in params["views"]:
+            out = {"data": decode_frames(data, params["frames"])}
+        for v, view in enumerate(params["views"]):
             x, y, w, h = view["box"]
-            out.append(np.array([y, x, y + h, x + w], dtype=np.float32))  # roi (start, end) in (H, W)
+            # roi (start, end) in (H, W)
+            out[per_view("roi", v)] = np.array([y, x, y + h, x + w], dtype=np.float32)
             if cfg.flip:
-                out.append(np.array(int(view["flip"]), dtype=np.int32))
+                out[per_view("flip", v)] = np.array(int(view["flip"]), dtype=np.int32)
             if cfg.rand_augment is not None:
-                out += list(view["ra"])
+                ops, mags, signs = view["ra"]
+                out[per_view("ra_ops", v)] = ops
+                out[per_view("ra_mags", v)] = mags
+                out[per_view("ra_signs", v)] = signs
             if cfg.erase_prob > 0:
-                out.append(view["erase"])
-        return tuple(out)
+                out[per_view("erase", v)] = view["erase"]
+        return out
 
     def video_bytes(self, sample: int) -> bytes:
         shard = int(self.table.shard[sample])

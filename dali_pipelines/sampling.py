@@ -193,15 +193,14 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def eval_crop_boxes(
+def eval_crop_layout(
     width: int, height: int, input_size: int, num_crops: int, short_side_size: int | None = None
-) -> list[tuple[float, float, float, float]]:
-    """Test crops (VideoMAE's test views): the short side resized to short_side_size (default
-    input_size), `num_crops` squares of input_size evenly spaced along the long side (the middle
-    one when num_crops == 1), centred along the short side.
+) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """Test crops (VideoMAE's test views) on the resized frame: the short side resized to
+    short_side_size (default input_size), `num_crops` squares of input_size evenly spaced along
+    the long side (the middle one when num_crops == 1), centred along the short side.
 
-    Returned in source pixels: the reference's integer offsets on the resized frame, mapped back
-    by the resize factor.
+    Returns ((resized width, resized height), [(x, y) of each crop on the resized frame]).
     """
     side = short_side_size or input_size
     short, long_ = min(width, height), max(width, height)
@@ -211,17 +210,22 @@ def eval_crop_boxes(
         starts = [int(k * step) for k in range(num_crops)]
     else:
         starts = [(long_resized - input_size) // 2]
-    factor = short / side
-    across = (side - input_size) // 2 * factor
+    across = (side - input_size) // 2
+    if width >= height:
+        return (long_resized, side), [(s, across) for s in starts]
+    return (side, long_resized), [(across, s) for s in starts]
+
+
+def eval_crop_boxes(
+    width: int, height: int, input_size: int, num_crops: int, short_side_size: int | None = None
+) -> list[tuple[float, float, float, float]]:
+    """The crops of `eval_crop_layout` in source pixels: the reference's integer offsets on the
+    resized frame, mapped back by the resize factor."""
+    side = short_side_size or input_size
+    factor = min(width, height) / side
+    _, offsets = eval_crop_layout(width, height, input_size, num_crops, short_side_size)
     crop = input_size * factor
-    boxes = []
-    for s in starts:
-        along = s * factor
-        if width >= height:
-            boxes.append((along, across, crop, crop))
-        else:
-            boxes.append((across, along, crop, crop))
-    return boxes
+    return [(x * factor, y * factor, crop, crop) for x, y in offsets]
 
 
 def flip_draw(rng: np.random.Generator) -> bool:

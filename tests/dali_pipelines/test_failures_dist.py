@@ -1,0 +1,45 @@
+"""Decode failures on one rank stop every rank at the same step: two processes under real
+``torchrun`` (gloo on CPU) run mvd-train on shards where only rank 1's samples are corrupted;
+both ranks raise DecodeFailureError at the same step naming the shards and keys, and mvd-train
+exits with status 4 on each."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import corrupt_copy
+
+from dali_pipelines import load_shard_dir
+from dali_pipelines.sampling import epoch_order, rank_items
+
+ROOT = Path(__file__).resolve().parents[2]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+
+
+def test_both_ranks_stop_at_the_same_step_naming_the_keys(synth_shards, tmp_path):
+    table = load_shard_dir(synth_shards).table
+    # rank 1's third batch of epoch 0 (seed 0, 4 clips per rank, 2 ranks): rank 0 reads none
+    items, _ = rank_items(epoch_order(0, 0, len(table)), batch_size=4, num_shards=2, shard_id=1,
+                          drop_last=True)
+    keys = [table.keys[int(i)] for i in items[8:10]]
+    data = corrupt_copy(synth_shards, tmp_path / "corrupt", keys)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [*TORCHRUN, str(ROOT / "tests/dali_pipelines/failures_dist_worker.py"), str(out),
+         "--config", str(ROOT / "configs/tiny/pretrain_videomae.yaml"), f"data.dir={data}",
+         f"run.dir={tmp_path / 'run'}", "run.progress=false", "train.max_steps=6",
+         "checkpoint.every_steps=0", "data.max_failure_fraction=0.0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["code"] for r in ranks] == [4, 4], proc.stderr[-3000:]
+    steps = set()
+    for r in ranks:
+        (message,) = [m for m in r["errors"] if "max_failure_fraction" in m]
+        steps.add(re.search(r"at epoch (\d+) step (\d+)", message).groups())
+        assert "on rank(s) 1" in message and "rank 0: none failed" in message
+        assert all(key in message for key in keys) and "shard-00000" in message
+    assert len(steps) == 1  # the same step on both ranks
