@@ -225,7 +225,7 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
     rejected = [r.to_dict() for r in sources.rejected]
     rejected += [r for s in state.shards for r in s.rejected] + state.tail_rejected
     manifest = make_manifest(sources.dataset, sources.classes, [asdict(s) for s in state.shards],
-                             rejected, manifest_options)
+                             rejected, manifest_options, sources.class_list)
     write_manifest(out_dir, manifest)
     if progress:
         print_summary(manifest, processed=bar.processed, packed_bytes=bar.bytes, elapsed=bar.elapsed)

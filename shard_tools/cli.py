@@ -1,8 +1,8 @@
 """``mvd-shard``: pack video datasets into WebDataset shards (``mvd-shards/1``).
 
-    mvd-shard kinetics --videos DIR --csv FILE --out DIR
+    mvd-shard kinetics --videos DIR --csv FILE [--classes FILE|kinetics400] --out DIR
     mvd-shard ssv2 --videos DIR --labels labels.json --annotations train.json --out DIR
-    mvd-shard list --root DIR --list FILE [--classes FILE] --out DIR
+    mvd-shard list --root DIR --list FILE [--classes FILE|kinetics400] --out DIR
     mvd-shard ucf101 --videos DIR --class-index classInd.txt --split-file trainlist01.txt --out DIR
     mvd-shard hmdb51 --videos DIR --splits-dir DIR --split 1 --subset train --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
@@ -23,12 +23,15 @@ from rich.console import Console
 
 from shard_tools import sources as src
 from shard_tools.build import BuildOptions, ShardDirError, build_shards
+from shard_tools.class_lists import SHIPPED, read_class_list
 from shard_tools.encode import CODECS
 from shard_tools.reencode import ReencodeOptions
 from shard_tools.synth import CLASS_GRID, SPATIAL_CUES, make_synth_dataset
 from shard_tools.verify import verify_shards
 
 REENCODE_CODECS = ("h264", "hevc", "vp9", "mjpeg")
+CLASSES_HELP = (f"class names, one per line in index order, or a list shipped with mvd-shard "
+                f"({', '.join(sorted(SHIPPED))})")
 
 
 def _common(parser: argparse.ArgumentParser, *, reencode: bool) -> None:
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kinetics", help="Kinetics-400 from its CSV")
     p.add_argument("--videos", type=Path, required=True, help="folder with <youtube_id>_<start>_<end>.<ext> files")
     p.add_argument("--csv", type=Path, required=True, help="CSV with label,youtube_id,time_start,time_end,split")
+    p.add_argument("--classes", default=None, help=CLASSES_HELP + "; kinetics400 keeps the official indices for a "
+                   "CSV with only some classes (default: the CSV's sorted labels)")
     _common(p, reencode=True)
 
     p = sub.add_parser("ssv2", help="Something-Something-v2 from labels.json + annotations")
@@ -66,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="a list file of 'relative/path label_index' lines")
     p.add_argument("--root", type=Path, required=True, help="folder the listed paths are relative to")
     p.add_argument("--list", type=Path, required=True, dest="list_file", help="the list file")
-    p.add_argument("--classes", type=Path, default=None, help="class names, one per line in index order")
+    p.add_argument("--classes", default=None, help=CLASSES_HELP + " (default: the indices as names)")
     _common(p, reencode=True)
 
     p = sub.add_parser("ucf101", help="UCF101 from classInd.txt + an official train/test list")
@@ -115,7 +120,10 @@ def _reencode_options(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def _sources(args: argparse.Namespace) -> tuple[src.SourceSet, dict]:
     if args.command == "kinetics":
         paths = {"videos": args.videos, "csv": args.csv}
-        sources = src.kinetics_sources(args.videos, args.csv)
+        classes = None
+        if args.classes is not None:  # only then in the options, so earlier runs' fingerprints still match
+            paths["classes"], classes = _class_option(args.classes), read_class_list(args.classes)
+        sources = src.kinetics_sources(args.videos, args.csv, classes)
     elif args.command == "ssv2":
         paths = {"videos": args.videos, "labels": args.labels, "annotations": args.annotations}
         sources = src.ssv2_sources(args.videos, args.labels, args.annotations)
@@ -126,9 +134,16 @@ def _sources(args: argparse.Namespace) -> tuple[src.SourceSet, dict]:
         paths = {"videos": args.videos, "splits_dir": args.splits_dir, "split": args.split, "subset": args.subset}
         sources = src.hmdb51_sources(args.videos, args.splits_dir, args.split, args.subset)
     else:
-        paths = {"root": args.root, "list": args.list_file, "classes": args.classes}
+        paths = {"root": args.root, "list": args.list_file, "classes": _class_option(args.classes)}
         sources = src.list_sources(args.root, args.list_file, args.classes)
     return sources, {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in paths.items()}
+
+
+def _class_option(value: str | None) -> str | None:
+    """``--classes`` as the manifest records it: a shipped list's name, or the file's absolute path."""
+    if value is None or (value in SHIPPED and not Path(value).exists()):
+        return value
+    return str(Path(value).resolve())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         reencode = _reencode_options(args, parser)
         sources, paths = _sources(args)
+        for note in sources.notes:
+            console.print(f"[yellow]note: {note}[/yellow]", highlight=False)
         options = BuildOptions(seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
                                workers=args.workers, reencode=reencode)
         build_shards(sources, args.out, options, command=paths, progress=not args.no_progress,

@@ -16,8 +16,9 @@ class ManifestError(ValueError):
 
 
 def make_manifest(dataset: str, classes: list[str], shards: list[dict], rejected: list[dict],
-                  options: dict) -> dict:
-    """``shards`` entries carry name, index, samples, bytes, sha256 and codecs (summed here)."""
+                  options: dict, class_list: dict | None = None) -> dict:
+    """``shards`` entries carry name, index, samples, bytes, sha256 and codecs (summed here);
+    ``class_list`` says where ``classes`` came from (``{"source", "file", "sha256"}``)."""
     codecs: dict[str, int] = {}
     for shard in shards:
         for codec, n in shard["codecs"].items():
@@ -27,6 +28,7 @@ def make_manifest(dataset: str, classes: list[str], shards: list[dict], rejected
         "dataset": dataset,
         "samples": sum(s["samples"] for s in shards),
         "classes": list(classes),
+        "class_list": dict(class_list or {"source": "not recorded"}),
         "shards": [{k: s[k] for k in ("name", "index", "samples", "bytes", "sha256")} for s in shards],
         "codecs": dict(sorted(codecs.items())),
         "rejected": sorted(rejected, key=lambda r: (r["path"], r["reason"])),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shard_tools import rejections as rj
+from shard_tools.class_lists import ClassList, ClassListError, kinetics400, read_class_list
 from shard_tools.rejections import Rejection
 
 
@@ -48,6 +49,8 @@ class SourceSet:
     classes: list[str]
     records: list[SourceRecord]
     rejected: list[Rejection] = field(default_factory=list)
+    class_list: dict = field(default_factory=dict)  # where ``classes`` came from (manifest "class_list")
+    notes: list[str] = field(default_factory=list)  # advice for the user, printed by the CLI
 
 
 def _display_path(path: Path, root: Path) -> str:
@@ -93,12 +96,15 @@ def kinetics_filename_stem(youtube_id: str, time_start: int, time_end: int) -> s
     return f"{youtube_id}_{time_start:06d}_{time_end:06d}"
 
 
-def kinetics_sources(videos_dir: Path, csv_path: Path) -> SourceSet:
+def kinetics_sources(videos_dir: Path, csv_path: Path, classes: ClassList | None = None) -> SourceSet:
     """Kinetics-400: CSV with columns ``label, youtube_id, time_start, time_end, split``.
 
     Files are ``<youtube_id>_<start:06d>_<end:06d>.<any extension>`` anywhere under
-    ``videos_dir`` (flat or in per-class folders). Classes are the sorted unique label names,
-    the standard K400 order.
+    ``videos_dir`` (flat or in per-class folders). With ``classes`` (e.g. the shipped official
+    list, :func:`shard_tools.class_lists.kinetics400`) the indices are that list's, so a CSV with
+    only some of the classes keeps the official indices; a CSV label missing from the list is an
+    error. Without it, classes are the CSV's sorted unique label names (the standard K400 order
+    when the CSV holds all 400 classes).
     """
     videos_dir, csv_path = Path(videos_dir), Path(csv_path)
     text = _read_text(csv_path, "Kinetics CSV")
@@ -111,8 +117,24 @@ def kinetics_sources(videos_dir: Path, csv_path: Path) -> SourceSet:
             "expected label,youtube_id,time_start,time_end,split"
         )
     rows = list(reader)
-    classes = sorted({row["label"].strip() for row in rows if (row["label"] or "").strip()})
-    class_index = {name: i for i, name in enumerate(classes)}
+    labels = sorted({row["label"].strip() for row in rows if (row["label"] or "").strip()})
+    notes = []
+    if classes is None:
+        class_names, provenance = labels, {"source": "csv", "file": str(csv_path.resolve())}
+        official = kinetics400()
+        if len(labels) < len(official.names) and set(labels) <= set(official.names):
+            notes.append(f"{csv_path.name} has {len(labels)} of the {len(official.names)} Kinetics-400 classes, "
+                         f"so its class indices are not the official ones; pass --classes kinetics400 to keep them")
+    else:
+        class_names, provenance = list(classes.names), dict(classes.provenance)
+        known = set(class_names)
+        unknown = [name for name in labels if name not in known]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise SourceError(f"Kinetics CSV {csv_path}: label {unknown[0]!r}{more} is not in the class list "
+                              f"{provenance.get('file', provenance['source'])} ({len(class_names)} classes); "
+                              f"fix the CSV or give the class list of this dataset with --classes FILE")
+    class_index = {name: i for i, name in enumerate(class_names)}
     files = _index_videos(videos_dir)
     records, rejected = [], []
     for line_no, row in enumerate(rows, start=2):
@@ -128,7 +150,7 @@ def kinetics_sources(videos_dir: Path, csv_path: Path) -> SourceSet:
         path = files.get(stem)
         where = _display_path(path, videos_dir) if path else stem
         _add_named_file(path, where, (row["label"] or "").strip(), class_index, records, rejected)
-    return SourceSet("kinetics", classes, records, rejected)
+    return SourceSet("kinetics", class_names, records, rejected, provenance, notes)
 
 
 def _add_named_file(path: Path | None, where: str, label_name: str, class_index: dict[str, int],
@@ -169,6 +191,7 @@ def ssv2_sources(videos_dir: Path, labels_path: Path, annotations_path: Path) ->
         raise SourceError(f"SSv2 labels {labels_path}: indices must be 0..{len(by_index) - 1} without gaps")
     classes = [name for _, name in by_index]
     class_index = {name: i for i, name in enumerate(classes)}
+    provenance = {"source": "labels.json", "file": str(labels_path.resolve())}
     annotations = _read_json(annotations_path, "SSv2 annotations")
     if not isinstance(annotations, list):
         raise SourceError(f"SSv2 annotations {annotations_path} must be a JSON list of objects")
@@ -183,22 +206,28 @@ def ssv2_sources(videos_dir: Path, labels_path: Path, annotations_path: Path) ->
         where = _display_path(path, videos_dir) if path else f"{vid}.webm"
         label_name = ssv2_template_to_label(str(item.get("template", "")))
         _add_named_file(path, where, label_name, class_index, records, rejected)
-    return SourceSet("ssv2", classes, records, rejected)
+    return SourceSet("ssv2", classes, records, rejected, provenance)
 
 
-def list_sources(root: Path, list_path: Path, classes_path: Path | None = None) -> SourceSet:
+def list_sources(root: Path, list_path: Path, classes_path: Path | str | None = None) -> SourceSet:
     """A list file: one ``relative/path label_index`` per line (VideoMAE / UCF101 / HMDB51 style).
 
     Paths may contain spaces (the label is the last field). Blank lines and ``#`` comments are
-    skipped. Class names come from ``classes_path`` (one per line, in index order) when given,
-    else they are the indices as text, ``"0" .. str(max label)``.
+    skipped. Class names come from ``classes_path`` (one per line, in index order, or the name of
+    a shipped list such as ``kinetics400``) when given, else they are the indices as text,
+    ``"0" .. str(max label)``.
     """
     root, list_path = Path(root), Path(list_path)
     if not root.is_dir():
         raise SourceError(f"root directory {root} does not exist")
     classes: list[str] | None = None
+    provenance = {"source": "list indices", "file": str(list_path.resolve())}
     if classes_path is not None:
-        classes = [ln.strip() for ln in _read_text(Path(classes_path), "class list").splitlines() if ln.strip()]
+        try:
+            class_list = read_class_list(classes_path)
+        except ClassListError as err:
+            raise SourceError(str(err)) from None
+        classes, provenance = class_list.names, class_list.provenance
     entries, rejected = [], []
     for line_no, line in enumerate(_read_text(list_path, "list file").splitlines(), start=1):
         line = line.strip()
@@ -220,7 +249,7 @@ def list_sources(root: Path, list_path: Path, classes_path: Path | None = None) 
     records = []
     for rel, label, label_text in entries:
         _add_labelled_file(root, rel, label, classes, repr(label_text), records, rejected)
-    return SourceSet("list", classes, records, rejected)
+    return SourceSet("list", classes, records, rejected, provenance)
 
 
 def _add_labelled_file(root: Path, rel: str, label: int, classes: list[str], label_detail: str,
@@ -306,7 +335,8 @@ def ucf101_sources(videos_dir: Path, class_index_path: Path, split_path: Path) -
                 rj.MALFORMED, f"expected '<Class>/<video> [<1-based label>]', got {line!r}")))
             continue
         _add_labelled_file(videos_dir, rel, label, classes, detail, records, rejected)
-    return SourceSet("ucf101", classes, records, rejected)
+    provenance = {"source": "classInd", "file": str(Path(class_index_path).resolve())}
+    return SourceSet("ucf101", classes, records, rejected, provenance)
 
 
 HMDB51_SUBSETS = {"train": 1, "test": 2}  # the id each split line carries; 0 = not used in that split
@@ -347,4 +377,5 @@ def hmdb51_sources(videos_dir: Path, splits_dir: Path, split: int, subset: str) 
                     rj.MALFORMED, f"expected '<video>.avi <0|1|2>', got {line!r}")))
             elif int(parts[1]) == wanted:
                 _add_labelled_file(videos_dir, f"{class_name}/{parts[0]}", label, classes, "", records, rejected)
-    return SourceSet("hmdb51", classes, records, rejected)
+    provenance = {"source": "split file names", "file": str(splits_dir.resolve())}
+    return SourceSet("hmdb51", classes, records, rejected, provenance)

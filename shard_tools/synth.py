@@ -176,7 +176,7 @@ def synth_sources(clip_dir: Path, *, num_videos: int, num_frames: int, width: in
         clip = SynthClip(i, label, cue, direction, spatial_cue, seed, split, num_frames, width, height, fps,
                          codec, gop)
         records.append(SourceRecord(Path(clip_dir) / name, label, classes[label], name, prepare=clip))
-    return SourceSet("synth", classes, records)
+    return SourceSet("synth", classes, records, class_list={"source": "synth", "spatial_cue": spatial_cue})
 
 
 def make_synth_dataset(out_dir: Path, *, num_videos: int = 400, num_frames: int = 40, width: int = 96,

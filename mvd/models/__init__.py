@@ -1,6 +1,6 @@
 """MVD models: student, teachers, fine-tuning ViT, stage-1 models, registry and checkpoint interop."""
 
-from mvd.models.checkpoint import CheckpointError, LoadReport, load_checkpoint, save_safetensors
+from mvd.models.checkpoint import CheckpointError, LoadReport, load_checkpoint, model_metadata, save_safetensors
 from mvd.models.classifier import VideoViT
 from mvd.models.pretrain import MAEPretrain, VideoMAEPretrain
 from mvd.models.registry import create_model, list_models, model_defaults
@@ -11,5 +11,5 @@ from mvd.models.vit import MaskedDecoder, ViTEncoder
 __all__ = [
     "CheckpointError", "Frozen", "LoadReport", "MAEPretrain", "MAETeacher", "MVDStudent", "MaskedDecoder",
     "VideoMAEPretrain", "VideoMAETeacher", "VideoViT", "ViTEncoder", "create_model", "freeze", "list_models",
-    "load_checkpoint", "model_defaults", "save_safetensors", "unwrap",
+    "load_checkpoint", "model_defaults", "model_metadata", "save_safetensors", "unwrap",
 ]

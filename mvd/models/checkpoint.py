@@ -1,18 +1,27 @@
-"""Checkpoint interop: this project's checkpoints and the MAE / VideoMAE / MVD release layouts.
+"""Checkpoint interop: this project's checkpoints, the MAE / VideoMAE / MVD release layouts and
+the Hugging Face hub's (transformers and timm, see ``mvd.models.hub``).
 
-``load_checkpoint(model, path_or_dict)`` reads the file safely, unwraps it, renames release keys
-to ours, splits a full qkv bias into q/v biases, rebuilds (or interpolates) position tables,
-loads, and returns a ``LoadReport`` of what it did. It raises ``CheckpointError`` naming the key
-on a shape mismatch or when the model needs a weight the checkpoint lacks.
+``load_checkpoint(model, path_or_dict)`` reads the file (or checkpoint directory) safely, unwraps
+it, renames release / hub keys to ours, splits a full qkv bias into q/v biases, rebuilds (or
+interpolates) position tables, switches the model's table where the checkpoint says its model used
+another one, loads, and returns a ``LoadReport`` of what it did. It raises ``CheckpointError``
+naming the key on a shape mismatch, an unknown hub key, or when the model needs a weight the
+checkpoint lacks.
+
+Files this project writes carry metadata (``model_metadata``): the registry name, the kind of
+every position table and, for classifiers, the class names. safetensors files keep it in their
+header, training checkpoints under ``model_meta``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import pathlib
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +30,7 @@ import torch
 from torch import nn
 
 from mvd.layers import FixedPosEmbed, build_table, resize_grid_table
+from mvd.models import hub
 from mvd.models.teachers import unwrap
 
 # Releases pickle these next to the weights (VideoMAE/MAE save ``args`` as an argparse Namespace,
@@ -59,6 +69,13 @@ _EXACT_RENAMES = {
 }
 
 
+# what a checkpoint directory may hold, in order of preference (transformers' and timm's names)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_SHARD_FILE = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+META_KEY = "model_meta"  # where a training checkpoint keeps model_metadata()
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the given model (names the file or key)."""
 
@@ -67,19 +84,34 @@ class CheckpointError(ValueError):
 class LoadReport:
     """What ``load_checkpoint`` did. Keys are in this project's naming."""
 
+    layout: str = "mvd / release state dict"
     loaded: list[str] = field(default_factory=list)
     ignored: dict[str, str] = field(default_factory=dict)  # checkpoint key -> reason
     new: list[str] = field(default_factory=list)  # model keys left at their fresh initialisation
     tables: dict[str, str] = field(default_factory=dict)  # position table -> what happened
+    classes: list[str] | None = None  # class names the checkpoint carries (a classifier's), if any
+    classes_from: str = ""  # where they were read
     notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
+        lines = [f"{self.layout}: loaded {len(self.loaded)} tensors"]
         if self.new:
             lines.append(f"newly initialised: {', '.join(self.new)}")
         lines += [f"position table {k}: {v}" for k, v in self.tables.items()]
         lines += [f"ignored {k}: {v}" for k, v in self.ignored.items()]
+        if self.classes is not None:
+            lines.append(f"{len(self.classes)} class names ({self.classes_from})")
         return "\n".join(lines + self.notes)
+
+
+@dataclass
+class CheckpointSource:
+    """What a checkpoint path holds: the raw object, its config.json (hub directories) and metadata."""
+
+    obj: Mapping
+    where: str
+    config: dict | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def read_checkpoint(path_or_dict, *, trusted: bool = False) -> Mapping:
@@ -109,6 +141,76 @@ def read_checkpoint(path_or_dict, *, trusted: bool = False) -> Mapping:
     warnings.warn(f"{path}: unpickling with weights_only=False because trusted=True; this runs code "
                   "stored in the file", stacklevel=3)
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _safetensors_metadata(path: pathlib.Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    """The weight files of a checkpoint directory (the shards of an index, in order)."""
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            return _index_shards(path) if name.endswith(".index.json") else [path]
+    present = sorted(p.name for p in directory.iterdir())[:12]
+    raise CheckpointError(f"checkpoint directory {directory} holds none of {', '.join(WEIGHT_FILES)} "
+                          f"(it holds: {', '.join(present) or 'nothing'})")
+
+
+def _index_shards(index: pathlib.Path) -> list[pathlib.Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index} is not a weights index with a weight_map ({e})") from None
+    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{index} lists shard(s) that are not there: {', '.join(missing)}")
+    return shards
+
+
+def open_checkpoint(path_or_dict, *, trusted: bool = False) -> CheckpointSource:
+    """Read a checkpoint file, a checkpoint directory (transformers ``save_pretrained``, timm
+    ``save_for_hf``, a run's export) or a dict, with its config.json and metadata when it has them.
+
+    A weights file named as transformers / timm name theirs (``model.safetensors``,
+    ``pytorch_model.bin``, their shards and indices) also reads the ``config.json`` beside it."""
+    if isinstance(path_or_dict, Mapping):
+        meta = path_or_dict.get(META_KEY)
+        return CheckpointSource(path_or_dict, "checkpoint dict", metadata=dict(meta) if isinstance(meta, Mapping)
+                                else {})
+    path = pathlib.Path(os.fspath(path_or_dict))
+    if path.is_dir():
+        files, config_path = _weight_files(path), path / "config.json"
+    elif path.is_file():
+        files = _index_shards(path) if path.name.endswith(".index.json") else [path]
+        hub_named = path.name in WEIGHT_FILES or _SHARD_FILE.match(path.name)
+        config_path = path.parent / "config.json" if hub_named else None
+    else:
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    config = None
+    if config_path is not None and config_path.is_file():
+        try:
+            config = hub.read_config(config_path)
+        except hub.HubError as e:
+            raise CheckpointError(str(e)) from None
+    if len(files) == 1:
+        obj = read_checkpoint(files[0], trusted=trusted)
+    else:
+        obj = {}
+        for f in files:
+            obj.update(extract_state_dict(read_checkpoint(f, trusted=trusted)))
+    metadata = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            metadata.update(_safetensors_metadata(f))
+    if isinstance(obj, Mapping) and isinstance(obj.get(META_KEY), Mapping):
+        metadata.update(obj[META_KEY])
+    return CheckpointSource(obj, str(path), config, metadata)
 
 
 def extract_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
@@ -194,18 +296,70 @@ def _load_table(key: str, module: FixedPosEmbed, value: torch.Tensor) -> str:
     return f"not the fixed {module.kind} formula: {how} (kept until the model is rebuilt)"
 
 
+def _zero_absent_qkv_biases(state: dict[str, torch.Tensor], report: LoadReport) -> None:
+    """A checkpoint whose attention has no q/v biases at all (``qkv_bias=False``) equals ours with
+    zero biases; a checkpoint missing them for only some layers is left to fail as incomplete."""
+    bases = [k[: -len("qkv.weight")] for k in state if k.endswith("attn.qkv.weight")]
+    lacking = [b for b in bases if b + "q_bias" not in state and b + "v_bias" not in state]
+    if not bases or len(lacking) != len(bases):
+        return
+    for base in bases:
+        dim = state[base + "qkv.weight"].shape[0] // 3
+        state[base + "q_bias"] = state[base + "v_bias"] = torch.zeros(dim)
+    report.notes.append(f"the checkpoint's attention has no q/v biases (qkv_bias=False): set to zero in "
+                        f"{len(bases)} layers, which computes the same")
+
+
+def _plan_table_kinds(model: nn.Module, kinds: Mapping[str, str], why: str,
+                      report: LoadReport) -> dict[str, str]:
+    """The tables to switch so the model has those the checkpoint's model used (tables are never
+    saved): a model whose ``pos_embed`` option allows it switches (after every other check has
+    passed), any other mismatch is an error now."""
+    tables = {name: m for name, m in model.named_modules() if isinstance(m, FixedPosEmbed)}
+    switch = {}
+    for name, kind in kinds.items():
+        module = tables.get(name)
+        if module is None:
+            continue
+        if module.kind == kind:
+            report.tables[name] = f"{kind}, as the checkpoint's ({why})"
+        elif name == "pos_embed" and kind in getattr(model, "pos_embed_kinds", ()):
+            switch[name] = kind
+            report.tables[name] = (f"switched from {module.kind} to {kind}: model option pos_embed={kind!r}, "
+                                   f"set because {why}")
+        else:
+            raise CheckpointError(f"{name}: the checkpoint's model used a {kind} position table ({why}); "
+                                  f"{type(model).__name__} uses {module.kind} and has no option to change it")
+    return switch
+
+
+def _declared(metadata: Mapping[str, str], key: str):
+    try:
+        return json.loads(metadata[key]) if key in metadata else None
+    except (TypeError, ValueError):
+        raise CheckpointError(f"checkpoint metadata {key!r} is not JSON: {metadata[key]!r:.80}") from None
+
+
 def load_checkpoint(model: nn.Module, path_or_dict, *, trusted: bool = False) -> LoadReport:
     """Load weights into ``model`` (any mvd.models model, or a ``Frozen`` teacher) and report.
 
-    Accepts this project's state dicts and checkpoints, ``.safetensors`` files, and the release
-    layouts: ``model`` / ``module`` / ``state_dict`` wrappers, VideoMAE's ``encoder.`` prefix and
-    decoder, MAE with or without its decoder, MVD students (into a ``video_vit_*``: encoder only,
-    head new). Keys the model lacks are ignored and listed; a mismatched shape, or a weight the
-    model needs and the checkpoint lacks, raises ``CheckpointError`` naming the key.
+    Accepts this project's state dicts, checkpoints and exports, ``.safetensors`` files, the
+    release layouts (``model`` / ``module`` / ``state_dict`` wrappers, VideoMAE's ``encoder.``
+    prefix and decoder, MAE with or without its decoder, MVD students into a ``video_vit_*``:
+    encoder only, head new), and the hub's: transformers VideoMAE / ViTMAE models and timm ViTs,
+    as a weights file or as the directory ``save_pretrained`` / ``save_for_hf`` wrote (its
+    config.json is checked against the model). Checkpoint keys the model lacks are ignored and
+    listed; a mismatched shape, a hub key not understood, or a weight the model needs and the
+    checkpoint lacks raises ``CheckpointError`` naming the key.
     """
     model = unwrap(model)
     report = LoadReport()
-    state = convert_state_dict(extract_state_dict(read_checkpoint(path_or_dict, trusted=trusted)), report)
+    src = open_checkpoint(path_or_dict, trusted=trusted)
+    try:
+        state, switch = _convert(model, src, report)
+    except hub.HubError as e:
+        raise CheckpointError(f"{src.where}: {e}") from None
+    _zero_absent_qkv_biases(state, report)
     own = model.state_dict()
     tables = {name: m for name, m in model.named_modules() if isinstance(m, FixedPosEmbed)}
     to_load = {}
@@ -219,23 +373,69 @@ def load_checkpoint(model: nn.Module, path_or_dict, *, trusted: bool = False) ->
                                   f"{tuple(own[key].shape)} (built with other sizes?)")
         else:
             to_load[key] = value
+    for name, m in tables.items():
+        if name not in report.tables:
+            options = getattr(model, "pos_embed_kinds", ()) if name == "pos_embed" else ()
+            hint = f"; pos_embed option: {', '.join(options)}" if len(options) > 1 else ""
+            report.tables[name] = f"not in the checkpoint: the model's own {m.kind}{hint}"
     fresh = getattr(model, "fresh_init_prefixes", ())  # e.g. a classifier's head when loading a pretrained encoder
     fresh = tuple(p for p in fresh if not any(k.startswith(p) for k in state))
     missing = [k for k in own if k not in to_load]
     needed = [k for k in missing if not k.startswith(fresh)]
     if needed:
         more = f" (and {len(needed) - 1} more)" if len(needed) > 1 else ""
-        raise CheckpointError(f"checkpoint lacks {needed[0]!r}{more}, which {type(model).__name__} needs")
+        raise CheckpointError(f"{src.where} ({report.layout}) lacks {needed[0]!r}{more}, which "
+                              f"{type(model).__name__} needs")
+    if "pos_embed" in switch:
+        model.set_pos_embed(switch["pos_embed"])
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     report.new = missing
     return report
 
 
-def save_safetensors(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model``'s weights (not its fixed position tables) to a ``.safetensors`` file."""
+def _convert(model: nn.Module, src: CheckpointSource,
+             report: LoadReport) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(the checkpoint's tensors in our names, the position tables to switch); fills the report's
+    layout, tables the checkpoint declares, class names and notes."""
+    raw = extract_state_dict(src.obj)
+    if hub.is_hf_layout(raw, src.config):
+        converted = hub.convert_hf(raw, src.config, model)
+        report.layout, report.notes = converted.layout, report.notes + converted.notes
+        switch = _plan_table_kinds(model, converted.pos_tables, f"the checkpoint is a {converted.layout}, "
+                                   "whose VideoMAE tables are 1D sinusoid", report)
+        if converted.classes is not None:
+            report.classes, report.classes_from = converted.classes, "config.json id2label"
+        return dict(converted.state), switch
+    if hub.is_timm_config(src.config):
+        report.layout = hub.check_timm_config(src.config, model)
+    elif src.metadata.get("mvd_model"):
+        report.layout = f"mvd {src.metadata['mvd_model']}"
+    state = convert_state_dict(raw, report)
+    kinds = _declared(src.metadata, "mvd_pos_tables") or {}
+    switch = _plan_table_kinds(model, kinds, "recorded in the checkpoint's metadata", report)
+    classes = _declared(src.metadata, "mvd_classes")
+    if classes is not None:
+        report.classes, report.classes_from = [str(c) for c in classes], "checkpoint metadata"
+    return state, switch
+
+
+def model_metadata(model: nn.Module, classes: list[str] | None = None) -> dict[str, str]:
+    """What this project records beside a model's weights (all str, as safetensors metadata must
+    be): the registry name, the kind of every position table, and the class names if given."""
+    model = unwrap(model)
+    kinds = {name: m.kind for name, m in model.named_modules() if isinstance(m, FixedPosEmbed)}
+    meta = {"mvd_model": getattr(model, "model_name", ""), "mvd_pos_tables": json.dumps(kinds)}
+    if classes is not None:
+        meta["mvd_classes"] = json.dumps(list(classes))
+    return meta
+
+
+def save_safetensors(model: nn.Module, path: str | os.PathLike, classes: list[str] | None = None) -> None:
+    """Write ``model``'s weights (not its fixed position tables, whose kinds go into the metadata,
+    with ``classes`` when given) to a ``.safetensors`` file."""
     from safetensors.torch import save_file
 
     model = unwrap(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, os.fspath(path), metadata={"format": "pt", "mvd_model": getattr(model, "model_name", "")})
+    save_file(state, os.fspath(path), metadata={"format": "pt", **model_metadata(model, classes)})

@@ -19,17 +19,21 @@ class VideoMAEPretrain(ViTEncoder):
     """VideoMAE: encoder over visible tubelets (1D sinusoid table, final norm) + pixel decoder
     (bias-free projection, 4 blocks) predicting per-patch-normalised pixels of the masked tubelets.
 
-    ``model(video (B, 3, T, H, W) normalised, mask (B, N) bool) -> loss``.
+    ``model(video (B, 3, T, H, W) normalised, mask (B, N) bool) -> loss``. ``norm_pix_loss=False``
+    predicts the raw [0, 1] pixels instead; ``final_norm=False`` drops the encoder's last
+    LayerNorm (both as Hugging Face's VideoMAEForPreTraining may be configured).
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, decoder_depth: int = 4, decoder_embed_dim: int = 384,
-                 decoder_num_heads: int = 6, in_chans: int = 3, grad_checkpointing: bool = False):
+                 decoder_num_heads: int = 6, norm_pix_loss: bool = True, final_norm: bool = True, in_chans: int = 3,
+                 grad_checkpointing: bool = False):
         super().__init__(img_size=img_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                         drop_path_rate=drop_path_rate, pos_kind="sinusoid_1d", final_norm=True, in_chans=in_chans,
-                         grad_checkpointing=grad_checkpointing)
+                         drop_path_rate=drop_path_rate, pos_kind="sinusoid_1d", final_norm=final_norm,
+                         in_chans=in_chans, grad_checkpointing=grad_checkpointing)
+        self.norm_pix_loss = norm_pix_loss
         self.decoder = MaskedDecoder(embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads,
                                      in_chans * tubelet_size * patch_size ** 2, pos_kind="sinusoid_1d", grid=self.grid,
                                      proj_bias=False, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
@@ -54,10 +58,13 @@ class VideoMAEPretrain(ViTEncoder):
         return self.decoder(x, ids_visible, ids_masked)
 
     def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
-        """MSE against the masked tubelets' pixels (un-normalised, then normalised per patch and channel)."""
+        """MSE against the masked tubelets' pixels (un-normalised, then normalised per patch and channel
+        when ``norm_pix_loss``)."""
         with torch.no_grad():
-            target = normalize_patch_pixels(self.patchify(unnormalize_video(video))).flatten(2)  # (B, N, P*C)
-            target = gather_tokens(target, ids_masked)
+            target = self.patchify(unnormalize_video(video))  # (B, N, P, C) in [0, 1]
+            if self.norm_pix_loss:
+                target = normalize_patch_pixels(target)
+            target = gather_tokens(target.flatten(2), ids_masked)  # (B, N_mask, P*C)
         return pixel_loss(pred, target)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:

@@ -51,7 +51,12 @@ class ViTEncoder(nn.Module):
     Clip models (``num_frames`` set) embed (B, C, T, H, W) into N = T/tubelet * (H/p)^2 tokens;
     image models (``num_frames=None``) embed (B, C, H, W) into L = (H/p)^2 tokens and may carry a
     cls token (its table row is the zero row of MAE's table).
+
+    ``pos_embed_kinds``: the position tables a subclass lets its ``pos_embed`` option choose from
+    (and ``set_pos_embed`` switch to); empty = the table is part of the model's definition.
     """
+
+    pos_embed_kinds: tuple[str, ...] = ()
 
     def __init__(self, *, img_size: int, patch_size: int, num_frames: int | None, tubelet_size: int,
                  embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
@@ -75,6 +80,15 @@ class ViTEncoder(nn.Module):
         init_vit_weights(self, linear_init)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+
+    def set_pos_embed(self, kind: str) -> None:
+        """Rebuild the encoder's fixed position table as ``kind`` (one of ``pos_embed_kinds``); what
+        ``load_checkpoint`` does when a checkpoint was trained with another table."""
+        if kind not in self.pos_embed_kinds:
+            allowed = ", ".join(self.pos_embed_kinds) or f"only its own {self.pos_embed.kind}"
+            raise ValueError(f"{type(self).__name__} cannot use a {kind} position table ({allowed})")
+        table = FixedPosEmbed(kind, self.grid, self.embed_dim, self.cls_token is not None)
+        self.pos_embed = table.to(self.pos_embed.table.device)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every block (encoder and decoders) in backward instead of storing activations."""

@@ -37,7 +37,9 @@ def mixed_shards(mixed_videos, mixed_list, tmp_path_factory) -> Path:
 
 def test_manifest_has_the_contract_fields(mixed_shards, mixed_list, mixed_videos):
     m = json.loads((mixed_shards / "manifest.json").read_text())
-    assert set(m) == {"format", "dataset", "samples", "classes", "shards", "codecs", "rejected", "options"}
+    assert set(m) == {"format", "dataset", "samples", "classes", "class_list", "shards", "codecs", "rejected",
+                      "options"}
+    assert m["class_list"] == {"source": "list indices", "file": str(mixed_list.resolve())}
     assert m["format"] == FORMAT and m["dataset"] == "list"
     assert m["samples"] == len(GOOD_VIDEOS) == sum(s["samples"] for s in m["shards"])
     assert m["classes"] == ["0", "1", "2"]

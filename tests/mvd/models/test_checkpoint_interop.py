@@ -232,3 +232,65 @@ def test_frozen_teacher_stays_in_eval_and_loads_through_the_wrapper():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         teacher(clip())
+
+
+def test_video_vit_pos_embed_option_and_its_export_bring_the_table_back(tmp_path):
+    with pytest.raises(ValueError, match="pos_embed must be one of"):
+        create_model("video_vit_small", **TINY, pos_embed="sincos_2d")
+    src = randomized("video_vit_small", **TINY, num_classes=3, pos_embed="sinusoid_1d")
+    path = tmp_path / "ft.safetensors"
+    save_safetensors(src, path, classes=["a", "b", "c"])
+    again = create_model("video_vit_small", **TINY, num_classes=3).eval()  # the default sincos_3d
+    report = load_checkpoint(again, path)
+    assert again.pos_embed.kind == "sinusoid_1d"
+    assert "recorded in the checkpoint's metadata" in report.tables["pos_embed"]
+    assert report.classes == ["a", "b", "c"] and report.layout == "mvd video_vit_small"
+    with torch.no_grad():
+        assert torch.equal(again(clip()), src(clip()))
+
+
+def test_own_videomae_stage1_export_initialises_video_vit_with_its_1d_table(tmp_path):
+    src = randomized("videomae_pretrain_small", **TINY, **DEC)
+    save_safetensors(src, tmp_path / "vmae.safetensors")
+    vit = create_model("video_vit_small", **TINY, num_classes=3).eval()
+    report = load_checkpoint(vit, tmp_path / "vmae.safetensors")
+    assert vit.pos_embed.kind == "sinusoid_1d" and "switched from sincos_3d" in report.tables["pos_embed"]
+    with torch.no_grad():
+        assert torch.equal(vit.forward_blocks(vit.embed(clip())), src.forward_blocks(src.embed(clip())))
+
+
+def test_a_table_the_model_cannot_switch_to_is_an_error(tmp_path):
+    save_safetensors(randomized("videomae_teacher_small", **TINY), tmp_path / "t.safetensors")
+    with pytest.raises(CheckpointError, match="sinusoid_1d position table.*MVDStudent uses sincos_3d"):
+        load_checkpoint(create_model("mvd_student_small", **STUDENT), tmp_path / "t.safetensors")
+
+
+def test_checkpoint_without_tables_says_which_table_the_model_keeps():
+    src = randomized("video_vit_small", **TINY, num_classes=3)
+    report = load_checkpoint(create_model("video_vit_small", **TINY, num_classes=3), src.state_dict())
+    assert report.tables["pos_embed"] == ("not in the checkpoint: the model's own sincos_3d; pos_embed option: "
+                                          "sincos_3d, sinusoid_1d")
+
+
+def test_attention_without_any_qkv_bias_loads_as_zero_biases_but_a_partly_missing_one_fails():
+    src = randomized("videomae_teacher_small", **TINY)
+    sd = {k: v for k, v in src.state_dict().items() if not k.endswith(("q_bias", "v_bias"))}
+    teacher = create_model("videomae_teacher_small", **TINY).eval()
+    report = load_checkpoint(teacher, sd)
+    assert any("no q/v biases" in n for n in report.notes)
+    with torch.no_grad():
+        for blk in src.blocks:
+            blk.attn.q_bias.zero_()
+            blk.attn.v_bias.zero_()
+        assert torch.equal(teacher(clip()), src(clip()))
+    partly = dict(sd, **{"blocks.0.attn.q_bias": torch.zeros(32), "blocks.0.attn.v_bias": torch.zeros(32)})
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.attn\.q_bias"):
+        load_checkpoint(create_model("videomae_teacher_small", **TINY), partly)
+
+
+def test_a_run_directory_loads_through_its_export(tmp_path):
+    src = randomized("videomae_teacher_small", **TINY)
+    save_safetensors(src, tmp_path / "model.safetensors")
+    again = create_model("videomae_teacher_small", **TINY).eval()
+    load_checkpoint(again, tmp_path)
+    assert torch.equal(again(clip()), src(clip()))
