@@ -130,6 +130,21 @@ class DataConfig:
     rand_augment: list = F([4, 7.0, 0.5], "RandAugment [num_ops, magnitude, magnitude_std] "
                                          "(finetune); [] = off")
     erase_prob: float = F(0.25, "random erasing probability (finetune)")
+    gpu_decoders: int = F(0, "concurrent DALI decode pipelines of a GPU loader, each feeding "
+                             "its own NVDEC engine; 0 = the GPU's NVDEC engine count (H100/H200 "
+                             "7, A100 5, L4 4, else 2)")
+    cpu_decode_share: float = F(0.0, "share of each batch decoded on the host (DALI's CPU decoder "
+                                     "for VP8/VP9/MJPEG, PyAV otherwise) while the GPU decodes "
+                                     "the rest, in [0, 1]")
+    max_failure_fraction: float = F(0.01, "share of a rank's videos that may fail to decode (each "
+                                          "replaced and logged); past it every rank stops at the "
+                                          "same step and mvd-train exits with status 4")
+    dali_threads: int = F(0, "DALI CPU threads per process; 0 = from this process's share of "
+                             "the node's cores (usable cores / LOCAL_WORLD_SIZE, less the step's "
+                             "torch threads; logged at start)")
+    reader_workers: int = F(-1, "reader worker processes per process (they decode on the PyAV "
+                                "path); -1 = from this process's share of the cores, 0 = read in "
+                                "the training process")
     loader_options: dict = F({}, "extra keyword arguments passed to the loader as they are")
     expected_samples: int = F(0, "training videos the recipe expects in data.dir (K400 train "
                                  "240436); --dry-run plans with it when data.dir has no manifest "

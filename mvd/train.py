@@ -17,6 +17,9 @@ USAGE = """usage: mvd-train --config FILE [dotted.key=value ...]
        mvd-train --help-config     (every key, its default and meaning)
 
 tasks: pretrain_mvd, pretrain_videomae, pretrain_mae, finetune, eval
+exit status: 0 done; 2 config error; 3 non-finite loss; 4 more videos failed to decode than
+             data.max_failure_fraction allows (every rank stops at the same step, the log names
+             the shards and keys); 130 interrupted (a checkpoint was written)
 examples: mvd-train --config configs/tiny/pretrain_mvd.yaml data.dir=shards run.dir=runs/x
           train.max_steps=10 checkpoint.every_steps=5 seed=1 checkpoint.resume=auto"""
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if dry_run:
         return dry_run_main(cfg, config)
+    from dali_pipelines.failures import DecodeFailureError
     from mvd.engine import distributed as D
     from mvd.engine.trainer import NonFiniteLoss, Trainer, run_eval
 
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as e:
         log.error("%s", e)
         return 3
+    except DecodeFailureError as e:  # raised on every rank at the same step
+        log.error("%s", e)
+        return 4
     finally:
         D.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:

@@ -3,9 +3,12 @@
 A checkpoint is one file ``run.dir/checkpoints/step-XXXXXXXX.pt`` (``torch.save``, loadable with
 ``weights_only=True``)::
 
-    {"format": "mvd-train-ckpt/1", "step", "epoch", "model", "optimizer", "scheduler", "scaler",
-     "loader": [state per rank], "rng": [state per rank], "config", "derived", "counters",
+    {"format": "mvd-train-ckpt/1", "step", "epoch", "model", "model_meta", "optimizer", "scheduler",
+     "scaler", "loader": [state per rank], "rng": [state per rank], "config", "derived", "counters",
      "complete": True}
+
+``model_meta`` is ``mvd.models.model_metadata``: the model's registry name, position table kinds
+and, when fine-tuning, its class names (what an eval of the checkpoint checks its shards against).
 
 Only the trained model is in it: teachers are never saved here. The file is written to a
 temporary name, flushed, fsync'ed and renamed, so a reader never sees half a checkpoint; on resume
@@ -30,6 +33,7 @@ import torch
 
 from mvd.config import CheckpointConfig
 from mvd.engine import distributed as D
+from mvd.models import model_metadata
 
 log = logging.getLogger("mvd.train")
 
@@ -195,8 +199,9 @@ class Checkpointer:
 
     # The trainer hands in its pieces; "model" is the wrapped model.
     def save(self, *, step: int, epoch: int, model, optimizer, scheduler, scaler, loader,
-             config: dict, derived: dict, counters: dict) -> Path | None:
-        """Collective: every rank must call it (states are gathered to rank 0, which writes)."""
+             config: dict, derived: dict, counters: dict, classes: list[str] | None = None) -> Path | None:
+        """Collective: every rank must call it (states are gathered to rank 0, which writes).
+        ``classes``: the class names a classifier is trained on (kept in ``model_meta``)."""
         if step == self.last_saved_step:
             return None
         model_sd, optim_sd = self.full_state_dicts(model, optimizer)
@@ -206,6 +211,7 @@ class Checkpointer:
         if self.info.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_save({"format": FORMAT, "step": step, "epoch": epoch, "model": model_sd,
+                         "model_meta": model_metadata(D.unwrap(model), classes),
                          "optimizer": optim_sd, "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "loader": loaders, "rng": rngs, "config": config, "derived": derived,

@@ -1,9 +1,26 @@
-"""Building the dali_pipelines loaders from the data config and the process's rank."""
+"""Building the dali_pipelines loaders from the data config and the process's rank, and turning
+their batches into the models' inputs on the device.
+
+The training loaders yield uint8 clips (``normalize=False``: a quarter of the bytes of float32
+to copy and move); :class:`ModelInputs` normalises them on the device inside the step and then
+applies the loader's erase boxes in normalised space (timm's order: erasing after Normalize,
+mixup in the task after both). The eval loader keeps float32 clips (``mvd.engine.evaluate``
+feeds them to the model as they are).
+"""
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dali_pipelines.normalize import Normalize, erase_
 from mvd.config import Config
-from mvd.engine.distributed import DistInfo
+from mvd.engine.distributed import DistInfo, all_gather_objects
+
+log = logging.getLogger("mvd.train")
 
 
 def loader_device(cfg: Config, info: DistInfo) -> str:
@@ -12,25 +29,83 @@ def loader_device(cfg: Config, info: DistInfo) -> str:
     return "gpu" if info.device.type == "cuda" else "cpu"
 
 
+def failure_group(info: DistInfo):
+    """The process group over which a loader's ranks agree to stop on decode failures: None
+    (the default group) when it is gloo or there is none; else a new gloo group, so the
+    per-batch vote is a host all-reduce and never syncs with the GPU. A collective: every rank
+    calls it, in the same order."""
+    if not info.distributed or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
 def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)):
     """kind: 'pretrain' | 'finetune' | 'eval'; ``patch`` = (patch_size, tubelet_size) of the
-    trained model (the pretrain mask's grid). Each rank reads its own share of the samples."""
-    import dali_pipelines as dp
+    trained model (the pretrain mask's grid). Each rank reads its own share of the samples.
+
+    Decode failures past data.max_failure_fraction stop every rank at the same step: the
+    training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
+    loader, built at every validation, over the default group (on NCCL a small device tensor per
+    eval batch, rather than a new group per validation)."""
+    import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
     d = cfg.data
     common = dict(device=loader_device(cfg, info), shard_id=info.rank,
                   num_shards=info.world_size, num_frames=d.num_frames,
-                  sampling_rate=d.sampling_rate, sampling=d.sampling, input_size=d.input_size)
+                  sampling_rate=d.sampling_rate, sampling=d.sampling, input_size=d.input_size,
+                  gpu_decoders=d.gpu_decoders or None, cpu_decode_share=d.cpu_decode_share,
+                  max_failure_fraction=d.max_failure_fraction,
+                  # the CPU split (dali_pipelines.budget.cpu_budget): this process's step beside
+                  step_device=info.device.type, torch_threads=cfg.dist.cpu_threads,
+                  num_threads=d.dali_threads or None,
+                  num_workers=None if d.reader_workers < 0 else d.reader_workers)
     if kind == "eval":
         e = cfg.eval
         return dp.EvalLoader(e.dir or d.dir, e.batch_size, num_clips=e.num_clips,
-                             num_crops=e.num_crops, **common, **e.loader_options)
-    common["seed"] = cfg.seed
+                             num_crops=e.num_crops, **{**common, **e.loader_options})
+    # uint8 clips, normalised by ModelInputs in the step (loader_options may say otherwise)
+    common.update(seed=cfg.seed, normalize=False, process_group=failure_group(info))
     if kind == "finetune":
         return dp.FinetuneLoader(d.dir, d.batch_size, num_sample=d.repeated_aug, flip=d.flip,
                                  rand_augment=tuple(d.rand_augment) or None,
-                                 erase_prob=d.erase_prob, **common, **d.loader_options)
+                                 erase_prob=d.erase_prob, **{**common, **d.loader_options})
     return dp.PretrainLoader(d.dir, d.batch_size, teacher_input_size=d.teacher_input_size or
                              d.input_size, mask_type=d.mask_type, mask_ratio=d.mask_ratio,
-                             patch_size=patch[0], tubelet_size=patch[1], **common,
-                             **d.loader_options)
+                             patch_size=patch[0], tubelet_size=patch[1],
+                             **{**common, **d.loader_options})
+
+
+class ModelInputs:
+    """A loader batch as the task's loss takes it, on ``device``: uint8 ``video`` (and
+    ``teacher_video``) normalised with one fused op each; the host ``erase_boxes`` (finetune)
+    then erased in normalised space with noise from the device's default generator (its state
+    is in the checkpoints, so a resumed run draws the same noise). Float batches pass as they
+    are. Reads nothing back from the device: no host sync."""
+
+    def __init__(self, device: torch.device):
+        self.normalize = Normalize(device)
+
+    def __call__(self, batch: dict) -> dict:
+        video = batch["video"]
+        if video.dtype != torch.uint8:
+            return batch
+        out = dict(batch)
+        out["video"] = self.normalize(video)  # (B, 3, T, S, S) float32
+        teacher = batch.get("teacher_video")
+        if teacher is not None:
+            out["teacher_video"] = out["video"] if teacher is video else self.normalize(teacher)
+        boxes = out.pop("erase_boxes", None)
+        if boxes is not None:
+            erase_(out["video"], np.asarray(boxes))
+        return out
+
+
+def log_cpu_budgets(loader, info: DistInfo) -> None:
+    """Log what each rank's loader got of the node's cores (rank 0 logs every rank's line; a
+    collective when distributed). Loaders without a budget (test stand-ins) log nothing."""
+    budget = getattr(loader, "budget", None)
+    lines = all_gather_objects(None if budget is None else budget.describe())
+    if info.is_main:
+        for rank, line in enumerate(lines):
+            if line is not None:
+                log.info("rank %d CPU budget: %s", rank, line)

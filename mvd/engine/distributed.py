@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from dali_pipelines.budget import cpu_budget
 from mvd.config import DistConfig
 from mvd.engine.precision import Precision
 
@@ -55,12 +56,12 @@ def init_distributed(cfg: DistConfig) -> DistInfo:
 
 def cpu_threads(configured: int, local_world_size: int) -> int:
     """torch's intra-op threads for one CPU training process: `configured` when set, else half of
-    the usable cores per process on this node, at least 1. The other half is left to the loader's
-    DALI threads: on 2 cores, one torch thread made the demo's fine-tuning 17 % faster than two,
-    and under other load two threads slowed a tiny step a hundredfold."""
-    if configured > 0:
-        return configured
-    return max(1, len(os.sched_getaffinity(0)) // max(1, local_world_size) // 2)
+    the usable cores per process on this node, at least 1; the loader gets the rest. The split is
+    decided in one place, dali_pipelines.budget.cpu_budget (plain Python, no DALI): on 2 cores,
+    one torch thread made the demo's fine-tuning 17 % faster than two, and under other load two
+    threads slowed a tiny step a hundredfold."""
+    return cpu_budget(step_device="cpu", torch_threads=configured,
+                      local_world_size=local_world_size).torch_threads
 
 
 def shutdown() -> None:

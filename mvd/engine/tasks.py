@@ -7,7 +7,6 @@ grads, ``train()`` cannot flip them) and kept out of the optimizer and the check
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from mvd.config import Config, ConfigError, TeacherConfig
+from mvd.engine.class_lists import SHARD_FIX, check_same_classes, shard_classes
 from mvd.engine.precision import Precision
 from mvd.engine.weights import load_weights
 from mvd.masking import masked_count, masked_tokens, num_to_mask
@@ -37,14 +37,6 @@ def _clip_kwargs(cfg: Config) -> dict:
     return {"img_size": cfg.data.input_size, "num_frames": cfg.data.num_frames}
 
 
-def manifest_classes(data_dir: str) -> list[str]:
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise ConfigError(f"data.dir={data_dir}: no manifest.json there (is it a shard directory "
-                          f"written by mvd-shard?)")
-    return list(json.loads(path.read_text())["classes"])
-
-
 class Task:
     """The base: one trained model, no teachers.
 
@@ -55,6 +47,7 @@ class Task:
 
     loader_kind = "pretrain"
     find_unused_parameters = False
+    classes: list[str] | None = None  # the class names a classifier is trained on (checkpoints keep them)
 
     def __init__(self, cfg: Config, device: torch.device, rank: int = 0, *,
                  precision: Precision | None = None, load: bool = True):
@@ -219,7 +212,13 @@ class Finetune(Task):
     loader_kind = "finetune"
 
     def __init__(self, cfg, device, rank=0, *, classes: list[str] | None = None, **kw):
-        self.classes = classes if classes is not None else manifest_classes(cfg.data.dir)
+        if classes is None:
+            train = shard_classes(cfg.data.dir, "data.dir")
+            if cfg.eval.dir and Path(cfg.eval.dir).resolve() != Path(cfg.data.dir).resolve():
+                # before any work: validating on shifted labels would only show at the end
+                check_same_classes(train, shard_classes(cfg.eval.dir, "eval.dir"), SHARD_FIX)
+            classes = train.names
+        self.classes = classes
         super().__init__(cfg, device, rank, **kw)
         f = cfg.finetune
         self.mixup = None

@@ -21,13 +21,15 @@ import torch
 from mvd.config import Config, Derived, derive, dump_yaml, to_dict
 from mvd.engine import distributed as D
 from mvd.engine.checkpoint import Checkpointer, atomic_write
-from mvd.engine.data import build_loader
+from mvd.engine.class_lists import ClassSource, check_same_classes, shard_classes
+from mvd.engine.data import ModelInputs, build_loader, log_cpu_budgets
 from mvd.engine.evaluate import evaluate
 from mvd.engine.metrics import MetricsLogger
 from mvd.engine.optim import CosineSchedule, build_optimizer
 from mvd.engine.precision import plan_precision
-from mvd.engine.tasks import Finetune, build_task, manifest_classes
+from mvd.engine.tasks import Finetune, build_task
 from mvd.engine.weights import EXPORT_NAME, load_weights
+from mvd.models import model_metadata
 
 log = logging.getLogger("mvd.train")
 
@@ -78,6 +80,8 @@ class Trainer:
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)
         self.task = build_task(cfg, info.device, info.rank, precision=self.precision)
         self.loader = build_loader(self.task.loader_kind, cfg, info, self.task.patch)
+        self.inputs = ModelInputs(info.device)  # uint8 clips -> normalised, in the step
+        log_cpu_budgets(self.loader, info)
         self.derived: Derived = derive(cfg, info.world_size, len(self.loader))
         seed_everything(cfg.seed + info.rank)  # then per-rank streams (drop path, mixup)
         self.model = self._wrap(self.task.model)
@@ -209,8 +213,9 @@ class Trainer:
         total, parts_sum = 0.0, {}
         for i, batch in enumerate(group):
             micro = (self.step - 1) * accum + i
+            inputs = self.inputs(batch)  # normalise (and erase) on the device: no host sync
             with self._grad_sync(i == accum - 1), self.precision.autocast():
-                loss, parts = self.task.loss(model, batch, micro)
+                loss, parts = self.task.loss(model, inputs, micro)
             with self._grad_sync(i == accum - 1):
                 scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -293,7 +298,7 @@ class Trainer:
             step=self.step, epoch=self._epoch(), model=self.model, optimizer=self.optimizer,
             scheduler=self.schedule, scaler=self.scaler, loader=self.loader,
             config=to_dict(self.cfg), derived=vars(self.derived),
-            counters=self.counters)
+            counters=self.counters, classes=self.task.classes)
         if path is not None and self.info.is_main:
             log.info("step %d: checkpoint %s", self.step, path)
 
@@ -304,9 +309,11 @@ class Trainer:
         sd = self.checkpointer.full_state_dicts(self.model, self.optimizer)[0]
         path = self.run_dir / EXPORT_NAME
         if self.info.is_main:
-            # serialised in memory (the model's size once more), then written like a checkpoint
+            # serialised in memory (the model's size once more), then written like a checkpoint;
+            # the metadata carries the position table kinds and a classifier's class names
+            meta = model_metadata(self.task.model, self.task.classes)
             data = save({k: v.detach().contiguous().cpu() for k, v in sd.items()},
-                        metadata={"format": "pt", "mvd_model": self.cfg.model.name,
+                        metadata={"format": "pt", **meta, "mvd_model": self.cfg.model.name,
                                   "task": self.cfg.task, "step": str(self.step)})
             atomic_write(path, lambda f: f.write(data))
             log.info("trained model written to %s", path)
@@ -344,14 +351,20 @@ def run_eval(cfg: Config) -> dict:
     """task eval: load model.init into the classifier, evaluate on eval.dir, write eval.json."""
     info = D.init_distributed(cfg.dist)
     seed_everything(cfg.seed)
-    classes = manifest_classes(cfg.eval.dir or cfg.data.dir)
+    shards = shard_classes(cfg.eval.dir or cfg.data.dir, "eval.dir" if cfg.eval.dir else "data.dir")
+    classes = shards.names
     from mvd.models import create_model
 
     kw = {"img_size": cfg.data.input_size, "num_frames": cfg.data.num_frames,
           "num_classes": len(classes), **cfg.model.overrides}
     model = create_model(cfg.model.name, **kw).to(info.device)
     if cfg.model.init:
-        load_weights(model, cfg.model.init, what="model.init")
+        report = load_weights(model, cfg.model.init, what="model.init")
+        if report.classes is not None:  # before the eval: scores against shifted labels are noise
+            trained = ClassSource(report.classes, f"model.init={cfg.model.init} ({len(report.classes)} "
+                                                  f"classes in its {report.classes_from})")
+            check_same_classes(trained, shards, "Evaluate on shards made with the class list the model "
+                               "was trained on (mvd-shard ... --classes FILE).")
     else:
         bar = "!" * 78
         log.warning("\n%s\n!! model.init is empty: evaluating a RANDOMLY INITIALISED %s.\n!! Set "

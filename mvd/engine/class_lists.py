@@ -1,0 +1,66 @@
+"""Class lists of shard directories and checkpoints, and the check that two of them agree.
+
+A shard directory's list is its manifest's ``classes`` (with ``class_list`` saying where mvd-shard
+took it from); a checkpoint's is what ``mvd.models.load_checkpoint`` reports (the metadata of this
+project's exports and training checkpoints, or a hub config's ``id2label``). A fine-tune whose
+training and eval shards disagree, or an eval of a checkpoint trained on another list, would
+score against shifted labels; ``check_same_classes`` stops it before any work, naming both
+sources and the first difference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvd.config import ConfigError
+
+
+@dataclass(frozen=True)
+class ClassSource:
+    """A class list and where it came from, as the error names it."""
+
+    names: list[str]
+    where: str
+
+
+def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:
+    """The class list of a shard directory (its manifest.json), e.g. ``what="eval.dir"``."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"{what}={data_dir}: no manifest.json there (is it a shard directory "
+                          f"written by mvd-shard?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        names = [str(n) for n in manifest["classes"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{what}={data_dir}: {path} has no readable 'classes' ({e})") from None
+    origin = manifest.get("class_list") or {}
+    how = origin.get("source", "not recorded")
+    if origin.get("file"):
+        how += f" {origin['file']}"
+    return ClassSource(names, f"{what}={data_dir} ({len(names)} classes, class list: {how})")
+
+
+def first_difference(a: list[str], b: list[str]) -> str | None:
+    """'index i: x vs y' at the first position the lists differ, or None if they are equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"index {i}: {x!r} vs {y!r}"
+    if len(a) == len(b):
+        return None
+    i = min(len(a), len(b))
+    x, y = (repr(a[i]), "(end of list)") if len(a) > i else ("(end of list)", repr(b[i]))
+    return f"index {i}: {x} vs {y}"
+
+
+def check_same_classes(a: ClassSource, b: ClassSource, fix: str) -> None:
+    """Raise ConfigError naming both sources and the first difference unless the lists are equal."""
+    diff = first_difference(a.names, b.names)
+    if diff is not None:
+        raise ConfigError(f"class lists differ: {a.where} and {b.where}; first difference at {diff}. {fix}")
+
+
+SHARD_FIX = ("Shard both with the same class list (mvd-shard kinetics / list --classes FILE, or "
+             "--classes kinetics400 for the official Kinetics-400 indices).")
