@@ -97,7 +97,7 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Every transformer block of the model (encoder and decoders), the FSDP / compile unit."""
     return [block for m in model.modules()
             if isinstance(getattr(m, "blocks", None), torch.nn.ModuleList) for block in m.blocks]
@@ -137,7 +137,7 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, *, fsdp: bool, precision:
         from torch.distributed.fsdp import fully_shard
 
         mp = precision.fsdp_policy()
-        for block in _blocks(model):
+        for block in transformer_blocks(model):
             if compile:
                 block.compile(fullgraph=True)
             fully_shard(block, mp_policy=mp)

@@ -347,7 +347,7 @@ def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], 
             with live:
                 optimizer = torch.optim.AdamW(
                     [p for p in model.parameters() if p.requires_grad], foreach=True)
-                task._mask_checked = True  # fake masks hold no values to count
+                task.trust_mask_count()  # fake masks hold no values to count
                 for step in range(2):  # the second step carries the AdamW state: steady state
                     with precision.autocast():
                         loss, _ = task.loss(model, batch, step)

@@ -67,6 +67,11 @@ class Task:
         """The frozen teachers this task runs (none for stage 1 and fine-tuning)."""
         return []
 
+    def trust_mask_count(self) -> None:
+        """Skip the first-batch mask count: for masks that hold no values (the dry run's fake
+        tensors), where ``num_masked`` from the config is all there is."""
+        self._mask_checked = True
+
     def checked_num_masked(self, mask: torch.Tensor) -> int:
         """``num_masked`` for the models; the first batch's mask is counted once (one host sync,
         at step 1 only) to prove the loader masks what the config says."""

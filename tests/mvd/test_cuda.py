@@ -212,7 +212,7 @@ def test_fsdp2_sharded_student_steps_with_fused_adamw_beside_both_teachers():
         task = mvd_task(CONFIGS / "tiny" / "pretrain_mvd.yaml", "train.precision=bf16",
                         "dist.fsdp=true", precision=precision)
         model = task.model
-        blocks = D._blocks(model)
+        blocks = D.transformer_blocks(model)
         assert len(blocks) == 2 + 2 * 1  # encoder depth 2, two decoders of depth 1
         mp = precision.fsdp_policy()
         for block in blocks:
