@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,15 +100,18 @@ def _video_ext(path: Path, codec: str) -> str:
 def _process(task: _Task) -> _Processed:
     """Worker: (make,) decode-check and (re-encode) one source. Runs in a pool process."""
     record, temporary = task.record, []
-    if record.prepare is not None:
-        record.prepare(record.path)
-        temporary.append(record.path)
 
     def reject(reason: str) -> _Processed:
         for path in temporary:
             path.unlink(missing_ok=True)
         return _Processed(task.position, task.key, record, None, reason)
 
+    if record.prepare is not None:
+        temporary.append(record.path)
+        try:
+            record.prepare(record.path)
+        except rj.Rejected as err:
+            return reject(str(err))
     probe = probe_video(record.path)
     if not probe.ok:
         return reject(probe.reason)
@@ -144,8 +148,12 @@ def _mapper(workers: int):
 
 
 def _fingerprint(sources: SourceSet, keys: list[str], order: list[int], options: dict) -> str:
+    def entry(record: SourceRecord) -> list:
+        # json fields only when a dataset has them, so earlier runs' fingerprints still match
+        return [record.source, record.label] + ([record.json_fields] if record.json_fields is not None else [])
+
     plan = {"format": FORMAT, "dataset": sources.dataset, "classes": sources.classes, "options": options,
-            "order": [[keys[i], sources.records[i].source, sources.records[i].label] for i in order]}
+            "order": [[keys[i], *entry(sources.records[i])] for i in order]}
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
 
@@ -192,11 +200,15 @@ def _resume_state(out_dir: Path, fingerprint: str) -> RunState:
 
 
 def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None = None, *,
-                 command: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+                 command: dict | None = None, progress: bool = True, overwrite: bool = False,
+                 manifest_fields: Callable[[list[SourceRecord]], dict] | None = None) -> dict:
     """Pack ``sources`` into ``out_dir`` and return the manifest (also written to manifest.json).
 
     ``command`` holds the command's own options (input paths etc.) for the manifest; with
     ``options`` it forms the run's fingerprint. Re-running with the same arguments resumes.
+    ``manifest_fields``, given the records that were packed (told apart from the rejected ones
+    by ``source``, which must then be unique), returns dataset fields for the manifest (AVA's
+    ``"detection"``).
     """
     options = options or BuildOptions()
     out_dir = Path(out_dir)
@@ -226,6 +238,13 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
     rejected += [r for s in state.shards for r in s.rejected] + state.tail_rejected
     manifest = make_manifest(sources.dataset, sources.classes, [asdict(s) for s in state.shards],
                              rejected, manifest_options, sources.class_list)
+    if manifest_fields is not None:
+        not_packed = {r["path"] for s in state.shards for r in s.rejected} | {r["path"] for r in state.tail_rejected}
+        extra = manifest_fields([r for r in records if r.source not in not_packed])
+        clash = sorted(set(extra) & set(manifest))
+        if clash:
+            raise ValueError(f"dataset manifest fields {clash} would replace standard fields")
+        manifest.update(extra)
     write_manifest(out_dir, manifest)
     if progress:
         print_summary(manifest, processed=bar.processed, packed_bytes=bar.bytes, elapsed=bar.elapsed)
@@ -258,7 +277,7 @@ def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState,
                 path.unlink(missing_ok=True)
             record = result.record
             members = sample_members(result.key, result.ext, video, result.info, record.label,
-                                     record.label_name, record.source)
+                                     record.label_name, record.source, record.json_fields)
             size = tar_bytes(members)
             if writer is not None and (shard_bytes + size > limit or writer.samples == options.shard_samples):
                 finish(result.position)

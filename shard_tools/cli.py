@@ -5,6 +5,9 @@
     mvd-shard list --root DIR --list FILE [--classes FILE|kinetics400] --out DIR
     mvd-shard ucf101 --videos DIR --class-index classInd.txt --split-file trainlist01.txt --out DIR
     mvd-shard hmdb51 --videos DIR --splits-dir DIR --split 1 --subset train --out DIR
+    mvd-shard ava --videos DIR --annotations ava_val_v2.2.csv --labels ava_action_list_v2.2.pbtxt
+                  [--eval-labels FILE.pbtxt --excluded FILE.csv --proposals FILE.csv|.pkl
+                   --clip-frames 64 --short-side N --codec vp9 --movie-start 0] --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
                           --spatial-cue shape|colour]
     mvd-shard verify DIR
@@ -22,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from shard_tools import sources as src
+from shard_tools.ava import CLIP_CODECS, ClipOptions, shard_ava
 from shard_tools.build import BuildOptions, ShardDirError, build_shards
 from shard_tools.class_lists import SHIPPED, read_class_list
 from shard_tools.encode import CODECS
@@ -86,6 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=int, required=True, choices=(1, 2, 3), help="official split number")
     p.add_argument("--subset", required=True, choices=sorted(src.HMDB51_SUBSETS), help="lines with id 1 or 2")
     _common(p, reencode=True)
+
+    p = sub.add_parser("ava", help="AVA v2.2: the clip around every annotated keyframe, with its boxes")
+    p.add_argument("--videos", type=Path, required=True, help="folder with the <video_id>.<ext> movies")
+    p.add_argument("--annotations", type=Path, required=True, help="ground truth, e.g. ava_val_v2.2.csv")
+    p.add_argument("--labels", type=Path, required=True, help="label map, e.g. ava_action_list_v2.2.pbtxt")
+    p.add_argument("--eval-labels", type=Path, default=None, help="the evaluated subset, e.g. "
+                   "ava_action_list_v2.2_for_activitynet_2019.pbtxt (default: every action of --labels)")
+    p.add_argument("--excluded", type=Path, default=None, help="keyframes to skip, e.g. "
+                   "ava_val_excluded_timestamps_v2.2.csv")
+    p.add_argument("--proposals", type=Path, default=None, help="person proposals per keyframe: a CSV "
+                   "(video_id,timestamp,x1,y1,x2,y2,[action_id,]score) or a .pkl ({'video_id,%%04d': (P, 5)})")
+    c = p.add_argument_group("clips (always re-encoded)")
+    c.add_argument("--clip-frames", type=int, default=64, help="frames per clip, centred on the keyframe "
+                   "(default: %(default)s = 16 x stride 4)")
+    c.add_argument("--short-side", type=int, default=None, help="scale so the short side is this (default: keep)")
+    c.add_argument("--codec", choices=CLIP_CODECS, default="vp9", help="(default: vp9 in .webm)")
+    c.add_argument("--gop", type=int, default=16, help="key frame every N frames (default: %(default)s)")
+    c.add_argument("--movie-start", type=float, default=0.0, help="AVA time (s) of the movie files' first frame: "
+                   "0 for the full movies, 900 for movies cut to AVA's 15-minute segment (default: %(default)s)")
+    _common(p, reencode=False)
 
     p = sub.add_parser("synth", help="the synthetic (shape or colour) x motion-direction dataset")
     p.add_argument("--num-videos", type=int, default=400)
@@ -167,6 +191,15 @@ def main(argv: list[str] | None = None) -> int:
                                shard_size_mb=args.shard_size_mb,
                                shard_samples=args.shard_samples, workers=args.workers,
                                progress=not args.no_progress, overwrite=args.overwrite)
+            return 0
+        if args.command == "ava":
+            clip = ClipOptions(clip_frames=args.clip_frames, short_side=args.short_side, codec=args.codec,
+                               gop=args.gop, movie_start=args.movie_start)
+            shard_ava(args.out, videos=args.videos, annotations=args.annotations, labels=args.labels,
+                      eval_labels=args.eval_labels, excluded=args.excluded, proposals=args.proposals, clip=clip,
+                      seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
+                      workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite,
+                      on_note=lambda note: console.print(f"[yellow]note: {note}[/yellow]", highlight=False))
             return 0
         reencode = _reencode_options(args, parser)
         sources, paths = _sources(args)

@@ -17,6 +17,11 @@ MALFORMED = "malformed entry"
 REENCODE_FAILED = "re-encode failed"
 
 
+class Rejected(Exception):
+    """Raised by a source's ``prepare`` (see :class:`shard_tools.sources.SourceRecord`) when the
+    source cannot be packed; the message is the reason."""
+
+
 @dataclass(frozen=True)
 class Rejection:
     """One source that was not packed: its path (as the dataset names it) and the reason."""

@@ -4,7 +4,8 @@ Members of a sample share its key (no dot in it):
 
 - ``<key>.<ext>``  the video bytes (``ext`` = the file's own extension, lowercased);
 - ``<key>.cls``    class index as ASCII text;
-- ``<key>.json``   ``{"num_frames", "fps", "width", "height", "codec", "label", "label_name", "source"}``;
+- ``<key>.json``   ``{"num_frames", "fps", "width", "height", "codec", "label", "label_name", "source"}``
+                   plus any dataset fields (AVA: ``"ava"``);
 - ``<key>.meta``   16 bytes, little-endian int32 ``num_frames, width, height, label``.
 """
 
@@ -53,12 +54,18 @@ def sample_json(info: VideoInfo, label: int, label_name: str, source: str) -> di
 
 
 def sample_members(
-    key: str, ext: str, video: bytes, info: VideoInfo, label: int, label_name: str, source: str
+    key: str, ext: str, video: bytes, info: VideoInfo, label: int, label_name: str, source: str,
+    json_fields: dict | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, in the order they are written."""
+    """The tar members of one sample, in the order they are written; ``json_fields`` are added
+    to the json (they may not replace the standard fields)."""
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-    meta = json.dumps(sample_json(info, label, label_name, source), sort_keys=True)
+    fields = sample_json(info, label, label_name, source)
+    clash = sorted(set(fields) & set(json_fields or {}))
+    if clash:
+        raise ValueError(f"sample {key!r}: dataset json fields {clash} would replace standard fields")
+    meta = json.dumps({**fields, **(json_fields or {})}, sort_keys=True)
     return [
         (f"{key}.{ext}", video),
         (f"{key}.cls", str(label).encode("ascii")),

@@ -32,8 +32,10 @@ class SourceRecord:
 
     ``source`` is the path as the dataset names it (relative to the videos root when the file is
     under it); it goes into the sample's json and into rejections. ``prepare``, when set, is a
-    picklable callable that writes the file at ``path`` first (the synthetic dataset uses it);
-    such files are temporary and deleted once packed.
+    picklable callable that writes the file at ``path`` first (the synthetic dataset and AVA's
+    keyframe clips use it); such files are temporary and deleted once packed. It may raise
+    :class:`shard_tools.rejections.Rejected` to reject the source. ``json_fields`` are added to
+    the sample's json (AVA's ``"ava"`` annotation).
     """
 
     path: Path
@@ -41,11 +43,12 @@ class SourceRecord:
     label_name: str
     source: str
     prepare: Callable[[Path], None] | None = None
+    json_fields: dict | None = None
 
 
 @dataclass
 class SourceSet:
-    dataset: str  # kinetics | ssv2 | list | ucf101 | hmdb51 | synth
+    dataset: str  # kinetics | ssv2 | list | ucf101 | hmdb51 | synth | ava
     classes: list[str]
     records: list[SourceRecord]
     rejected: list[Rejection] = field(default_factory=list)

@@ -2,7 +2,8 @@
 
 Checks, per shard: the tar exists with the manifest's size and sha256; its DALI index matches the
 one computed from the tar; every sample has its video, ``cls``, ``json`` and ``meta`` members
-with consistent contents; the sample count matches. Also: the total sample count, the per-codec
+with consistent contents (class index -1, "no clip label", in a detection set such as AVA, whose
+labels live in the json); the sample count matches. Also: the total sample count, the per-codec
 counts, unique keys across shards, and no stray ``shard-*.tar`` the manifest does not list.
 """
 
@@ -32,7 +33,7 @@ class VerifyReport:
 
 
 def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: int,
-                  codecs: dict[str, int]) -> list[str]:
+                  codecs: dict[str, int], detection: bool) -> list[str]:
     where = f"{shard}: sample {key!r}"
     videos = [ext for ext in members if ext not in ("cls", "json", "meta")]
     missing = [ext for ext in ("cls", "json", "meta") if ext not in members]
@@ -46,7 +47,9 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: 
         return [f"{where}: unreadable cls/json/meta ({err})"]
     codecs[info.get("codec")] = codecs.get(info.get("codec"), 0) + 1
     problems = []
-    if not 0 <= label < num_classes:
+    if detection and label != -1:
+        problems.append(f"{where}: class index {label} in a detection set, whose samples carry -1")
+    elif not detection and not 0 <= label < num_classes:
         problems.append(f"{where}: class index {label} outside 0..{num_classes - 1}")
     expect = (info.get("num_frames"), info.get("width"), info.get("height"), info.get("label"))
     if meta != expect or info.get("label") != label:
@@ -56,7 +59,8 @@ def _check_sample(shard: str, key: str, members: dict[str, bytes], num_classes: 
     return problems
 
 
-def _read_shard(path: Path, num_classes: int, codecs: dict[str, int]) -> tuple[str, list[str], list[str]]:
+def _read_shard(path: Path, num_classes: int, codecs: dict[str, int],
+                detection: bool) -> tuple[str, list[str], list[str]]:
     """(sha256, keys in order, problems) of one tar, reading it once; counts codecs into ``codecs``."""
     h = hashlib.sha256()
 
@@ -77,12 +81,12 @@ def _read_shard(path: Path, num_classes: int, codecs: dict[str, int]) -> tuple[s
             key, ext = split_member_name(member.name)
             if key != current:
                 if current is not None:
-                    problems += _check_sample(path.name, current, members, num_classes, codecs)
+                    problems += _check_sample(path.name, current, members, num_classes, codecs, detection)
                 current, members = key, {}
                 keys.append(key)
             members[ext] = tf.extractfile(member).read()
         if current is not None:
-            problems += _check_sample(path.name, current, members, num_classes, codecs)
+            problems += _check_sample(path.name, current, members, num_classes, codecs, detection)
         while hashing.read(1 << 20):  # hash the end-of-archive padding too
             pass
     return h.hexdigest(), keys, problems
@@ -108,7 +112,7 @@ def verify_shards(out_dir: Path) -> VerifyReport:
         if path.stat().st_size != shard["bytes"]:
             report.problems.append(f"{shard['name']}: {path.stat().st_size} bytes, manifest says {shard['bytes']}")
         try:
-            digest, keys, problems = _read_shard(path, num_classes, codecs)
+            digest, keys, problems = _read_shard(path, num_classes, codecs, "detection" in manifest)
         except (tarfile.TarError, OSError, EOFError) as err:
             report.problems.append(f"{shard['name']}: cannot be read as a tar ({err})")
             continue

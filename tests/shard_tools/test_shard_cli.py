@@ -6,7 +6,7 @@ from shard_tools.cli import build_parser, main
 
 
 def test_every_subcommand_is_there():
-    for command in ("kinetics", "ssv2", "list", "ucf101", "hmdb51", "synth", "verify"):
+    for command in ("kinetics", "ssv2", "list", "ucf101", "hmdb51", "synth", "ava", "verify"):
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([command, "--help"])
         assert exit_info.value.code == 0
