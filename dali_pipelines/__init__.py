@@ -1,6 +1,7 @@
 """Shards -> batches: DALI loaders (CPU and GPU, PyAV fallback) and the PyTorch baseline.
 
-`PretrainLoader`, `FinetuneLoader`, `EvalLoader` read a shard directory written by mvd-shard;
+`PretrainLoader`, `FinetuneLoader`, `EvalLoader` (and `DetectLoader`, AVA keyframes with their
+person boxes) read a shard directory written by mvd-shard;
 see ARCHITECTURE.md ("Loaders") for the batch contract.
 
 The names below are loaded on first use: the loaders import DALI, while `dali_pipelines.budget`
@@ -14,9 +15,11 @@ _EXPORTS = {
     "PretrainLoader": "dali_pipelines.loaders",
     "FinetuneLoader": "dali_pipelines.loaders",
     "EvalLoader": "dali_pipelines.loaders",
+    "DetectLoader": "dali_pipelines.loaders",
     "DecodeFailureError": "dali_pipelines.failures",
     "ShardDirError": "dali_pipelines.manifest",
     "load_shard_dir": "dali_pipelines.manifest",
+    "load_ava": "dali_pipelines.manifest",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,5 @@
-"""PretrainLoader, FinetuneLoader and EvalLoader: iterate shards into batches of torch tensors.
+"""PretrainLoader, FinetuneLoader, EvalLoader and DetectLoader: iterate shards into batches of
+torch tensors.
 
 Each loader is a checkpointable reader stage (`reader.ClipReader`) feeding a DALI decoding and
 augmenting stage (`pipeline.build`), run by `runner.PipelineRunner`. Iterating yields the rest of
@@ -13,15 +14,16 @@ step that normalises on its own device (`dali_pipelines.normalize`). Either way 
 written once into its row of the batch tensor: copied there by DALI on GPU (DALI crops and
 resizes), written there by torch's crop + resize on CPU (see `tensors`).
 
-The three loaders build their batches on one path (`_ClipLoader._batch`): the views of every
+The loaders build their batches on one path (`_ClipLoader._batch`): the views of every
 pipeline's samples written into their rows (`_clips`), the per-clip host fields (label, index,
-valid, ...) repeated per view, then what each loader adds (mask, erasing, clip and crop).
+valid, ...) repeated per view, then what each loader adds (mask, erasing, clip and crop, person
+boxes).
 
 Failures (`failures`): a sample that fails to decode is replaced by another sample of its batch,
 counted and logged with its shard and key; past `max_failure_fraction` of the dataset every rank
 raises DecodeFailureError at the same step naming the shards and keys.
 
-Keywords shared by the three loaders, beyond the clip's:
+Keywords shared by the loaders, beyond the clip's:
   device "gpu" | "cpu"; decoder "auto" | "dali" | "pyav"; normalize (above);
   gpu_decoders: concurrent decode pipelines (default: the GPU's NVDEC engines,
     `budget.nvdec_engines`; 1 on CPU), each decoding whole samples at fixed batch positions;
@@ -45,21 +47,22 @@ from dali_pipelines import pipeline as dali_stage
 from dali_pipelines import sampling, tensors
 from dali_pipelines.budget import cpu_budget, nvdec_engines
 from dali_pipelines.failures import DecodeFailureError, FailureLog, probe
-from dali_pipelines.manifest import DALI_CODECS, ShardDir, load_shard_dir
+from dali_pipelines.manifest import (DALI_CODECS, AvaAnnotations, SampleTable, ShardDir, load_ava,
+                                     load_shard_dir)
 from dali_pipelines.normalize import Normalize, erase_
 from dali_pipelines.outputs import per_view
 from dali_pipelines.reader import ClipReader, ReaderConfig
 from dali_pipelines.runner import BatchFailed, Part, PipelinePlan, PipelineRunner, plan_pipelines
 from mvd.masking import random_mask, tube_mask
 
-__all__ = ["PretrainLoader", "FinetuneLoader", "EvalLoader", "DecodeFailureError"]
+__all__ = ["PretrainLoader", "FinetuneLoader", "EvalLoader", "DetectLoader", "DecodeFailureError"]
 
 STATE_VERSION = 1
 
 
 class _ClipLoader:
-    """What the three loaders share: shard dir, epoch/step state, the pipelines, failures, and
-    the batch building."""
+    """What the loaders share: shard dir, epoch/step state, the pipelines, failures, and the
+    batch building."""
 
     def __init__(
         self,
@@ -89,8 +92,9 @@ class _ClipLoader:
             raise ValueError(f"decoder must be 'auto', 'dali' or 'pyav', got {decoder!r}")
         if not 0 <= cfg.shard_id < cfg.num_shards:
             raise ValueError(f"shard_id {cfg.shard_id} not in [0, num_shards={cfg.num_shards})")
-        if cfg.sampling not in ("dense", "segment"):
-            raise ValueError(f"sampling must be 'dense' or 'segment', got {cfg.sampling!r}")
+        if cfg.sampling not in ("dense", "segment", "keyframe"):
+            raise ValueError(f"sampling must be 'dense' or 'segment' (or 'keyframe', the "
+                             f"DetectLoader's), got {cfg.sampling!r}")
         if cfg.num_frames < 1 or cfg.sampling_rate < 1 or cfg.input_size < 1:
             raise ValueError("num_frames, sampling_rate and input_size must be positive")
         if gpu_decoders is not None and gpu_decoders < 1:
@@ -98,7 +102,10 @@ class _ClipLoader:
         if not 0.0 <= cpu_decode_share <= 1.0:
             raise ValueError(f"cpu_decode_share must be in [0, 1], got {cpu_decode_share}")
         self.shards: ShardDir = load_shard_dir(data_dir)
-        self.table = self.shards.table
+        self.table = self._sample_table(self.shards)
+        if cfg.sampling == "keyframe" and self.table.keyframe is None:
+            raise ValueError(f"{self.shards.path}: sampling='keyframe' needs the AVA keyframes of "
+                             f"the samples (DetectLoader reads them)")
         _check_videos(self.shards)
         self.device = device
         self.batch_size = batch_size
@@ -248,6 +255,10 @@ class _ClipLoader:
         """The decode pipelines: the batch positions each decodes, its decoder, threads and
         reader workers."""
         return self._runner.plans
+
+    def _sample_table(self, shards: ShardDir) -> SampleTable:
+        """The table the readers sample from (a loader may attach per-sample data to it)."""
+        return shards.table
 
     # -- the pipelines -------------------------------------------------------------------------
 
@@ -596,6 +607,176 @@ class EvalLoader(_ClipLoader):
     def _host_fields(self, info: np.ndarray) -> dict[str, np.ndarray]:
         c = self.num_crops
         return {"clip": np.repeat(info[:, 2], c), "crop": np.tile(np.arange(c), len(info))}
+
+
+class DetectLoader(_ClipLoader):
+    """AVA keyframes with their person boxes (task detect): one clip per sample, the window of
+    `num_frames` frames every `sampling_rate` centred on the sample's keyframe (its json
+    `ava.keyframe`; for 16 x 4 on the stored 64-frame clip, frames 1, 5, ..., 61).
+
+    train=True: a random crop covering at least `min_crop` of each side (whole pixels), resized
+    to input_size x input_size, flipped with probability 0.5 when `flip`; the ground-truth boxes
+    mapped into the view, clipped, those left with less than `min_visible` of their area dropped,
+    then (with `jitter` = (x_out, x_in, y_out, y_in), () for none) one jittered copy of each kept
+    box (`sampling.jitter_boxes`). Crop and flip are the reader's draws from (seed, epoch,
+    sample); the jitter comes from that sample's stream 1: the state is (epoch, step) as for the
+    other loaders. train=False: the whole frame resized to input_size x input_size (view
+    coordinates are frame coordinates), every sample once across ranks (the last batch padded,
+    `valid` False), scored on its proposals with score >= `proposal_min_score`, or on its
+    ground-truth boxes (`eval_boxes` "groundtruth"; "auto" = proposals when the shards hold any),
+    each grown by `test_extend` (VideoMAE's test_ext) for pooling.
+
+    Yields dicts: video (B, 3, T, S, S) (float32 normalised, or uint8 with normalize=False),
+    label (B,) (-1), key, index (B,) the sample, valid (B,); boxes (K, 5) float32 rows
+    [batch row, x1, y1, x2, y2] in [0, 1] view coordinates; box_index (K,) int64 the box's
+    position in the sample's ground truth (train) or proposal list (eval, or ground truth with
+    eval_boxes "groundtruth"); train only: box_labels (K, C) float32 multi-hot over class indices.
+    `ava` holds the annotations (`manifest.AvaAnnotations`), `eval_boxes` what eval scores.
+    """
+
+    def __init__(
+        self,
+        data_dir,
+        batch_size: int,
+        *,
+        train: bool,
+        device: str = "gpu",
+        seed: int = 0,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        input_size: int = 224,
+        flip: bool = True,
+        min_crop: float = 0.75,
+        min_visible: float = 0.25,
+        jitter: tuple[float, float, float, float] | tuple = (0.2, 0.1, 0.1, 0.05),
+        eval_boxes: str = "auto",
+        proposal_min_score: float = 0.0,
+        test_extend: tuple[float, float] = (0.1, 0.05),
+        drop_last: bool | None = None,
+        decoder: str = "auto",
+        num_workers: int | None = None,
+        num_threads: int | None = None,
+        max_failure_fraction: float = 0.01,
+        prefetch: int = 2,
+        normalize: bool = True,
+        gpu_decoders: int | None = None,
+        cpu_decode_share: float = 0.0,
+        process_group=None,
+        step_device: str | None = None,
+        torch_threads: int = 0,
+    ):
+        if not 0.0 < min_crop <= 1.0:
+            raise ValueError(f"min_crop must be in (0, 1], got {min_crop}")
+        if not 0.0 <= min_visible <= 1.0:
+            raise ValueError(f"min_visible must be in [0, 1], got {min_visible}")
+        if len(jitter) not in (0, 4) or any(j < 0 for j in jitter):
+            raise ValueError(f"jitter must be () or four shares >= 0 (x_out, x_in, y_out, y_in), "
+                             f"got {jitter}")
+        if len(test_extend) != 2 or any(e < 0 for e in test_extend):
+            raise ValueError(f"test_extend must be two shares >= 0 (x, y), got {test_extend}")
+        if eval_boxes not in ("auto", "proposals", "groundtruth"):
+            raise ValueError(f"eval_boxes must be 'auto', 'proposals' or 'groundtruth', got "
+                             f"{eval_boxes!r}")
+        cfg = ReaderConfig(
+            kind="train" if train else "eval", seed=seed if train else 0, batch_size=batch_size,
+            num_shards=num_shards, shard_id=shard_id,
+            drop_last=train if drop_last is None else drop_last, shuffle=train,
+            num_frames=num_frames, sampling_rate=sampling_rate, sampling="keyframe",
+            input_size=input_size, crop="detect" if train else "full", flip=flip and train,
+            min_crop=min_crop,
+        )
+        super().__init__(
+            data_dir, batch_size, cfg, device=device, decoder=decoder, num_workers=num_workers,
+            num_threads=num_threads, max_failure_fraction=max_failure_fraction, prefetch=prefetch,
+            normalize=normalize, gpu_decoders=gpu_decoders, cpu_decode_share=cpu_decode_share,
+            process_group=process_group, step_device=step_device, torch_threads=torch_threads,
+        )
+        self.train = train
+        self.min_visible, self.jitter = min_visible, tuple(jitter)
+        self.test_extend, self.proposal_min_score = tuple(test_extend), proposal_min_score
+        has_proposals = any(len(s.proposals) for s in self.ava.samples)
+        if eval_boxes == "proposals" and not has_proposals and not train:
+            raise ValueError(f"{self.shards.path}: eval_boxes='proposals' but no sample holds "
+                             f"proposals (shard with --proposals, or eval_boxes='groundtruth')")
+        if eval_boxes == "auto":
+            eval_boxes = "proposals" if has_proposals else "groundtruth"
+        self.eval_boxes = eval_boxes
+        # what eval scores, per sample: (positions in its list, boxes grown by test_extend)
+        self.skipped_proposals = {"low_score": 0, "degenerate": 0}
+        self._eval_rois = None if train else [self._scored_boxes(s) for s in self.ava.samples]
+
+    @property
+    def action_ids(self) -> tuple[int, ...]:
+        """The label-map action id of each class index."""
+        return self.ava.action_ids
+
+    def _sample_table(self, shards: ShardDir) -> SampleTable:
+        self.ava: AvaAnnotations = load_ava(shards)
+        return replace(shards.table, keyframe=self.ava.keyframes)
+
+    def _scored_boxes(self, sample) -> tuple[np.ndarray, np.ndarray]:
+        """(positions (Q,), boxes (Q, 4)) of what eval scores on one sample."""
+        if self.eval_boxes == "groundtruth":
+            boxes, positions = sample.boxes, np.arange(len(sample.boxes))
+        else:
+            p = sample.proposals
+            low = p[:, 4] < self.proposal_min_score
+            degenerate = (p[:, 2] <= p[:, 0]) | (p[:, 3] <= p[:, 1])
+            self.skipped_proposals["low_score"] += int(low.sum())
+            self.skipped_proposals["degenerate"] += int((degenerate & ~low).sum())
+            positions = np.nonzero(~low & ~degenerate)[0]
+            boxes = p[positions, :4]
+        return positions.astype(np.int64), sampling.extend_boxes(boxes, self.test_extend)
+
+    def _samples(self, parts: list[Part]) -> np.ndarray:
+        """(B,) the sample at each batch row (after any replacement), from the host `info`."""
+        samples = np.empty(self._cfg.batch_size, np.int64)
+        for part in parts:
+            samples[part.positions] = part.named["info"].as_array()[:, 0]
+        return samples
+
+    def _train_boxes(self, sample: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(view boxes (K, 4), labels (K, C), ground-truth positions (K,)) of one training view."""
+        a = self.ava.samples[sample]
+        view = self._planner.draw(sample, epoch)["views"][0]  # the reader's own crop and flip
+        boxes, kept = sampling.boxes_into_view(
+            a.boxes, int(self.table.width[sample]), int(self.table.height[sample]), view["box"],
+            bool(view.get("flip", False)), self.min_visible)
+        labels = a.labels[kept]
+        if self.jitter:
+            rng = sampling.sample_rng(self._cfg.seed, epoch, sample, stream=1)
+            copies = sampling.jitter_boxes(boxes, rng, self.jitter, 1.0 / self._cfg.input_size)
+            boxes, labels = np.concatenate([boxes, copies]), np.concatenate([labels, labels])
+            kept = np.concatenate([kept, kept])
+        return boxes, labels, kept
+
+    def _extend(self, batch: dict, parts: list[Part], epoch: int, step: int) -> None:
+        rows, boxes, labels, positions = [], [], [], []
+        for b, sample in enumerate(self._samples(parts)):
+            if self.train:
+                x, y, where = self._train_boxes(int(sample), epoch)
+                labels.append(y)
+            else:
+                where, x = self._eval_rois[sample]
+            rows.append(np.full(len(x), b, np.float32))
+            boxes.append(x)
+            positions.append(where)
+        k = sum(len(x) for x in boxes)
+        batch["boxes"] = self._to_device(np.concatenate(
+            [np.concatenate(rows)[:, None], np.concatenate(boxes)], axis=1).astype(np.float32).reshape(k, 5))
+        batch["box_index"] = self._to_device(np.concatenate(positions).astype(np.int64))
+        if self.train:
+            batch["box_labels"] = self._to_device(
+                np.concatenate(labels).astype(np.float32).reshape(k, self.num_classes))
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A small host array on the loader's device (through pinned memory on a GPU: no sync)."""
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self._torch_device.type == "cuda":
+            return t.pin_memory().to(self._torch_device, non_blocking=True)
+        return t
 
 
 def _check_tokens(num_frames: int, tubelet: int, size: int, patch: int, name: str) -> None:

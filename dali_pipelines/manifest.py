@@ -3,6 +3,11 @@ sample table the loaders read from, without decoding anything.
 
 The table comes from the DALI `.idx` file beside each tar (offset and size of every member) and
 each sample's 16-byte `.meta` member (num_frames, width, height, label as little-endian int32).
+A sample's label is -1 when it has no clip label (AVA keyframes: their labels are per box).
+
+`load_ava` reads the detection annotations of an AVA shard directory: every sample's `.json`
+member (found through the same `.idx` offsets) holds its `ava` record, the manifest its
+`detection` section (see the AVA contract in ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 FORMAT = "mvd-shards/1"
 META_MEMBERS = ("cls", "json", "meta")
 META_DTYPE = np.dtype("<i4")
+BOX_TOLERANCE = 1e-3  # normalised box coordinates may overshoot [0, 1] by float noise, not more
 
 # PyAV codec names each DALI video decoder backend handles (DALI 2.4 documentation).
 DALI_CODECS = {
@@ -43,8 +49,11 @@ class SampleTable:
     num_frames: np.ndarray  # (N,) int32
     width: np.ndarray  # (N,) int32
     height: np.ndarray  # (N,) int32
-    label: np.ndarray  # (N,) int64
+    label: np.ndarray  # (N,) int64, -1 = no clip label
     keys: tuple[str, ...]
+    json_offset: np.ndarray | None = None  # (N,) int64 byte offset of the .json member (-1: none)
+    json_size: np.ndarray | None = None  # (N,) int64
+    keyframe: np.ndarray | None = None  # (N,) int64 frame of the AVA keyframe (DetectLoader's table)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -145,7 +154,7 @@ def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:
 
 
 def _build_table(path: Path, manifest: dict) -> SampleTable:
-    shard_paths, shard, offset, size, meta, keys = [], [], [], [], [], []
+    shard_paths, shard, offset, size, meta, keys, json_at = [], [], [], [], [], [], []
     for s, entry in enumerate(manifest["shards"]):
         tar_path = path / entry["name"]
         idx_path = path / entry["index"]
@@ -175,7 +184,9 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
                 offset.append(off)
                 size.append(sz)
                 keys.append(key)
+                json_at.append(members.get("json", (-1, 0, None))[:2])
     meta_arr = np.stack(meta) if meta else np.zeros((0, 4), META_DTYPE)
+    json_arr = np.asarray(json_at, dtype=np.int64).reshape(-1, 2)
     return SampleTable(
         shard_paths=tuple(shard_paths),
         shard=np.asarray(shard, dtype=np.int32),
@@ -186,6 +197,8 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
         height=meta_arr[:, 2].astype(np.int32),
         label=meta_arr[:, 3].astype(np.int64),
         keys=tuple(keys),
+        json_offset=json_arr[:, 0],
+        json_size=json_arr[:, 1],
     )
 
 
@@ -196,3 +209,147 @@ def _key(fd: int, offset: int, size: int, name: str | None) -> str:
         name = header.split(b"\0", 1)[0].decode("utf-8", "replace")
     return os.path.basename(name).split(".", 1)[0]
 
+
+
+def read_sample_json(table: SampleTable, index: int) -> dict:
+    """The `.json` member of sample `index`, read by its offset (ShardDirError naming the sample
+    when it is missing or not a JSON object)."""
+    if table.json_offset is None or table.json_offset[index] < 0:
+        raise ShardDirError(f"{table.where(index)}: the sample has no .json member")
+    with open(table.shard_paths[table.shard[index]], "rb") as f:
+        raw = os.pread(f.fileno(), int(table.json_size[index]), int(table.json_offset[index]))
+    try:
+        out = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardDirError(f"{table.where(index)}.json: not valid JSON ({exc})") from exc
+    if not isinstance(out, dict):
+        raise ShardDirError(f"{table.where(index)}.json: expected a JSON object")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# AVA detection annotations
+
+
+@dataclass(frozen=True)
+class AvaSample:
+    """One keyframe's annotations (the sample's `ava` json record)."""
+
+    video_id: str
+    timestamp: int
+    keyframe: int  # frame of the keyframe in the stored clip
+    boxes: np.ndarray  # (P, 4) float32 ground-truth x1, y1, x2, y2, frame-normalised
+    labels: np.ndarray  # (P, C) bool multi-hot over class indices
+    actions: tuple[tuple[int, ...], ...]  # per box, its action ids (label-map ids)
+    person_ids: tuple[int | None, ...]
+    proposals: np.ndarray  # (Q, 5) float32 x1, y1, x2, y2, score (a corner order as the detector gave)
+
+
+@dataclass(frozen=True)
+class AvaAnnotations:
+    """The detection side of an AVA shard directory: one `AvaSample` per table row, and the
+    manifest's `detection` section. Class index i of a model head <-> action id action_ids[i]."""
+
+    samples: tuple[AvaSample, ...]
+    classes: tuple[str, ...]
+    action_ids: tuple[int, ...]
+    eval_action_ids: tuple[int, ...]
+    excluded: frozenset  # of (video_id, timestamp)
+
+    @property
+    def keyframes(self) -> np.ndarray:
+        """(N,) int64 keyframe of every sample."""
+        return np.array([s.keyframe for s in self.samples], dtype=np.int64)
+
+    @property
+    def label_map(self) -> dict[int, str]:
+        """action id -> name of the evaluated classes."""
+        names = dict(zip(self.action_ids, self.classes))
+        return {a: names[a] for a in self.eval_action_ids}
+
+
+def load_ava(shards: ShardDir) -> AvaAnnotations:
+    """Every sample's `ava` record and the manifest's `detection` section, checked: boxes in
+    [0, 1] (float noise up to BOX_TOLERANCE clipped), ground-truth boxes with x1 <= x2 and
+    y1 <= y2 (proposals as the detector gave them), one action list per box with ids of the label map, the
+    keyframe inside the clip. Raises ShardDirError naming `shard.tar:key.json` and the field."""
+    where = shards.path / "manifest.json"
+    det = shards.manifest.get("detection")
+    if not isinstance(det, dict):
+        raise ShardDirError(f"{where}: no 'detection' section; this is not an AVA shard directory "
+                            f"(write one with mvd-shard ava)")
+    classes = tuple(str(c) for c in shards.manifest["classes"])
+    try:
+        action_ids = tuple(int(a) for a in det["action_ids"])
+        eval_ids = tuple(int(a) for a in det.get("eval_action_ids", action_ids))
+        excluded = frozenset((str(v), int(t)) for v, t in det.get("excluded", []))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardDirError(f"{where}: detection.action_ids / eval_action_ids / excluded unreadable "
+                            f"({exc!r})") from exc
+    if len(action_ids) != len(classes) or len(set(action_ids)) != len(action_ids):
+        raise ShardDirError(f"{where}: detection.action_ids must give one distinct id per class "
+                            f"({len(classes)} classes, {len(action_ids)} ids)")
+    unknown = sorted(set(eval_ids) - set(action_ids))
+    if unknown:
+        raise ShardDirError(f"{where}: detection.eval_action_ids {unknown} are not in action_ids")
+    index = {a: i for i, a in enumerate(action_ids)}
+    table = shards.table
+    samples = tuple(_ava_sample(table, i, index) for i in range(len(table)))
+    return AvaAnnotations(samples, classes, action_ids, eval_ids, excluded)
+
+
+def _ava_sample(table: SampleTable, i: int, index: dict[int, int]) -> AvaSample:
+    name = f"{table.where(i)}.json"
+    record = read_sample_json(table, i).get("ava")
+    if not isinstance(record, dict):
+        raise ShardDirError(f"{name}: no 'ava' record (not an AVA shard sample)")
+
+    def field(key: str):
+        if key not in record:
+            raise ShardDirError(f"{name}: ava.{key} is missing")
+        return record[key]
+
+    def array(key: str, cols: int) -> np.ndarray:
+        try:
+            a = np.asarray(field(key), dtype=np.float64).reshape(-1, cols)
+        except (TypeError, ValueError) as exc:
+            raise ShardDirError(f"{name}: ava.{key} must be a list of {cols} numbers per row ({exc})") from exc
+        if not np.isfinite(a).all():
+            raise ShardDirError(f"{name}: ava.{key} holds a non-finite value")
+        return a
+
+    boxes, proposals = array("boxes", 4), array("proposals", 5)
+    for key, a, ordered in (("boxes", boxes, True), ("proposals", proposals[:, :4], False)):
+        bad = ((a < -BOX_TOLERANCE) | (a > 1 + BOX_TOLERANCE)).any(axis=1)
+        if ordered:  # as the official evaluator: a reversed ground-truth box is an error
+            bad |= (a[:, 2] < a[:, 0]) | (a[:, 3] < a[:, 1])
+        if bad.any():
+            b = int(np.argmax(bad))
+            raise ShardDirError(f"{name}: ava.{key}[{b}] = {a[b].tolist()} is not a box x1, y1, x2, y2 "
+                                f"normalised to [0, 1]" + (" with x1 <= x2, y1 <= y2" if ordered else ""))
+        np.clip(a, 0.0, 1.0, out=a)
+    actions = field("actions")
+    if not isinstance(actions, list) or len(actions) != len(boxes):
+        raise ShardDirError(f"{name}: ava.actions must hold one list of action ids per box "
+                            f"({len(boxes)} boxes)")
+    labels = np.zeros((len(boxes), len(index)), bool)
+    for b, ids in enumerate(actions):
+        for a in ids if isinstance(ids, list) else [ids]:
+            if a not in index:
+                raise ShardDirError(f"{name}: ava.actions[{b}] holds action id {a!r}, not in the "
+                                    f"manifest's detection.action_ids")
+            labels[b, index[a]] = True
+    person_ids = field("person_ids") if "person_ids" in record else [None] * len(boxes)
+    if not isinstance(person_ids, list) or len(person_ids) != len(boxes):
+        raise ShardDirError(f"{name}: ava.person_ids must hold one entry per box")
+    keyframe = field("keyframe")
+    if not isinstance(keyframe, int) or not 0 <= keyframe < int(table.num_frames[i]):
+        raise ShardDirError(f"{name}: ava.keyframe {keyframe!r} is not a frame of the "
+                            f"{int(table.num_frames[i])}-frame clip")
+    try:
+        video_id, timestamp = str(field("video_id")), int(field("timestamp"))
+    except (TypeError, ValueError) as exc:
+        raise ShardDirError(f"{name}: ava.timestamp must be an integer ({exc})") from exc
+    return AvaSample(video_id, timestamp, keyframe, boxes.astype(np.float32), labels,
+                     tuple(tuple(a if isinstance(a, list) else [a]) for a in actions),
+                     tuple(person_ids), proposals.astype(np.float32))

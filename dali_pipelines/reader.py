@@ -88,9 +88,9 @@ class ReaderConfig:
     shuffle: bool
     num_frames: int
     sampling_rate: int
-    sampling: str  # "dense" | "segment"
+    sampling: str  # "dense" | "segment" | "keyframe" (AVA: the window centred on table.keyframe)
     input_size: int
-    crop: str  # "multiscale" | "random_resized" | "eval"
+    crop: str  # train "multiscale" | "random_resized" | "detect"; eval "eval" | "full"
     num_views: int = 1  # train: views per video (repeated augmentation); eval: crops per clip
     num_clips: int = 1  # eval: temporal clips per video
     short_side_size: int | None = None  # eval: short side resized to this before the crops
@@ -100,6 +100,7 @@ class ReaderConfig:
     decode: str = "dali"  # "dali": return encoded bytes | "pyav": return decoded frames
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    min_crop: float = 0.75  # crop "detect": each side of the crop covers at least this share
 
     def num_items(self, num_samples: int) -> int:
         """Items per epoch: samples, or (sample, clip) pairs for eval."""
@@ -221,14 +222,21 @@ class ClipReader:
         cfg, t = self.cfg, self.table
         n, w, h = int(t.num_frames[sample]), int(t.width[sample]), int(t.height[sample])
         if cfg.kind == "eval":
-            if cfg.sampling == "dense":
+            if cfg.sampling == "keyframe":
+                frames = sampling.keyframe_indices(n, int(t.keyframe[sample]), cfg.num_frames, cfg.sampling_rate)
+            elif cfg.sampling == "dense":
                 frames = sampling.dense_test_indices(n, cfg.num_frames, cfg.sampling_rate, clip, cfg.num_clips)
             else:
                 frames = sampling.segment_test_indices(n, cfg.num_frames, clip, cfg.num_clips)
-            boxes = sampling.eval_crop_boxes(w, h, cfg.input_size, cfg.num_views, cfg.short_side_size)
+            if cfg.crop == "full":
+                boxes = [sampling.full_frame_box(w, h)]
+            else:
+                boxes = sampling.eval_crop_boxes(w, h, cfg.input_size, cfg.num_views, cfg.short_side_size)
             return {"frames": frames, "views": [{"box": b} for b in boxes]}
         rng = sampling.sample_rng(cfg.seed, epoch, sample)
-        if cfg.sampling == "dense":
+        if cfg.sampling == "keyframe":  # fixed by the keyframe: no draw
+            frames = sampling.keyframe_indices(n, int(t.keyframe[sample]), cfg.num_frames, cfg.sampling_rate)
+        elif cfg.sampling == "dense":
             frames = sampling.dense_indices(n, cfg.num_frames, cfg.sampling_rate, rng)
         else:
             frames = sampling.segment_indices(n, cfg.num_frames, rng)
@@ -236,6 +244,8 @@ class ClipReader:
         for _ in range(cfg.num_views):
             if cfg.crop == "multiscale":
                 view = {"box": sampling.multiscale_crop_box(w, h, cfg.input_size, rng)}
+            elif cfg.crop == "detect":
+                view = {"box": sampling.detect_crop_box(w, h, rng, cfg.min_crop)}
             else:
                 view = {"box": sampling.random_resized_crop_box(w, h, rng, cfg.rrc_scale, cfg.rrc_ratio)}
             if cfg.flip:

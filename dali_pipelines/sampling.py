@@ -6,7 +6,8 @@ from `(seed, epoch)`. A loader's state is therefore just (epoch, position): noth
 from one sample to the next, which is what makes resume exact.
 
 Crop boxes are `(x, y, w, h)` in the source frame's pixels (floats where the reference works on a
-resized frame, see `eval_crop_boxes`).
+resized frame, see `eval_crop_boxes`). Person boxes (AVA detection) are `(P, 4)` float arrays of
+`[x1, y1, x2, y2]` normalised to [0, 1]: of the frame in the shards, of the view in the batches.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ def segment_test_indices(num_frames: int, num_segments: int, clip: int, num_clip
     tick = num_frames / float(num_segments)
     idx = [int(tick * x + tick * clip / num_clips) for x in range(num_segments)]
     return np.minimum(np.array(idx, dtype=np.int64), num_frames - 1)
+
+
+def keyframe_indices(num_frames: int, keyframe: int, clip_len: int, rate: int) -> np.ndarray:
+    """The clip centred on a keyframe (AVA): `clip_len` frames every `rate`-th, the window of
+    clip_len * rate frames centred on `keyframe`, indices clamped to the video.
+
+    VideoMAE / AlphAction's TemporalCrop: on the stored 64-frame clip with its keyframe at frame 32,
+    16 x 4 takes frames 1, 5, ..., 61 (start = keyframe - window // 2 + (rate - 1) // 2).
+    """
+    start = keyframe - clip_len * rate // 2 + (rate - 1) // 2
+    return np.clip(start + np.arange(clip_len) * rate, 0, num_frames - 1).astype(np.int64)
 
 
 def dense_test_indices(
@@ -228,6 +240,24 @@ def eval_crop_boxes(
     return [(x * factor, y * factor, crop, crop) for x, y in offsets]
 
 
+def detect_crop_box(width: int, height: int, rng: np.random.Generator,
+                    min_crop: float = 0.75) -> tuple[int, int, int, int]:
+    """The AVA training crop: each side a uniform whole number of pixels in
+    [ceil(min_crop * side), side], at a uniform whole-pixel offset (the view is this crop resized
+    to input_size x input_size, so whole pixels keep the box mapping exact on every path)."""
+    w = int(rng.integers(math.ceil(min_crop * width), width + 1))
+    h = int(rng.integers(math.ceil(min_crop * height), height + 1))
+    x = int(rng.integers(0, width - w + 1))
+    y = int(rng.integers(0, height - h + 1))
+    return x, y, w, h
+
+
+def full_frame_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole frame (AVA evaluation: the frame resized to input_size x input_size, so view
+    coordinates are frame-normalised coordinates)."""
+    return 0, 0, width, height
+
+
 def flip_draw(rng: np.random.Generator) -> bool:
     """Horizontal flip with probability 0.5."""
     return bool(rng.random() < 0.5)
@@ -261,3 +291,61 @@ def erasing_boxes(
                 boxes[t] = (top, left, h, w)
                 break
     return boxes
+
+
+# ---------------------------------------------------------------------------------------------
+# Person boxes (AVA detection)
+
+
+def boxes_into_view(boxes: np.ndarray, width: int, height: int, crop: tuple, flip: bool,
+                    min_visible: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-normalised boxes (P, 4) -> (view boxes (P', 4) float32, kept positions (P',) int64).
+
+    The view is the `crop` (x, y, w, h) of the width x height frame, flipped horizontally when
+    `flip`; boxes are clipped to it and a box keeps its place only if at least `min_visible` of
+    its area (in frame pixels) stays inside (and some of it does).
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    frame = np.array([width, height, width, height], np.float64)
+    x, y, w, h = (float(c) for c in crop)
+    px = boxes * frame  # frame pixels
+    view = (px - np.array([x, y, x, y])) / np.array([w, h, w, h])
+    clipped = np.clip(view, 0.0, 1.0)
+    area = (px[:, 2] - px[:, 0]) * (px[:, 3] - px[:, 1])
+    inside = (clipped[:, 2] - clipped[:, 0]) * w * (clipped[:, 3] - clipped[:, 1]) * h
+    kept = np.nonzero((inside > 0) & (inside >= min_visible * area))[0]
+    out = clipped[kept]
+    if flip:
+        out = np.stack([1.0 - out[:, 2], out[:, 1], 1.0 - out[:, 0], out[:, 3]], axis=1)
+    return out.astype(np.float32).reshape(-1, 4), kept.astype(np.int64)
+
+
+def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, jitter: tuple[float, float, float, float],
+                 min_size: float) -> np.ndarray:
+    """A jittered copy of view boxes (P, 4): AlphAction's BoxList.random_aug(x_out, x_in, y_out,
+    y_in) as VideoMAE's AVA training applies it, in view coordinates. Each corner moves by a
+    uniform share of the box's width (height): x1 by U(-x_out, x_in), x2 by U(-x_in, x_out),
+    likewise y; clipped to the view, at least `min_size` wide and high (a view pixel). One (4,)
+    draw per box, in box order."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x_out, x_in, y_out, y_in = jitter
+    lo = np.array([-x_out, -y_out, -x_in, -y_in])
+    hi = np.array([x_in, y_in, x_out, y_out])
+    u = rng.random((len(boxes), 4))
+    size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, axis=1)
+    out = boxes + size * (lo + (hi - lo) * u)
+    x1 = np.clip(out[:, 0], 0.0, 1.0 - min_size)
+    y1 = np.clip(out[:, 1], 0.0, 1.0 - min_size)
+    x2 = np.maximum(np.minimum(out[:, 2], 1.0), x1 + min_size)
+    y2 = np.maximum(np.minimum(out[:, 3], 1.0), y1 + min_size)
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(-1, 4)
+
+
+def extend_boxes(boxes: np.ndarray, extend: tuple[float, float]) -> np.ndarray:
+    """Boxes (Q, 4) grown by extend = (ex, ey) of their width / height in all (half each side),
+    clipped to [0, 1]: the test-time box extension of VideoMAE's AVA model (`test_ext`)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    pad_x = extend[0] * (boxes[:, 2] - boxes[:, 0]) / 2
+    pad_y = extend[1] * (boxes[:, 3] - boxes[:, 1]) / 2
+    out = boxes + np.stack([-pad_x, -pad_y, pad_x, pad_y], axis=1)
+    return np.clip(out, 0.0, 1.0).astype(np.float32).reshape(-1, 4)

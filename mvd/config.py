@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-TASKS = ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval")
+TASKS = ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval", "detect")
 
 
 class _Loader(yaml.SafeLoader):
@@ -68,9 +68,10 @@ class ModelConfig:
                       "fine-tuned run); '' = random init")
     drop_path: float = F(-1.0, "stochastic depth rate of the trained model; -1 = the registry's "
                                "default for the model size")
-    dropout: float = F(-1.0, "dropout before the classification head (finetune); -1 = the "
-                             "registry's default for the size")
-    head_init_scale: float = F(0.001, "classification head weights and bias scaled by this at init")
+    dropout: float = F(-1.0, "dropout before the classification head (finetune, detect); -1 = "
+                             "the registry's default for the size")
+    head_init_scale: float = F(0.001, "classification (finetune) or action (detect) head weights "
+                                      "and bias scaled by this at init")
     compile: bool = F(False, "wrap the trained model in torch.compile")
     activation_checkpointing: bool = F(False, "recompute each block's activations in backward")
 
@@ -155,11 +156,12 @@ class DataConfig:
 class EvalConfig:
     """Evaluation (task eval, and the validation at the end of finetune)."""
 
-    dir: str = F("", "held-out shard directory; '' = skip validation in finetune")
-    batch_size: int = F(8, "views per process per eval batch")
+    dir: str = F("", "held-out shard directory; '' = skip validation in finetune and detect")
+    batch_size: int = F(8, "views per process per eval batch (detect: keyframes)")
     num_clips: int = F(5, "temporal clips per video (K400 5, SSv2 2)")
     num_crops: int = F(3, "spatial crops per clip")
-    every_epochs: int = F(0, "validate every N epochs during finetune; 0 = only at the end")
+    every_epochs: int = F(0, "validate every N epochs during finetune and detect; 0 = only at "
+                             "the end")
     loader_options: dict = F({}, "extra keyword arguments passed to the eval loader")
 
 
@@ -198,6 +200,30 @@ class FinetuneConfig:
     mixup_prob: float = F(1.0, "probability of applying mixup or cutmix to a batch")
     mixup_switch_prob: float = F(0.5, "probability of cutmix instead of mixup")
     label_smoothing: float = F(0.1, "label smoothing")
+
+
+@dataclass
+class DetectConfig:
+    """AVA spatio-temporal action detection (task detect): box augmentation and how eval scores.
+    Defaults follow VideoMAE's AVA code (VideoMAE-Action-Detection, after AlphAction)."""
+
+    min_crop: float = F(0.75, "train crop: each side covers at least this share of the frame's, "
+                              "then resized to data.input_size square (random flip: data.flip)")
+    min_visible: float = F(0.25, "a ground-truth box is dropped from a train view when less than "
+                                 "this share of its area stays inside the crop")
+    jitter: list = F([0.2, 0.1, 0.1, 0.05], "one jittered copy of each train box: corners move by "
+                                            "shares of the box [x_out, x_in, y_out, y_in] "
+                                            "(AlphAction random_aug); [] = no copies")
+    eval_boxes: Literal["auto", "proposals", "groundtruth"] = F(
+        "auto", "boxes eval scores: the shards' person proposals, or the ground-truth boxes; auto = "
+                "proposals when eval.dir holds any")
+    proposal_min_score: float = F(0.8, "eval: proposals with a person score below this are not "
+                                       "scored (VideoMAE's box_thresh)")
+    test_extend: list = F([0.1, 0.05], "eval: each box grown by [x, y] shares of its size before "
+                                       "pooling (VideoMAE's test_ext); detections keep the box")
+    score_by_proposal: bool = F(True, "eval: detection score = sigmoid x the proposal's person "
+                                      "score (VideoMAE's PostProcessor; false: the sigmoid alone, "
+                                      "as SlowFast)")
 
 
 @dataclass
@@ -269,6 +295,8 @@ class Config:
                                      metadata={"help": "lr schedule"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig,
                                      metadata={"help": "classification options"})
+    detect: DetectConfig = field(default_factory=DetectConfig,
+                                 metadata={"help": "action detection options (AVA)"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig,
                                          metadata={"help": "checkpoints"})
@@ -419,7 +447,7 @@ def validate(cfg: Config) -> None:
     need(cfg.data.expected_samples >= 0, "data.expected_samples", "must be >= 0 (0 = unknown)")
     need(cfg.dist.cpu_threads >= 0, "dist.cpu_threads", "must be >= 0 (0 = half the cores per process)")
     need(bool(cfg.run.dir), "run.dir", "must name a directory")
-    if cfg.task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"):
+    if cfg.task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "detect"):
         need(bool(cfg.data.dir), "data.dir", "must name a shard directory (data.dir=PATH)")
     if cfg.task == "pretrain_mvd":
         need(bool(cfg.teachers.image.name or cfg.teachers.video.name), "teachers",
@@ -427,6 +455,17 @@ def validate(cfg: Config) -> None:
     if cfg.task == "eval":
         need(bool(cfg.eval.dir or cfg.data.dir), "eval.dir",
              "must name the held-out shard directory (eval.dir=PATH)")
+    if cfg.task == "detect":
+        x = cfg.detect
+        need(0.0 < x.min_crop <= 1.0, "detect.min_crop", "must be in (0, 1]")
+        need(0.0 <= x.min_visible <= 1.0, "detect.min_visible", "must be in [0, 1]")
+        need(len(x.jitter) in (0, 4) and all(isinstance(j, (int, float)) and j >= 0 for j in x.jitter),
+             "detect.jitter", "must be [] or four shares >= 0 [x_out, x_in, y_out, y_in], e.g. "
+             "[0.2, 0.1, 0.1, 0.05]")
+        need(len(x.test_extend) == 2 and all(isinstance(e, (int, float)) and e >= 0
+                                             for e in x.test_extend),
+             "detect.test_extend", "must be two shares >= 0 [x, y], e.g. [0.1, 0.05]")
+        need(0.0 <= x.proposal_min_score <= 1.0, "detect.proposal_min_score", "must be in [0, 1]")
     if cfg.task == "finetune" and cfg.finetune.mixup + cfg.finetune.cutmix > 0:
         need(cfg.data.batch_size % 2 == 0, "data.batch_size",
              "must be even when mixup/cutmix is on (or set finetune.mixup=0 finetune.cutmix=0)")

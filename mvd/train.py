@@ -1,6 +1,7 @@
 """``mvd-train --config FILE [dotted.key=value ...]`` (also ``python -m mvd.train``, and under
-``torchrun``): stage-1 teachers, stage-2 MVD distillation, fine-tuning and evaluation, by the
-config's ``task``. ``--help-config`` lists every config key with its default and meaning."""
+``torchrun``): stage-1 teachers, stage-2 MVD distillation, fine-tuning, evaluation and AVA action
+detection, by the config's ``task``. ``--help-config`` lists every config key with its default and
+meaning."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ USAGE = """usage: mvd-train --config FILE [dotted.key=value ...]
                                     last line is JSON; exit 2 naming every inconsistent key)
        mvd-train --help-config     (every key, its default and meaning)
 
-tasks: pretrain_mvd, pretrain_videomae, pretrain_mae, finetune, eval
+tasks: pretrain_mvd, pretrain_videomae, pretrain_mae, finetune, eval, detect (AVA)
 exit status: 0 done; 2 config error; 3 non-finite loss; 4 more videos failed to decode than
              data.max_failure_fraction allows (every rank stops at the same step, the log names
              the shards and keys); 130 interrupted (a checkpoint was written)

@@ -4,8 +4,8 @@ their batches into the models' inputs on the device.
 The training loaders yield uint8 clips (``normalize=False``: a quarter of the bytes of float32
 to copy and move); :class:`ModelInputs` normalises them on the device inside the step and then
 applies the loader's erase boxes in normalised space (timm's order: erasing after Normalize,
-mixup in the task after both). The eval loader keeps float32 clips (``mvd.engine.evaluate``
-feeds them to the model as they are).
+mixup in the task after both). The eval loaders keep float32 clips (``mvd.engine.evaluate`` and
+``mvd.engine.detect_eval`` feed them to the model as they are).
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def failure_group(info: DistInfo):
 
 
 def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)):
-    """kind: 'pretrain' | 'finetune' | 'eval'; ``patch`` = (patch_size, tubelet_size) of the
-    trained model (the pretrain mask's grid). Each rank reads its own share of the samples.
+    """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
+    boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
+    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid). Each
+    rank reads its own share of the samples.
 
     Decode failures past data.max_failure_fraction stop every rank at the same step: the
     training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
@@ -59,12 +61,24 @@ def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] 
                   step_device=info.device.type, torch_threads=cfg.dist.cpu_threads,
                   num_threads=d.dali_threads or None,
                   num_workers=None if d.reader_workers < 0 else d.reader_workers)
+    x = cfg.detect
+    if kind == "detect_eval":
+        e = cfg.eval
+        common.pop("sampling")  # the clip is centred on the keyframe
+        return dp.DetectLoader(e.dir or d.dir, e.batch_size, train=False, eval_boxes=x.eval_boxes,
+                               proposal_min_score=x.proposal_min_score,
+                               test_extend=tuple(x.test_extend), **{**common, **e.loader_options})
     if kind == "eval":
         e = cfg.eval
         return dp.EvalLoader(e.dir or d.dir, e.batch_size, num_clips=e.num_clips,
                              num_crops=e.num_crops, **{**common, **e.loader_options})
     # uint8 clips, normalised by ModelInputs in the step (loader_options may say otherwise)
     common.update(seed=cfg.seed, normalize=False, process_group=failure_group(info))
+    if kind == "detect":
+        common.pop("sampling")
+        return dp.DetectLoader(d.dir, d.batch_size, train=True, flip=d.flip, min_crop=x.min_crop,
+                               min_visible=x.min_visible, jitter=tuple(x.jitter),
+                               **{**common, **d.loader_options})
     if kind == "finetune":
         return dp.FinetuneLoader(d.dir, d.batch_size, num_sample=d.repeated_aug, flip=d.flip,
                                  rand_augment=tuple(d.rand_augment) or None,

@@ -46,6 +46,9 @@ from mvd.models.flops import count_flops, mvd_step_flops
 
 GIB = 2**30
 DEFAULT_CLASSES = 400  # planned with when neither the shards nor model.overrides say
+DEFAULT_DETECT_CLASSES = 80  # AVA v2.2's action list, for task detect
+PLAN_BOXES_PER_CLIP = 8  # detect: boxes per training clip planned with (AVA keyframes hold a few
+# people, each box and its jittered copy; a fake batch holds no values, only this shape)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -135,6 +138,10 @@ def _fake_batch(task, cfg: Config, mode, device: torch.device) -> dict:
     with mode:
         batch = {"video": torch.empty(B, 3, d.num_frames, d.input_size, d.input_size, device=device),
                  "label": torch.zeros(B, dtype=torch.long, device=device)}
+        if cfg.task == "detect":
+            k = B * PLAN_BOXES_PER_CLIP
+            batch["boxes"] = torch.zeros(k, 5, device=device)
+            batch["box_labels"] = torch.zeros(k, len(task.classes), device=device)
         if cfg.task in ("pretrain_mvd", "pretrain_videomae"):
             n = task.model.num_patches
             batch["mask"] = torch.zeros(B, n, dtype=torch.bool, device=device)
@@ -230,15 +237,16 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
                            f"has no manifest.json, so the plan needs the number of training "
                            f"videos: set data.expected_samples=N")
     classes = None
-    if cfg.task in ("finetune", "eval"):
+    if cfg.task in ("finetune", "eval", "detect"):
+        default = DEFAULT_DETECT_CLASSES if cfg.task == "detect" else DEFAULT_CLASSES
         if manifest:
             classes = list(manifest["classes"])
         elif "num_classes" in cfg.model.overrides:
             classes = [str(i) for i in range(int(cfg.model.overrides["num_classes"]))]
         else:
-            classes = [str(i) for i in range(DEFAULT_CLASSES)]
+            classes = [str(i) for i in range(default)]
             plan.warnings.append(f"no shards to read the class list from: planned with "
-                                 f"{DEFAULT_CLASSES} classes")
+                                 f"{default} classes")
     if plan.errors:
         return None, plan
 
@@ -265,7 +273,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
                                **cfg.model.overrides)
             task = None
         else:
-            kw = {"classes": classes} if cfg.task == "finetune" else {}
+            kw = {"classes": classes} if cfg.task in ("finetune", "detect") else {}
             task = plan.check(build_task, cfg, torch.device("meta"), 0, precision=precision,
                               load=False, **kw)
             model = task.model if task is not None else None
@@ -376,6 +384,9 @@ def _train_flops(cfg: Config, task, batch: dict) -> dict:
         return {"student_forward": f["student_forward"], "teachers_forward": f["teachers_forward"],
                 "total": f["total"]}
     one = {k: v[:2] for k, v in batch.items()}  # two clips: mixup pairs clips
+    if cfg.task == "detect":  # the boxes of those two clips
+        one["boxes"] = batch["boxes"][: 2 * PLAN_BOXES_PER_CLIP]
+        one["box_labels"] = batch["box_labels"][: 2 * PLAN_BOXES_PER_CLIP]
     with torch.no_grad():
         fwd = count_flops(lambda: task.loss(task.model, one, 0)) // 2
     return {"forward": fwd, "total": 3 * fwd}

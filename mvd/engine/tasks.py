@@ -7,6 +7,7 @@ grads, ``train()`` cannot flip them) and kept out of the optimizer and the check
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from mvd.config import Config, ConfigError, TeacherConfig
-from mvd.engine.class_lists import SHARD_FIX, check_same_classes, shard_classes
+from mvd.engine.class_lists import SHARD_FIX, ClassSource, check_same_classes, shard_classes
 from mvd.engine.precision import Precision
 from mvd.engine.weights import load_weights
 from mvd.masking import masked_count, masked_tokens, num_to_mask
@@ -262,10 +263,66 @@ class Finetune(Task):
         return loss, {}
 
 
+AVA_FIX = ("Shard both splits with the same label map (the AVA action list .pbtxt) so that class "
+           "index i names the same action in both.")
+
+
+def shard_action_ids(data_dir: str, what: str) -> ClassSource:
+    """The label-map action id of each class index of an AVA shard directory (its manifest's
+    ``detection.action_ids``), as a ClassSource so two splits compare like class lists."""
+    path = Path(data_dir) / "manifest.json"
+    try:
+        ids = [str(int(a)) for a in json.loads(path.read_text(encoding="utf-8"))["detection"]["action_ids"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{what}={data_dir}: {path} has no readable 'detection.action_ids' ({e!r}); "
+                          f"task detect needs AVA shards (mvd-shard ava)") from None
+    return ClassSource(ids, f"{what}={data_dir} (detection.action_ids)")
+
+
+class Detect(Task):
+    """AVA action detection: per-box sigmoid binary cross-entropy over the multi-hot action labels
+    (VideoMAE's AVA loss), averaged over the boxes and classes of the micro-batch.
+
+    VideoMAE multiplies that mean by the number of boxes; under AdamW a constant factor changes
+    nothing (up to eps), so the mean keeps the loss comparable across batches. Classes are the
+    training shards' ``classes`` (class index i <-> ``detection.action_ids[i]``); eval.dir must
+    have the same names and ids."""
+
+    loader_kind = "detect"
+
+    def __init__(self, cfg, device, rank=0, *, classes: list[str] | None = None, **kw):
+        if classes is None:
+            train = shard_classes(cfg.data.dir, "data.dir")
+            ids = shard_action_ids(cfg.data.dir, "data.dir")
+            if cfg.eval.dir and Path(cfg.eval.dir).resolve() != Path(cfg.data.dir).resolve():
+                check_same_classes(train, shard_classes(cfg.eval.dir, "eval.dir"), AVA_FIX)
+                check_same_classes(ids, shard_action_ids(cfg.eval.dir, "eval.dir"), AVA_FIX)
+            classes = train.names
+        self.classes = classes
+        super().__init__(cfg, device, rank, **kw)
+
+    def build_model(self):
+        from mvd.models import create_model
+
+        kw = dict(_clip_kwargs(self.cfg), num_classes=len(self.classes),
+                  head_init_scale=self.cfg.model.head_init_scale)
+        if self.cfg.model.dropout >= 0:
+            kw["head_drop_rate"] = self.cfg.model.dropout
+        return create_model(self.cfg.model.name, **_model_kwargs(self.cfg, **kw))
+
+    def loss(self, model, batch, micro_step):
+        logits = model(batch["video"], batch["boxes"])  # (K, C)
+        target = batch["box_labels"]  # (K, C) multi-hot
+        n = target.shape[0] * target.shape[1]  # a shape: no host sync; 0 boxes give loss 0
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target,
+                                                              reduction="sum") / max(n, 1)
+        return loss, {}
+
+
 TASKS = {"pretrain_mvd": PretrainMVD, "pretrain_videomae": PretrainVideoMAE,
-         "pretrain_mae": PretrainMAE, "finetune": Finetune}
+         "pretrain_mae": PretrainMAE, "finetune": Finetune, "detect": Detect}
 
 
 def build_task(cfg: Config, device: torch.device, rank: int = 0, **kw) -> Task:
-    """``kw``: ``precision``, ``load`` (see :class:`Task`), ``classes`` (finetune)."""
+    """``kw``: ``precision``, ``load`` (see :class:`Task`), ``classes`` (finetune, detect)."""
     return TASKS[cfg.task](cfg, device, rank, **kw)

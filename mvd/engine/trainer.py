@@ -2,7 +2,8 @@
 
 The trainer owns the loop only; the task (``mvd.engine.tasks``) owns models and loss, the
 checkpointer owns saving and resuming, the metrics logger owns the one marked host sync per
-``run.log_every`` steps, and ``mvd.engine.evaluate`` owns validation.
+``run.log_every`` steps, and ``mvd.engine.evaluate`` (classification) and ``mvd.engine.detect_eval``
+(AVA detection) own validation.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from mvd.engine import distributed as D
 from mvd.engine.checkpoint import Checkpointer, atomic_write
 from mvd.engine.class_lists import ClassSource, check_same_classes, shard_classes
 from mvd.engine.data import ModelInputs, build_loader, log_cpu_budgets
+from mvd.engine.detect_eval import evaluate_detections
 from mvd.engine.evaluate import evaluate
 from mvd.engine.metrics import MetricsLogger
 from mvd.engine.optim import CosineSchedule, build_optimizer
 from mvd.engine.precision import plan_precision
-from mvd.engine.tasks import Finetune, build_task
+from mvd.engine.tasks import Detect, Finetune, build_task
 from mvd.engine.weights import EXPORT_NAME, load_weights
 from mvd.models import model_metadata
 
@@ -167,7 +169,7 @@ class Trainer:
                         self.save()
                     if status == "interrupted":
                         break
-                    if cfg.eval.every_epochs and isinstance(self.task, Finetune) and \
+                    if cfg.eval.every_epochs and self._validates and \
                             self.step % (d.steps_per_epoch * cfg.eval.every_epochs) == 0:
                         self.validate()
             self._sync(False)
@@ -177,10 +179,15 @@ class Trainer:
         result = {"status": status, "step": self.step, "skipped": self.counters["skipped"]}
         if status == "finished":
             self.export()
-            if isinstance(self.task, Finetune) and cfg.eval.dir:
+            if self._validates and cfg.eval.dir:
                 result["eval"] = self.last_eval if self.last_eval.get("step") == self.step \
                     else self.validate()
         return result
+
+    @property
+    def _validates(self) -> bool:
+        """Whether this task validates on eval.dir (classification and detection do)."""
+        return isinstance(self.task, (Finetune, Detect))
 
     def _epoch(self) -> int:
         return (self.step - 1) // self.derived.steps_per_epoch
@@ -321,15 +328,25 @@ class Trainer:
         return path
 
     def validate(self) -> dict:
-        result = run_validation(self.cfg, self.info, self.model, self.precision,
-                                num_classes=len(self.task.classes))
+        if isinstance(self.task, Detect):
+            result = run_detect_validation(self.cfg, self.info, self.model, self.precision, self.run_dir)
+        else:
+            result = run_validation(self.cfg, self.info, self.model, self.precision,
+                                    num_classes=len(self.task.classes))
         result["step"] = self.step
         self.last_eval = result
         if self.info.is_main:
             with open(self.run_dir / "eval.json", "w") as f:
                 json.dump(result, f, indent=1)
-            log.info("step %d: eval top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",
-                     self.step, result["top1"], result["top5"], result["videos"], result["views"])
+            if isinstance(self.task, Detect):
+                shown = "n/a (no ground truth)" if result["mAP"] is None else f"{result['mAP']:.4f}"
+                log.info("step %d: eval frame mAP@0.5IoU %s over %d keyframes (%d %s boxes, %d "
+                         "detections in %s)", self.step, shown, result["keyframes"],
+                         result["boxes_scored"], result["eval_boxes"], result["detections"],
+                         self.run_dir / DETECTIONS_NAME)
+            else:
+                log.info("step %d: eval top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",
+                         self.step, result["top1"], result["top5"], result["videos"], result["views"])
         return result
 
 
@@ -345,6 +362,19 @@ def _fsdp_no_sync(model):
 def run_validation(cfg: Config, info: D.DistInfo, model, precision, num_classes: int) -> dict:
     loader = build_loader("eval", cfg, info)
     return evaluate(model, loader, num_classes, precision.autocast)
+
+
+DETECTIONS_NAME = "detections.csv"  # task detect: the last validation's detections (official CSV)
+
+
+def run_detect_validation(cfg: Config, info: D.DistInfo, model, precision, run_dir: Path) -> dict:
+    """Task detect: score eval.dir's keyframes, rank 0 writes run_dir/detections.csv; the mAP
+    result on every rank."""
+    loader = build_loader("detect_eval", cfg, info)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return evaluate_detections(model, loader, precision.autocast, csv_path=run_dir / DETECTIONS_NAME,
+                               score_by_proposal=cfg.detect.score_by_proposal, is_main=info.is_main)
 
 
 def run_eval(cfg: Config) -> dict:

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from torch import nn
 
 from mvd.models.classifier import VideoViT
+from mvd.models.detector import VideoViTDetector
 from mvd.models.pretrain import MAEPretrain, VideoMAEPretrain
 from mvd.models.student import MVDStudent
 from mvd.models.teachers import MAETeacher, VideoMAETeacher
@@ -42,6 +43,9 @@ _CLASSIFIER = {  # fine-tuning recipe: drop path 0.1 (0.3 for L/H), dropout 0.5 
     "small": dict(drop_path_rate=0.1), "base": dict(drop_path_rate=0.1),
     "large": dict(drop_path_rate=0.3, head_drop_rate=0.5), "huge": dict(drop_path_rate=0.3, head_drop_rate=0.5),
 }
+_DETECTOR = {  # AVA recipe (VideoMAE-Action-Detection scripts/ava/*): drop path 0.2 at every size
+    s: dict(drop_path_rate=0.2) for s in ("small", "base", "large", "huge")
+}
 # MAE huge is ViT-H/14; the MVD recipe feeds it a 196x196 view so its 14x14 grid lines up with the student's
 _MAE_HUGE = dict(patch_size=14, img_size=196)
 
@@ -55,6 +59,7 @@ _FAMILIES = MappingProxyType({
     "mae_teacher": _family(MAETeacher, {"base": {}, "large": {}, "huge": _MAE_HUGE}),
     "videomae_teacher": _family(VideoMAETeacher, {s: {} for s in _ENCODERS}),
     "video_vit": _family(VideoViT, _CLASSIFIER),
+    "video_vit_det": _family(VideoViTDetector, _DETECTOR),
     "videomae_pretrain": _family(VideoMAEPretrain, _VIDEOMAE_DECODER),
     "mae_pretrain": _family(MAEPretrain, {"base": {}, "large": {}, "huge": {"patch_size": 14}}),
 })
