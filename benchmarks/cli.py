@@ -1,7 +1,9 @@
-"""`mvd-bench {shard,loader,model,step,demo,all} [--device cpu|gpu] [--quick] --out DIR`.
+"""`mvd-bench {shard,loader,model,step,demo,teachers,all} [--device cpu|gpu] [--quick] --out DIR`.
 
 Runs the chosen benchmark modules, then writes DIR/report.json, DIR/report.md and PNG plots.
-Each module is `benchmarks.<mode>` with `run(out_dir, *, quick[, device]) -> list[dict]`.
+Each module is `benchmarks.<mode>` with `run(out_dir, *, quick[, device, seeds, report_dir])
+-> list[dict]` (the keywords `MODE_ARGS` names). A module may also define `summarise(records)
+-> dict`: its block in report.json under the mode's name, rendered by `report`.
 """
 
 from __future__ import annotations
@@ -18,18 +20,25 @@ from pathlib import Path
 
 from benchmarks import env, report, targets
 
-# Whether each mode's run() takes the device (`all` runs them in report.MODES order).
-TAKES_DEVICE = {"shard": False, "loader": True, "model": True, "step": True, "demo": False}
+# The keywords each mode's run() takes beside `quick` (`all` runs report.MODES in order).
+MODE_ARGS = {"shard": (), "loader": ("device",), "model": ("device",), "step": ("device",), "demo": (),
+             "teachers": ("seeds", "report_dir")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mvd-bench",
         description="Throughput suite: sharding, loaders, model forward+backward and the full "
-        "MVD training step; and the demo's accuracy margin (distilled over scratch, seeds 0-2). "
-        "Writes report.json, report.md and PNG plots into --out.",
+        "MVD training step; the demo's accuracy margin (distilled over scratch, seeds 0-2); and "
+        "which teacher helps which task (teachers: image-, video- and co-taught students on a "
+        "spatial and a temporal task, seeds 0-2). Writes report.json, report.md and PNG plots "
+        "into --out.",
     )
-    parser.add_argument("mode", choices=(*report.MODES, "all"), help="what to measure")
+    parser.add_argument(
+        "mode", choices=(*report.MODES, *report.SOLO_MODES, "all"),
+        help="what to measure; `all` runs " + ", ".join(report.MODES) + " and leaves out "
+        + ", ".join(report.SOLO_MODES) + " (about 10 minutes a seed on 2 cores, 2 with --quick: run "
+        "it by name)")
     parser.add_argument(
         "--device",
         choices=("cpu", "gpu"),
@@ -39,8 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny models and inputs, few iterations: all modes in under 5 minutes on 2 cores",
+        help="tiny models and inputs, few iterations: all modes in under 5 minutes on 2 cores; "
+        "teachers on one seed in about 2 minutes (its accuracies mean nothing)",
     )
+    parser.add_argument("--seeds", type=_seeds, metavar="N,N,...",
+                        help="teachers only: the seeds to run (default 0,1,2; 0 with --quick)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="report directory (report.json, report.md, plots)")
     parser.add_argument(
@@ -50,7 +62,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the modules' scratch data (synthetic videos and shards, run dirs) here and "
         "reuse it on the next run; default: a temporary directory, deleted at the end",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.seeds is not None and "seeds" not in MODE_ARGS.get(args.mode, ()):
+        parser.error(f"--seeds applies to {', '.join(m for m, a in MODE_ARGS.items() if 'seeds' in a)} only, "
+                     f"not to {args.mode}")
+    return args
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers like 0,1,2, "
+                                         f"got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,21 +92,29 @@ def main(argv: list[str] | None = None) -> int:
           f"{environment['cpu_count']} CPUs, {environment['date_utc']}")
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mvd-bench-")))
-        results = {mode: run_mode(mode, args.device, args.quick, work / mode) for mode in modes}
+        context = {"device": args.device, "seeds": args.seeds, "report_dir": args.out}
+        results = {mode: run_mode(mode, args.quick, work / mode, context) for mode in modes}
     environment["load_average_at_end"] = env.load_average()
+    summaries = {}
     for mode, result in results.items():
         if result.get("records"):
             result["plots"] = report.write_plots(mode, result["records"], args.out)
+        block = summarise(mode, result)
+        if block is not None:
+            block["plots"] = report.write_summary_plots(mode, block, args.out)
+            summaries[mode] = block
 
     full = {
         "format": report.FORMAT,
         "command": command,
         "config": {"mode": args.mode, "modes": modes, "device": args.device, "quick": args.quick,
-                   "out": str(args.out), "work": str(args.work) if args.work else None},
+                   **({"seeds": list(args.seeds)} if args.seeds else {}), "out": str(args.out),
+                   "work": str(args.work) if args.work else None},
         "environment": environment,
         "notes": notes(environment),
         "modes": results,
         "targets": targets.evaluate(results, environment),
+        **summaries,
     }
     report.write_report(full, args.out)
     print(f"wrote {args.out / 'report.json'} and {args.out / 'report.md'}")
@@ -102,16 +137,18 @@ def notes(environment: dict) -> list[str]:
     return out
 
 
-def run_mode(mode: str, device: str, quick: bool, work_dir: Path) -> dict:
-    """Run one benchmark module in `work_dir`; returns {"status": ok|skipped|failed, ...} with
-    its records."""
+def run_mode(mode: str, quick: bool, work_dir: Path, context: dict) -> dict:
+    """Run one benchmark module in `work_dir`, passing it the keywords of `context` (device,
+    seeds, report_dir) that MODE_ARGS names; returns {"status": ok|skipped|failed, ...} with its
+    records."""
+    device = context["device"]
     reason = unavailable(mode, device)
     if reason:
         print(f"[{mode}] skipped: {reason}")
         return {"status": "skipped", "reason": reason}
     print(f"[{mode}] running{' (quick)' if quick else ''} ...", flush=True)
     work_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {"quick": quick, **({"device": device} if TAKES_DEVICE[mode] else {})}
+    kwargs = {"quick": quick, **{k: context[k] for k in MODE_ARGS[mode] if context[k] is not None}}
     start = time.perf_counter()
     try:
         module = importlib.import_module(f"benchmarks.{mode}")
@@ -134,9 +171,25 @@ def run_mode(mode: str, device: str, quick: bool, work_dir: Path) -> dict:
     return {"status": "ok", "about": about, "seconds": seconds, "records": records}
 
 
+def summarise(mode: str, result: dict) -> dict | None:
+    """The mode's report.json block (its module's `summarise(records)`), or None when it has
+    none or did not run. A block that cannot be made marks the mode failed."""
+    if result["status"] != "ok":
+        return None
+    module = importlib.import_module(f"benchmarks.{mode}")
+    if not hasattr(module, "summarise"):
+        return None
+    try:
+        return module.summarise(result["records"])
+    except Exception as exc:  # the records are kept in the report; the block's failure is stated
+        traceback.print_exc()
+        result.update(status="failed", error=f"summarising the records: {type(exc).__name__}: {exc}")
+        return None
+
+
 def unavailable(mode: str, device: str) -> str | None:
     """Why `mode` cannot run on `device` here, or None when it can."""
-    if device == "gpu" and TAKES_DEVICE[mode]:
+    if device == "gpu" and "device" in MODE_ARGS[mode]:
         import torch
 
         if not torch.cuda.is_available():

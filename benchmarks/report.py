@@ -18,6 +18,8 @@ from pathlib import Path
 
 FORMAT = "mvd-bench/1"
 MODES = ("shard", "loader", "model", "step", "demo")
+# Modes `all` leaves out (run by name): teachers trains 13 models a seed, about 10 minutes each seed.
+SOLO_MODES = ("teachers",)
 RESERVED = ("name", "value", "unit", "skipped")
 # Fields that vary along a plot's x axis, in the order plots are made.
 PLOT_AXES = ("batch_size", "model", "workers")
@@ -177,6 +179,9 @@ def render_markdown(report: dict) -> str:
         records = result.get("records", [])
         if result.get("about"):
             lines += [result["about"], ""]
+        if mode in report and mode in SUMMARY_SECTIONS:
+            lines += SUMMARY_SECTIONS[mode](report[mode])
+            lines += ["### Every figure of the run", ""]
         lines += [f"{len(measured(records))} figures in {result['seconds']:.1f} s.", ""]
         lines += tables(records)
         skipped = [r for r in records if "value" not in r]
@@ -208,6 +213,111 @@ def describe(rec: dict) -> str:
     if "value" not in rec:
         return f"{rec['name']}{fields}: skipped: {rec['skipped']}"
     return f"{rec['name']} = {format_value(rec['value'])} {rec['unit']}{fields}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The teachers block (benchmarks.teachers.summarise): tables, verdict, figures
+
+ARM_LABELS = {"image": "image-taught", "video": "video-taught", "both": "co-taught", "scratch": "from scratch"}
+
+
+def _spread(stats: dict, values: list[float], digits: int) -> str:
+    """`mean ± std (v0 / v1 / ...)`: the block's statistics of per-seed values, and the values."""
+    each = " / ".join(f"{v:.{digits}f}" for v in values)
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} ({each})"
+
+
+def teachers_markdown(block: dict) -> list[str]:
+    seeds = ", ".join(str(s) for s in block["seeds"])
+    sim = block["similarity"]
+    lines = [f"### Held-out top-1 (%), mean ± std over seeds {seeds} (each seed in brackets)", "",
+             f"{block['heldout_videos']} held-out clips per task (one clip is "
+             f"{100 / block['heldout_videos']:.3g} points), {block['finetune_steps']} fine-tuning steps for every arm, chance "
+             f"{block['chance_top1']:g} %. Budget: {block['budget']}.", ""]
+    lines += markdown_table(["task", *(ARM_LABELS[a] for a in block["top1"]["spatial"])],
+                            [[f"{task}: {block['tasks'][task]}",
+                              *(_spread(block["top1_summary"][task][arm], v, 1) for arm, v in arms.items())]
+                             for task, arms in block["top1"].items()])
+    chance = block["above_chance"]
+    above = "; ".join(f"{task}: " + (", ".join(ARM_LABELS[a] for a, c in arms.items() if c["above"]) or "none")
+                      for task, arms in chance["arms"].items())
+    lines += ["", f"Two standard errors of a mean of guesses over {chance['clips']} clips are "
+              f"{2 * chance['se']:.1f} points; arms further above chance: {above}."]
+    lines += ["", "### The paper's ordering", "", f"**{block['verdict']}**", ""]
+    lines += markdown_table(["claim", "verdict", "per seed (points)"],
+                            [[row["claim"], row["verdict"], " / ".join(f"{d:+.1f}" for d in row["per_seed"])]
+                             for row in block["ordering"]])
+    over = "; ".join(f"{task}: " + ", ".join(f"{ARM_LABELS[a]} {m:+.1f}" for a, m in arms.items())
+                     for task, arms in block["over_scratch"].items())
+    lines += ["", f"Over from-scratch (mean points): {over}.", "",
+              "### How static the features are", "",
+              f"The {sim['what']}; 1 = the same features in every time slice.", ""]
+    lines += markdown_table(["model", "all pairs", *(f"distance {d}" for d in sim["distances"])],
+                            [[m, _spread(sim["summary"][m], sim["mean"][m], 3),
+                              *(_spread(st, v, 3)
+                                for st, v in zip(sim["by_distance_summary"][m], sim["by_distance"][m]))]
+                             for m in sim["mean"]])
+    lines += ["", f"{sim['claim']['claim'].capitalize()}: {sim['claim']['verdict']}.", ""]
+    for plot in block.get("plots", []):
+        lines += [f"![{plot}]({plot})", ""]
+    lines += [f"### Seconds per stage (1-minute load average at its start), seeds {seeds}", ""]
+    loads = block["load_1min_at_stage_start"]
+    lines += markdown_table(["stage", *(f"seed {s}" for s in block["seeds"])],
+                            [[stage, *(f"{v:.0f} ({'?' if load is None else f'{load:.2f}'})"
+                                       for v, load in zip(values, loads[stage]))]
+                             for stage, values in block["stage_s"].items()]
+                            + [["whole seed", *(f"{v:.0f}" for v in block["seed_wall_s"])]])
+    return lines + [""]
+
+
+SUMMARY_SECTIONS = {"teachers": teachers_markdown}
+
+
+def write_summary_plots(mode: str, block: dict, out_dir: Path) -> list[str]:
+    """The figures of a mode's report.json block (only teachers has one); returns file names."""
+    if mode != "teachers":
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, axes = plt.subplots(1, len(block["top1"]), figsize=(8.0, 3.6), dpi=100, sharey=True)
+    for ax, (task, arms) in zip(axes, block["top1"].items()):
+        for i, (arm, values) in enumerate(arms.items()):
+            ax.bar(i, block["top1_summary"][task][arm]["mean"], color=f"C{i}", alpha=0.6)
+            ax.plot([i] * len(values), values, "ko", markersize=3)
+        ax.axhline(block["chance_top1"], color="grey", linestyle=":", linewidth=1)
+        ax.set_xticks(range(len(arms)), [ARM_LABELS[a] for a in arms], rotation=15)
+        ax.set_title(f"{task} task")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("held-out top-1 % (bar: mean, dots: seeds)")
+    fig.suptitle("Which teacher helps which task", fontsize=10)
+    fig.tight_layout()
+    files.append("teachers-top1.png")
+    fig.savefig(out_dir / files[-1])
+    plt.close(fig)
+
+    sim = block["similarity"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for i, (model, per_distance) in enumerate(sim["by_distance_summary"].items()):
+        style = "--" if model.startswith("teacher") else "-"
+        ax.plot(sim["distances"], [st["mean"] for st in per_distance], style, marker="o", color=f"C{i}",
+                label=model)
+        ax.fill_between(sim["distances"], [st["min"] for st in per_distance], [st["max"] for st in per_distance],
+                        color=f"C{i}", alpha=0.15)
+    ax.set_xticks(sim["distances"])
+    ax.set_xlabel("temporal distance between the time slices (tubelets)")
+    ax.set_ylabel("cosine similarity at the same position")
+    ax.set_title("How static the features are (line: mean over seeds, band: min-max)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    files.append("teachers-similarity.png")
+    fig.savefig(out_dir / files[-1])
+    plt.close(fig)
+    return files
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
 
@@ -45,6 +46,8 @@ class Budget:
 QUICK = Budget(pool=64, labeled=32, heldout=16, teacher_epochs=1, student_epochs=1,
                finetune_epochs=1)
 
+# The synthetic videos (shard_tools.synth): 40 frames of 64 x 64, of which a clip samples 8.
+VIDEOS = {"num_frames": 40, "width": 64, "height": 64}
 # The demo's model and clip: 64 px, patch 16, 8 frames -> 4 x 4 x 4 tokens, width 64, 4 blocks.
 ENCODER = {"patch_size": 16, "embed_dim": 64, "depth": 4, "num_heads": 4}
 DECODER = {"decoder_embed_dim": 64, "decoder_depth": 1, "decoder_num_heads": 4}
@@ -69,36 +72,83 @@ FINETUNE = ["data.batch_size=16", "data.repeated_aug=1", "optim.base_lr=0.032", 
             "eval.batch_size=16", "eval.num_clips=2", "eval.num_crops=1"]
 
 
-def _json(d: dict) -> str:
+class Stage(NamedTuple):
+    """One training run: ``mvd-train --config configs/tiny/<config>.yaml <overrides>``."""
+
+    name: str  # its run directory under the output directory
+    what: str  # its line on the console
+    config: str  # the configs/tiny/ recipe
+    overrides: list[str]
+
+
+IMAGE_TEACHER, VIDEO_TEACHER = "image_teacher", "video_teacher"  # stage-1 run directories
+
+
+def inline_json(d: dict) -> str:
+    """``d`` as one-line JSON, for a config override's value (``model.overrides={...}``)."""
     return json.dumps(d, separators=(",", ":"))
 
 
-def stages(out: Path, b: Budget) -> list[tuple[str, str, str, list[str]]]:
-    """(name, what, tiny config, overrides) of each training run, in order."""
-    common = [f"seed={b.seed}", "run.progress=false", "run.log_every=20",
-              "checkpoint.every_steps=0", *CLIP]
+def common_overrides(b: Budget) -> list[str]:
+    """The overrides every stage takes: the seed, quiet logging, no checkpoints but the last, the clip."""
+    return [f"seed={b.seed}", "run.progress=false", "run.log_every=20", "checkpoint.every_steps=0", *CLIP]
+
+
+def _pretrain(pool: Path, b: Budget) -> list[str]:
+    return [f"data.dir={pool}", *PRETRAIN, *common_overrides(b)]
+
+
+def teacher_stages(out: Path, pool: Path, b: Budget) -> list[Stage]:
+    """Stage 1 on ``pool``: the MAE image teacher and the VideoMAE video teacher, into
+    ``out/image_teacher`` and ``out/video_teacher``."""
+    pre = [*_pretrain(pool, b), f"schedule.epochs={b.teacher_epochs}",
+           f"model.overrides={inline_json({**ENCODER, **DECODER})}"]
+    return [Stage(IMAGE_TEACHER, "stage 1: MAE image teacher", "pretrain_mae",
+                  [*pre, f"run.dir={out / IMAGE_TEACHER}"]),
+            Stage(VIDEO_TEACHER, "stage 1: VideoMAE video teacher", "pretrain_videomae",
+                  [*pre, f"run.dir={out / VIDEO_TEACHER}"])]
+
+
+def student_stage(out: Path, pool: Path, b: Budget, name: str = "student",
+                  teachers: tuple[str, ...] = ("image", "video"), what: str | None = None) -> Stage:
+    """Stage 2 on ``pool``: the MVD student from the stage-1 teachers in ``out`` named by
+    ``teachers``; a teacher left out is switched off (``teachers.<kind>.name=``), so a
+    single-teacher student is the same model with one decoder."""
+    taught = []
+    for kind, run in (("image", IMAGE_TEACHER), ("video", VIDEO_TEACHER)):
+        taught += ([f"teachers.{kind}.checkpoint={out / run}", f"teachers.{kind}.overrides={inline_json(ENCODER)}"]
+                   if kind in teachers else [f"teachers.{kind}.name="])
+    what = what or f"stage 2: MVD student from {' and '.join(teachers)} teacher{'s' * (len(teachers) > 1)}"
+    return Stage(name, what, "pretrain_mvd",
+                 [*_pretrain(pool, b), f"schedule.epochs={b.student_epochs}",
+                  f"model.overrides={inline_json({**ENCODER, **DECODER})}", *taught, *STUDENT,
+                  f"run.dir={out / name}"])
+
+
+def finetune_stage(out: Path, name: str, what: str, labeled: Path, heldout: Path, b: Budget,
+                   init: Path | None) -> Stage:
+    """Fine-tune on ``labeled`` from the run ``init`` (None: random init), evaluated on
+    ``heldout`` at the end."""
+    return Stage(name, what, "finetune",
+                 [f"data.dir={labeled}", f"eval.dir={heldout}", f"schedule.epochs={b.finetune_epochs}",
+                  f"model.overrides={inline_json(ENCODER)}", *FINETUNE, *common_overrides(b), f"model.init={init or ''}",
+                  f"run.dir={out / name}"])
+
+
+def stages(out: Path, b: Budget) -> list[Stage]:
+    """The demo's training runs, in order."""
     pool, labeled, heldout = out / "data" / "pool", out / "data" / "labeled", out / "data" / "heldout"
-    pre = [f"data.dir={pool}", *PRETRAIN, *common]
-    teacher = _json(ENCODER)
-    ft = [f"data.dir={labeled}", f"eval.dir={heldout}", f"schedule.epochs={b.finetune_epochs}",
-          f"model.overrides={teacher}", *FINETUNE, *common]
     return [
-        ("image_teacher", "stage 1: MAE image teacher", "pretrain_mae",
-         [*pre, f"schedule.epochs={b.teacher_epochs}", f"model.overrides={_json({**ENCODER, **DECODER})}",
-          f"run.dir={out / 'image_teacher'}"]),
-        ("video_teacher", "stage 1: VideoMAE video teacher", "pretrain_videomae",
-         [*pre, f"schedule.epochs={b.teacher_epochs}", f"model.overrides={_json({**ENCODER, **DECODER})}",
-          f"run.dir={out / 'video_teacher'}"]),
-        ("student", "stage 2: MVD student from both teachers", "pretrain_mvd",
-         [*pre, f"schedule.epochs={b.student_epochs}", f"model.overrides={_json({**ENCODER, **DECODER})}",
-          f"teachers.image.checkpoint={out / 'image_teacher'}", f"teachers.image.overrides={teacher}",
-          f"teachers.video.checkpoint={out / 'video_teacher'}", f"teachers.video.overrides={teacher}",
-          *STUDENT, f"run.dir={out / 'student'}"]),
-        ("distilled", "fine-tune the distilled student", "finetune",
-         [*ft, f"model.init={out / 'student'}", f"run.dir={out / 'distilled'}"]),
-        ("scratch", "fine-tune from scratch (same budget)", "finetune",
-         [*ft, "model.init=", f"run.dir={out / 'scratch'}"]),
+        *teacher_stages(out, pool, b),
+        student_stage(out, pool, b, what="stage 2: MVD student from both teachers"),
+        finetune_stage(out, "distilled", "fine-tune the distilled student", labeled, heldout, b, out / "student"),
+        finetune_stage(out, "scratch", "fine-tune from scratch (same budget)", labeled, heldout, b, None),
     ]
+
+
+def data_options(b: Budget) -> dict:
+    """``make_synth_dataset``'s options for the demo's clips (pool, labelled and held-out sets)."""
+    return dict(**VIDEOS, num_classes=b.classes, spatial_cue="colour", seed=b.seed, workers=None)
 
 
 def make_data(out: Path, b: Budget) -> None:
@@ -107,20 +157,34 @@ def make_data(out: Path, b: Budget) -> None:
     # The class is (object colour, motion direction): colour is learnt from a few labels either way,
     # so the margin is the motion the distilled student brings (shapes are not learnable at the
     # demo's 4 x 4 token grid, even by the teachers).
-    common = dict(num_frames=40, width=64, height=64, num_classes=b.classes, spatial_cue="colour",
-                  seed=b.seed, workers=None)
+    common = data_options(b)
     # Clips are a function of (seed, split, index): the labelled set is the pool's first clips.
     make_synth_dataset(out / "data" / "pool", num_videos=b.pool, split="train", **common)
     make_synth_dataset(out / "data" / "labeled", num_videos=b.labeled, split="train", **common)
     make_synth_dataset(out / "data" / "heldout", num_videos=b.heldout, split="heldout", **common)
 
 
+def run_stage(out: Path, stage: Stage, console) -> tuple[dict, float]:
+    """Train ``stage`` (its run directory is ``out/<name>``); prints one line, returns
+    (``Trainer.train()``'s result, seconds)."""
+    from mvd.config import load_config
+    from mvd.engine.trainer import Trainer
+
+    with console.status(stage.what):
+        t = time.perf_counter()
+        result = Trainer(load_config(TINY / f"{stage.config}.yaml", stage.overrides)).train()
+        seconds = time.perf_counter() - t
+    last = json.loads((out / stage.name / "metrics.jsonl").read_text().splitlines()[-1])
+    scores = result.get("eval", {})
+    extra = (f", held-out top-1 {scores['top1']:.1f}%" if "top1" in scores else
+             f", held-out frame mAP {100 * scores['mAP']:.1f}%" if scores.get("mAP") is not None else "")
+    console.print(f"{stage.what}: {result['step']} steps in {seconds:.0f} s, final loss {last['loss']:.3f}{extra}")
+    return result, seconds
+
+
 def run_demo(out: Path, budget: Budget = Budget(), console=None) -> dict:
     """Run every stage into ``out``; returns (and writes to out/summary.json) the summary."""
     from rich.console import Console
-
-    from mvd.config import load_config
-    from mvd.engine.trainer import Trainer
 
     console = console or Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,15 +197,8 @@ def run_demo(out: Path, budget: Budget = Budget(), console=None) -> dict:
     console.print(f"data: {budget.pool} pool clips ({budget.labeled} labelled), "
                   f"{budget.heldout} held out, in {timings['data']:.0f} s")
     results = {}
-    for name, what, config, overrides in stages(out, budget):
-        with console.status(what):
-            t = time.perf_counter()
-            results[name] = Trainer(load_config(TINY / f"{config}.yaml", overrides)).train()
-            timings[name] = time.perf_counter() - t
-        last = json.loads((out / name / "metrics.jsonl").read_text().splitlines()[-1])
-        extra = f", held-out top-1 {results[name]['eval']['top1']:.1f}%" if "eval" in results[name] else ""
-        console.print(f"{what}: {results[name]['step']} steps in {timings[name]:.0f} s, "
-                      f"final loss {last['loss']:.3f}{extra}")
+    for stage in stages(out, budget):
+        results[stage.name], timings[stage.name] = run_stage(out, stage, console)
     summary = {name: {"top1": results[name]["eval"]["top1"], "top5": results[name]["eval"]["top5"],
                       "steps": results[name]["step"], "heldout_videos": results[name]["eval"]["videos"]}
                for name in ("distilled", "scratch")}

@@ -12,6 +12,12 @@ spatial cue is, by ``spatial_cue``:
 
 Size, start position, speed and background are random per clip in both cases.
 
+``label_by`` says which factor the label names, over the same clips: ``"both"`` (default) the
+(cue, direction) pair above; ``"cue"`` the spatial cue alone (a spatial task: motion carries no
+class information); ``"direction"`` the direction alone (a temporal task: the cue carries none).
+Clip ``i`` is the same video whatever ``label_by`` says: it shows pair ``i % num_classes`` of the
+``num_classes`` grid, so every label of one factor sees every value of the other equally often.
+
 Clips are drawn from ``numpy.random.default_rng([seed, crc32(split), index])``: the same
 arguments give the same clips, and another ``split`` name (or seed) gives a disjoint draw of the
 same task, e.g. ``split="train"`` to train on and ``split="val"`` to evaluate.
@@ -37,18 +43,33 @@ _STEP = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 SPATIAL_CUES = {"shape": SHAPES, "colour": tuple(PALETTE)}
 # num_classes -> (number of spatial cue values, number of directions); both at least 2
 CLASS_GRID = {4: (2, 2), 6: (3, 2), 8: (4, 2), 9: (3, 3), 12: (3, 4), 16: (4, 4)}
+# label_by -> what a class names
+LABEL_BY = ("both", "cue", "direction")
 # the gradient background keeps at least this RGB distance from every palette colour
 _PALETTE_CLEARANCE = 110.0
 
 
-def synth_classes(num_classes: int, spatial_cue: str = "shape") -> list[str]:
-    """Class names ``"<cue>-<direction>"`` in index order (cue-major), e.g. ``"circle-left"``."""
+def synth_grid(num_classes: int, spatial_cue: str = "shape") -> list[tuple[str, str]]:
+    """The (cue, direction) pairs of ``num_classes`` in index order (cue-major)."""
     if num_classes not in CLASS_GRID:
         raise ValueError(f"synthetic num_classes must be one of {sorted(CLASS_GRID)}, got {num_classes}")
     if spatial_cue not in SPATIAL_CUES:
         raise ValueError(f"synthetic spatial_cue must be one of {sorted(SPATIAL_CUES)}, got {spatial_cue!r}")
     n_cues, n_dirs = CLASS_GRID[num_classes]
-    return [f"{s}-{d}" for s in SPATIAL_CUES[spatial_cue][:n_cues] for d in DIRECTIONS[:n_dirs]]
+    return [(s, d) for s in SPATIAL_CUES[spatial_cue][:n_cues] for d in DIRECTIONS[:n_dirs]]
+
+
+def synth_classes(num_classes: int, spatial_cue: str = "shape", label_by: str = "both") -> list[str]:
+    """Class names in index order: ``"<cue>-<direction>"`` (cue-major, e.g. ``"circle-left"``),
+    or with ``label_by`` the values of one factor of the ``num_classes`` grid (e.g. ``"circle"``)."""
+    grid = synth_grid(num_classes, spatial_cue)
+    if label_by == "both":
+        return [f"{s}-{d}" for s, d in grid]
+    if label_by == "cue":
+        return list(dict.fromkeys(s for s, _ in grid))
+    if label_by == "direction":
+        return list(dict.fromkeys(d for _, d in grid))
+    raise ValueError(f"synthetic label_by must be one of {LABEL_BY}, got {label_by!r}")
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -158,42 +179,51 @@ class SynthClip:
 
 def synth_sources(clip_dir: Path, *, num_videos: int, num_frames: int, width: int, height: int,
                   num_classes: int, fps: float, codec: str, gop: int, seed: int, split: str,
-                  spatial_cue: str = "shape") -> SourceSet:
-    """Balanced classes (clip ``i`` has label ``i % num_classes``); files are made on demand."""
+                  spatial_cue: str = "shape", label_by: str = "both") -> SourceSet:
+    """Balanced classes (clip ``i`` shows pair ``i % num_classes`` of the grid and is labelled by
+    its pair, or by the factor ``label_by`` names); files are made on demand."""
     if num_videos < 1 or num_frames < 1:
         raise ValueError(f"need at least one video and one frame, got {num_videos} videos of {num_frames} frames")
     if width < 16 or height < 16:
         raise ValueError(f"synthetic clips need width and height >= 16, got {width}x{height}")
     if not split or not split.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"split must be a simple name like 'train' or 'val', got {split!r}")
-    classes = synth_classes(num_classes, spatial_cue)
+    grid = synth_grid(num_classes, spatial_cue)
+    classes = synth_classes(num_classes, spatial_cue, label_by)
     ext = codec_by_name(codec).ext
     records = []
     for i in range(num_videos):
-        label = i % num_classes
-        cue, direction = classes[label].split("-")
+        cue, direction = grid[i % num_classes]
+        label = classes.index({"both": f"{cue}-{direction}", "cue": cue, "direction": direction}[label_by])
         name = f"{split}_{i:06d}.{ext}"
         clip = SynthClip(i, label, cue, direction, spatial_cue, seed, split, num_frames, width, height, fps,
                          codec, gop)
         records.append(SourceRecord(Path(clip_dir) / name, label, classes[label], name, prepare=clip))
-    return SourceSet("synth", classes, records, class_list={"source": "synth", "spatial_cue": spatial_cue})
+    class_list = {"source": "synth", "spatial_cue": spatial_cue}
+    if label_by != "both":  # the default's manifest stays as it was before label_by existed
+        class_list["label_by"] = label_by
+    return SourceSet("synth", classes, records, class_list=class_list)
 
 
 def make_synth_dataset(out_dir: Path, *, num_videos: int = 400, num_frames: int = 40, width: int = 96,
                        height: int = 64, num_classes: int = 8, fps: float = 12.0, codec: str = "vp9",
                        gop: int = 16, seed: int = 0, split: str = "train", spatial_cue: str = "shape",
-                       shard_size_mb: float = 1024.0,
+                       label_by: str = "both", shard_size_mb: float = 1024.0,
                        shard_samples: int | None = None, workers: int | None = None,
                        progress: bool = False, overwrite: bool = False) -> dict:
     """Write a sharded synthetic dataset to ``out_dir``; returns the manifest.
 
     The defaults make a quick CPU demo set (400 clips of 40 frames at 96x64, 12 fps, VP9 in
     .webm, 8 classes = 4 shapes x 2 directions). Use another ``split`` for held-out data, and
-    ``spatial_cue="colour"`` for 4 colours x 2 directions instead.
+    ``spatial_cue="colour"`` for 4 colours x 2 directions instead. ``label_by="cue"`` or
+    ``"direction"`` labels the same clips by one factor (``num_classes`` still sets the grid the
+    clips are drawn from: 16 gives 4 cues x 4 directions, labelled as 4 classes).
     """
     synth_options = {"num_videos": num_videos, "num_frames": num_frames, "width": width, "height": height,
                      "num_classes": num_classes, "fps": fps, "codec": codec, "gop": gop, "split": split,
                      "spatial_cue": spatial_cue}
+    if label_by != "both":  # recorded only when set: the default's manifest is unchanged
+        synth_options["label_by"] = label_by
     sources = synth_sources(work_dir(out_dir), seed=seed, **synth_options)
     options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers)
     return build_shards(sources, out_dir, options, command=synth_options, progress=progress, overwrite=overwrite)

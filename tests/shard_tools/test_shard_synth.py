@@ -123,3 +123,57 @@ def test_the_cli_spatial_cue_is_recorded_in_the_manifest(tmp_path):
                  "--no-progress"]) == 0
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["options"]["spatial_cue"] == "colour" and m["classes"] == synth_classes(4, "colour")
+
+
+def test_label_by_relabels_the_same_videos_by_one_factor(tmp_path):
+    grid = {"num_classes": 16, "num_videos": 16, "shard_samples": 16}
+    joint = make_synth_dataset(tmp_path / "both", **{**TINY, **grid})
+    assert "label_by" not in joint["options"] and "label_by" not in joint["class_list"]
+    videos = members(tmp_path / "both", ".webm")
+    pairs = {name.split(".")[0]: json.loads(info)["label_name"].split("-")
+             for name, info in members(tmp_path / "both", ".json").items()}
+    for label_by, factor in (("cue", 0), ("direction", 1)):
+        m = make_synth_dataset(tmp_path / label_by, label_by=label_by, **{**TINY, **grid})
+        assert m["classes"] == synth_classes(16, label_by=label_by)
+        assert set(m["classes"]) == {p[factor] for p in pairs.values()} and len(m["classes"]) == 4
+        assert m["options"]["label_by"] == m["class_list"]["label_by"] == label_by
+        assert members(tmp_path / label_by, ".webm") == videos  # byte for byte the same clips
+        for name, info in members(tmp_path / label_by, ".json").items():
+            pair = pairs[name.split(".")[0]]
+            info = json.loads(info)
+            assert info["label_name"] == m["classes"][info["label"]] == pair[factor]
+    with pytest.raises(ValueError, match="label_by"):
+        synth_classes(16, label_by="speed")
+
+
+def _object_colour_and_direction(clip: np.ndarray) -> tuple[str, str]:
+    """What the pixels show, measured without the recipe: the palette colour the object is
+    painted in, and the axis and sign of its centroid's travel."""
+    rgb = {name: np.array(c, float) for name, c in PALETTE.items()}
+    counts = {name: int((clip == c).all(-1).sum()) for name, c in rgb.items()}
+    colour = max(counts, key=counts.get)
+    centres = [np.argwhere(o).mean(0) for o in (clip == rgb[colour]).all(-1)]
+    dy, dx = centres[-1] - centres[0]
+    if abs(dx) > abs(dy):
+        return colour, "right" if dx > 0 else "left"
+    return colour, "down" if dy > 0 else "up"
+
+
+@pytest.mark.parametrize("label_by", ["cue", "direction"])
+def test_each_task_label_depends_only_on_its_factor(tmp_path, label_by):
+    # colour objects on a background kept off the palette: both factors can be read off the pixels
+    from shard_tools.synth import synth_sources
+
+    sources = synth_sources(tmp_path, num_videos=64, num_frames=8, width=48, height=48, num_classes=16,
+                            fps=12.0, codec="vp9", gop=16, seed=5, split="train", spatial_cue="colour",
+                            label_by=label_by)
+    seen = Counter()
+    for rec in sources.records:
+        clip = rec.prepare
+        colour, direction = _object_colour_and_direction(
+            render_clip(clip.cue, clip.direction, clip.rng(), 8, 48, 48, "colour"))
+        label_factor, other = (colour, direction) if label_by == "cue" else (direction, colour)
+        assert sources.classes[rec.label] == rec.label_name == label_factor
+        seen[rec.label_name, other] += 1
+    # every label sees every value of the other factor equally often: it carries no class information
+    assert len(seen) == 16 and set(seen.values()) == {4}
