@@ -1,4 +1,4 @@
-"""`mvd-bench {shard,loader,model,step,demo,teachers,all} [--device cpu|gpu] [--quick] --out DIR`.
+"""`mvd-bench {shard,loader,model,step,demo,teachers,detect,all} [--device cpu|gpu] [--quick] --out DIR`.
 
 Runs the chosen benchmark modules, then writes DIR/report.json, DIR/report.md and PNG plots.
 Each module is `benchmarks.<mode>` with `run(out_dir, *, quick[, device, seeds, report_dir])
@@ -22,7 +22,7 @@ from benchmarks import env, report, targets
 
 # The keywords each mode's run() takes beside `quick` (`all` runs report.MODES in order).
 MODE_ARGS = {"shard": (), "loader": ("device",), "model": ("device",), "step": ("device",), "demo": (),
-             "teachers": ("seeds", "report_dir")}
+             "teachers": ("seeds", "report_dir"), "detect": ("seeds", "report_dir")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,14 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Throughput suite: sharding, loaders, model forward+backward and the full "
         "MVD training step; the demo's accuracy margin (distilled over scratch, seeds 0-2); and "
         "which teacher helps which task (teachers: image-, video- and co-taught students on a "
-        "spatial and a temporal task, seeds 0-2). Writes report.json, report.md and PNG plots "
-        "into --out.",
+        "spatial and a temporal task, seeds 0-2); and AVA-style action detection on synthetic "
+        "movies (detect: distilled over scratch frame mAP, seeds 0-2). Writes report.json, "
+        "report.md and PNG plots into --out.",
     )
     parser.add_argument(
         "mode", choices=(*report.MODES, *report.SOLO_MODES, "all"),
         help="what to measure; `all` runs " + ", ".join(report.MODES) + " and leaves out "
-        + ", ".join(report.SOLO_MODES) + " (about 10 minutes a seed on 2 cores, 2 with --quick: run "
-        "it by name)")
+        + ", ".join(report.SOLO_MODES) + " (teachers about 10 minutes a seed on 2 cores, detect "
+        "about 6; under a minute with --quick: run them by name)")
     parser.add_argument(
         "--device",
         choices=("cpu", "gpu"),
@@ -49,10 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="tiny models and inputs, few iterations: all modes in under 5 minutes on 2 cores; "
-        "teachers on one seed in about 2 minutes (its accuracies mean nothing)",
+        "teachers and detect on one seed in about a minute (their accuracies mean nothing)",
     )
     parser.add_argument("--seeds", type=_seeds, metavar="N,N,...",
-                        help="teachers only: the seeds to run (default 0,1,2; 0 with --quick)")
+                        help="teachers and detect only: the seeds to run (default 0,1,2; 0 with --quick)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="report directory (report.json, report.md, plots)")
     parser.add_argument(

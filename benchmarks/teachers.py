@@ -30,9 +30,7 @@ stage is an ordinary `mvd-train` run; its resolved config lands in `<report>/con
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -148,11 +146,8 @@ def keep_configs(out: Path, b: Budget, dest: Path) -> None:
     """Each stage's resolved config as `dest/<stage>.yaml` (replay: `mvd-train --config FILE`,
     after remaking the data with `dest/data.json`'s `make_synth_dataset` arguments at the paths
     the configs name)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for stage in stages(out, b):
-        shutil.copyfile(out / stage.name / "config.yaml", dest / f"{stage.name}.yaml")
-    recipes = {str(out / "data" / name): recipe for name, recipe in data_recipes(b).items()}
-    (dest / "data.json").write_text(json.dumps(recipes, indent=1) + "\n")
+    demo.keep_configs(out, stages(out, b), {str(out / "data" / name): recipe
+                                            for name, recipe in data_recipes(b).items()}, dest)
 
 
 def run(out_dir: Path, *, quick: bool = False, seeds: tuple[int, ...] | None = None,

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -180,6 +181,16 @@ def run_stage(out: Path, stage: Stage, console) -> tuple[dict, float]:
              f", held-out frame mAP {100 * scores['mAP']:.1f}%" if scores.get("mAP") is not None else "")
     console.print(f"{stage.what}: {result['step']} steps in {seconds:.0f} s, final loss {last['loss']:.3f}{extra}")
     return result, seconds
+
+
+def keep_configs(out: Path, runs: list[Stage], data: dict, dest: Path) -> None:
+    """Each run's resolved config as ``dest/<name>.yaml`` and ``data`` (data directory -> the
+    keyword arguments that made it) as ``dest/data.json``: replay with ``mvd-train --config FILE``
+    after remaking the data at the paths the configs name (the run directories may be gone)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for stage in runs:
+        shutil.copyfile(out / stage.name / "config.yaml", dest / f"{stage.name}.yaml")
+    (dest / "data.json").write_text(json.dumps(data, indent=1) + "\n")
 
 
 def run_demo(out: Path, budget: Budget = Budget(), console=None) -> dict:
