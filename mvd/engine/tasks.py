@@ -38,6 +38,17 @@ def _clip_kwargs(cfg: Config) -> dict:
     return {"img_size": cfg.data.input_size, "num_frames": cfg.data.num_frames}
 
 
+def _head_model(cfg: Config, num_classes: int) -> nn.Module:
+    """A model with a class head (the classifier, the detector): ``num_classes`` outputs, the head
+    init scale and (when set) the dropout before it from ``cfg.model``."""
+    from mvd.models import create_model
+
+    kw = dict(_clip_kwargs(cfg), num_classes=num_classes, head_init_scale=cfg.model.head_init_scale)
+    if cfg.model.dropout >= 0:
+        kw["head_drop_rate"] = cfg.model.dropout
+    return create_model(cfg.model.name, **_model_kwargs(cfg, **kw))
+
+
 class Task:
     """The base: one trained model, no teachers.
 
@@ -238,13 +249,7 @@ class Finetune(Task):
                                label_smoothing=f.label_smoothing, num_classes=len(self.classes))
 
     def build_model(self):
-        from mvd.models import create_model
-
-        kw = dict(_clip_kwargs(self.cfg), num_classes=len(self.classes),
-                  head_init_scale=self.cfg.model.head_init_scale)
-        if self.cfg.model.dropout >= 0:
-            kw["head_drop_rate"] = self.cfg.model.dropout
-        return create_model(self.cfg.model.name, **_model_kwargs(self.cfg, **kw))
+        return _head_model(self.cfg, len(self.classes))
 
     def loss(self, model, batch, micro_step):
         video, label = batch["video"], batch["label"]
@@ -302,13 +307,7 @@ class Detect(Task):
         super().__init__(cfg, device, rank, **kw)
 
     def build_model(self):
-        from mvd.models import create_model
-
-        kw = dict(_clip_kwargs(self.cfg), num_classes=len(self.classes),
-                  head_init_scale=self.cfg.model.head_init_scale)
-        if self.cfg.model.dropout >= 0:
-            kw["head_drop_rate"] = self.cfg.model.dropout
-        return create_model(self.cfg.model.name, **_model_kwargs(self.cfg, **kw))
+        return _head_model(self.cfg, len(self.classes))
 
     def loss(self, model, batch, micro_step):
         logits = model(batch["video"], batch["boxes"])  # (K, C)
