@@ -88,7 +88,7 @@ def measure(case: ModelCase, dev: torch.device) -> list[dict]:
     """Time one case; returns its records (or one skipped record saying why)."""
     from mvd.distill import mvd_forward
     from mvd.engine.precision import plan_precision
-    from mvd.masking import masked_tokens, tube_mask
+    from dali_pipelines.masks import masked_tokens, tube_mask
     from mvd.models import create_model, freeze
     from mvd.models.flops import mvd_step_flops
 

@@ -53,7 +53,7 @@ from dali_pipelines.normalize import Normalize, erase_
 from dali_pipelines.outputs import per_view
 from dali_pipelines.reader import ClipReader, ReaderConfig
 from dali_pipelines.runner import BatchFailed, Part, PipelinePlan, PipelineRunner, plan_pipelines
-from mvd.masking import random_mask, tube_mask
+from dali_pipelines.masks import random_mask, tube_mask
 
 __all__ = ["PretrainLoader", "FinetuneLoader", "EvalLoader", "DetectLoader", "DecodeFailureError"]
 

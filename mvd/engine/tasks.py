@@ -18,7 +18,8 @@ from mvd.config import Config, ConfigError, TeacherConfig
 from mvd.engine.class_lists import SHARD_FIX, ClassSource, check_same_classes, shard_classes
 from mvd.engine.precision import Precision
 from mvd.engine.weights import load_weights
-from mvd.masking import masked_count, masked_tokens, num_to_mask
+from dali_pipelines.masks import masked_tokens, num_to_mask
+from mvd.masking import masked_count
 
 log = logging.getLogger("mvd.train")
 
@@ -211,7 +212,7 @@ class PretrainMAE(Task):
                             **_model_kwargs(self.cfg, img_size=self.cfg.data.input_size))
 
     def loss(self, model, batch, micro_step):
-        from mvd.masking import random_mask
+        from dali_pipelines.masks import random_mask
 
         video = batch["video"]  # (B, 3, T, H, W)
         frames = video[:, :, ::2].transpose(1, 2).flatten(0, 1)  # (B*T/2, 3, H, W)

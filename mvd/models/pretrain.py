@@ -80,7 +80,7 @@ class MAEPretrain(ViTEncoder):
     when ``norm_pix_loss`` (MAE's recommended recipe).
 
     ``model(frames (B, 3, H, W) normalised, mask (B, L) bool) -> loss``; masks are random
-    (``mvd.masking.random_mask``, ratio 0.75 in the recipe).
+    (``dali_pipelines.masks.random_mask``, ratio 0.75 in the recipe).
     """
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, num_frames: int | None = None,

@@ -26,7 +26,7 @@ from mvd.config import load_config
 from mvd.engine.distributed import compile_teacher
 from mvd.engine.trainer import Trainer
 from mvd.layers import Block
-from mvd.masking import masked_tokens, num_to_mask, random_mask, tube_mask
+from dali_pipelines.masks import masked_tokens, num_to_mask, random_mask, tube_mask
 from mvd.models import create_model
 from mvd.models.teachers import freeze
 

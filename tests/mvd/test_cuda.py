@@ -29,7 +29,7 @@ from mvd.engine.optim import IMPLEMENTATIONS, build_optimizer
 from mvd.engine.precision import Precision, plan_precision
 from mvd.engine.tasks import PretrainMVD, build_task
 from mvd.layers.attention import Attention
-from mvd.masking import masked_tokens, tube_mask
+from dali_pipelines.masks import masked_tokens, tube_mask
 from mvd.models import create_model
 
 pytestmark = pytest.mark.cuda

@@ -5,7 +5,7 @@ import torch
 
 from mvd.distill import mvd_forward
 from mvd.losses import FeatureLossConfig
-from mvd.masking import tube_mask
+from dali_pipelines.masks import tube_mask
 from mvd.models import create_model, freeze
 
 TINY = dict(img_size=32, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=32, depth=1, num_heads=2)

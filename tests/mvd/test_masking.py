@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from mvd.masking import gather_tokens, masked_count, num_to_mask, random_mask, split_indices, tube_mask
+from dali_pipelines.masks import num_to_mask, random_mask, tube_mask
+from mvd.masking import gather_tokens, masked_count, split_indices
 
 
 def test_reference_tube_mask_counts():

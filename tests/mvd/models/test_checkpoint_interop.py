@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mvd.layers import build_table
-from mvd.masking import random_mask, tube_mask
+from dali_pipelines.masks import random_mask, tube_mask
 from mvd.models import CheckpointError, create_model, freeze, load_checkpoint, save_safetensors
 
 TINY = dict(img_size=32, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=32, depth=2, num_heads=4,

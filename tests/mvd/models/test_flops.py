@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mvd.masking import tube_mask
+from dali_pipelines.masks import tube_mask
 from mvd.models import create_model, freeze
 from mvd.models.flops import count_flops, mvd_step_flops, student_flops, teacher_flops
 

@@ -26,7 +26,7 @@ from transformers import (  # noqa: E402
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding  # noqa: E402
 
 from mvd.engine.weights import load_weights  # noqa: E402
-from mvd.masking import tube_mask  # noqa: E402
+from dali_pipelines.masks import tube_mask  # noqa: E402
 from mvd.models import CheckpointError, create_model, load_checkpoint, save_safetensors  # noqa: E402
 
 ATOL = 1e-4  # the issue's bar; the configs' layer_norm_eps (1e-12, as on the hub) vs our 1e-6 is most of it

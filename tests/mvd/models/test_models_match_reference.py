@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mvd.layers import sincos_2d_table, sincos_3d_table, sinusoid_1d_table
-from mvd.masking import random_mask, tube_mask
+from dali_pipelines.masks import random_mask, tube_mask
 from mvd.models import create_model
 
 # ---- reference, from the formulas ----
