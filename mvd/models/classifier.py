@@ -30,8 +30,6 @@ class VideoViT(ViTEncoder):
                  drop_path_rate: float = 0.1, num_classes: int = 400, head_drop_rate: float = 0.0,
                  head_init_scale: float = 0.001, pos_embed: str = "sincos_3d", in_chans: int = 3,
                  grad_checkpointing: bool = False):
-        if pos_embed not in self.pos_embed_kinds:
-            raise ValueError(f"pos_embed must be one of {self.pos_embed_kinds}, got {pos_embed!r}")
         super().__init__(img_size=img_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          drop_path_rate=drop_path_rate, pos_kind=pos_embed, final_norm=False, in_chans=in_chans,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from mvd.models.classifier import VideoViT
 from mvd.models.vit import ViTEncoder
 
 POOL = 7  # RoIAlign output bins per side (VideoMAE's POOLER_RESOLUTION)
@@ -38,15 +39,13 @@ class VideoViTDetector(ViTEncoder):
     """
 
     fresh_init_prefixes = ("action_head.", "norm.")
-    pos_embed_kinds = ("sincos_3d", "sinusoid_1d")
+    pos_embed_kinds = VideoViT.pos_embed_kinds
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.2, num_classes: int = 80, head_drop_rate: float = 0.0,
                  head_init_scale: float = 0.001, pos_embed: str = "sincos_3d", in_chans: int = 3,
                  grad_checkpointing: bool = False):
-        if pos_embed not in self.pos_embed_kinds:
-            raise ValueError(f"pos_embed must be one of {self.pos_embed_kinds}, got {pos_embed!r}")
         super().__init__(img_size=img_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          drop_path_rate=drop_path_rate, pos_kind=pos_embed, final_norm=True, in_chans=in_chans,

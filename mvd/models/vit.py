@@ -63,6 +63,8 @@ class ViTEncoder(nn.Module):
                  pos_kind: str, cls_token: bool = False, final_norm: bool = True, in_chans: int = 3,
                  grad_checkpointing: bool = False):
         super().__init__()
+        if self.pos_embed_kinds and pos_kind not in self.pos_embed_kinds:
+            raise ValueError(f"pos_embed must be one of {self.pos_embed_kinds}, got {pos_kind!r}")
         self.embed_dim, self.depth, self.num_heads, self.mlp_ratio = embed_dim, depth, num_heads, mlp_ratio
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size)
         self.grid = self.patch_embed.grid
