@@ -38,8 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "mode", choices=(*report.MODES, *report.SOLO_MODES, "all"),
         help="what to measure; `all` runs " + ", ".join(report.MODES) + " and leaves out "
-        + ", ".join(report.SOLO_MODES) + " (teachers about 10 minutes a seed on 2 cores, detect "
-        "about 6; under a minute with --quick: run them by name)")
+        + ", ".join(report.SOLO_MODES) + " (teachers about 13 minutes a seed on 2 cores, detect "
+        "about 5; under a minute with --quick: run them by name)")
     parser.add_argument(
         "--device",
         choices=("cpu", "gpu"),
