@@ -78,14 +78,18 @@ def test_quick_run_writes_the_teachers_block_the_configs_and_the_figures(tmp_pat
         assert (out / plot).read_bytes()[:8] == PNG and f"]({plot})" in md
 
 
-def test_seeds_are_parsed_and_only_taken_by_the_teachers_mode(capsys):
+def test_seeds_are_parsed_and_only_taken_by_the_seeded_studies(capsys):
     assert parse_args(["teachers", "--seeds", "3,1", "--out", "x"]).seeds == (3, 1)
-    for argv in (["demo", "--seeds", "0", "--out", "x"], ["teachers", "--seeds", "0,a", "--out", "x"],
-                 ["teachers", "--seeds", "1,1", "--out", "x"]):
+    assert parse_args(["detect", "--seeds", "2", "--out", "x"]).seeds == (2,)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["demo", "--seeds", "0", "--out", "x"])
+    assert exc.value.code == 2
+    assert "--seeds applies to teachers, detect only, not to demo" in capsys.readouterr().err
+    for argv in (["teachers", "--seeds", "0,a", "--out", "x"], ["teachers", "--seeds", "1,1", "--out", "x"]):
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
         assert exc.value.code == 2
-    assert "--seeds applies to teachers only" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
