@@ -80,15 +80,20 @@ class ShardDir:
         return dict(self.manifest.get("codecs", {}))
 
 
-def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
-    """Read `data_dir/manifest.json`, check every listed shard and index, build the table.
+def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> dict | None:
+    """`data_dir/manifest.json`, checked for its format and the fields every reader needs
+    (`samples`, `classes`, `shards`), without opening a shard: what a trainer or a plan asks of a
+    shard directory (its class list, sample count, `detection` section) before any loader exists.
 
-    Raises ShardDirError naming the missing or inconsistent file.
+    Raises ShardDirError naming the directory or file; with `missing_ok`, a directory without a
+    manifest (not sharded yet) gives None instead.
     """
     path = Path(data_dir)
+    manifest_path = path / "manifest.json"
+    if missing_ok and not manifest_path.is_file():
+        return None
     if not path.is_dir():
         raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
-    manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise ShardDirError(
             f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
@@ -97,13 +102,24 @@ def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise ShardDirError(f"{manifest_path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise ShardDirError(
-            f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}"
-        )
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ShardDirError(f"{manifest_path}: format {got!r}, expected {FORMAT!r}")
     for field in ("samples", "classes", "shards"):
         if field not in manifest:
             raise ShardDirError(f"{manifest_path}: missing field {field!r}")
+    return manifest
+
+
+def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
+    """Read `data_dir/manifest.json` (:func:`read_manifest`), check every listed shard and index,
+    build the table.
+
+    Raises ShardDirError naming the missing or inconsistent file.
+    """
+    path = Path(data_dir)
+    manifest_path = path / "manifest.json"
+    manifest = read_manifest(path)
     if not manifest["shards"]:
         raise ShardDirError(f"{manifest_path}: lists no shards")
 
