@@ -1,5 +1,6 @@
-"""Building the dali_pipelines loaders from the data config and the process's rank, and turning
-their batches into the models' inputs on the device.
+"""What every dali_pipelines loader takes from the data config and the process's rank (each task
+module builds its own loaders with these), and turning their batches into the models' inputs on
+the device.
 
 The training loaders yield uint8 clips (``normalize=False``: a quarter of the bytes of float32
 to copy and move); :class:`ModelInputs` normalises them on the device inside the step and then
@@ -39,54 +40,34 @@ def failure_group(info: DistInfo):
     return dist.new_group(backend="gloo")
 
 
-def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)):
-    """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
-    boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
-    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid). Each
-    rank reads its own share of the samples.
+def loader_options(cfg: Config, info: DistInfo) -> dict:
+    """The keywords every loader takes from the data config and this process's rank: where it
+    decodes, its share of the samples, the clip geometry, the decode pipelines and the CPU split
+    (``dali_pipelines.budget.cpu_budget``: this process's training step beside). Each task's
+    loader function (in ``mvd.engine.tasks``) adds its own and calls the loader. Each rank reads
+    its own share of the samples.
 
     Decode failures past data.max_failure_fraction stop every rank at the same step: the
-    training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
-    loader, built at every validation, over the default group (on NCCL a small device tensor per
-    eval batch, rather than a new group per validation)."""
-    import dali_pipelines as dp  # DALI: loaded only when a loader is built
-
+    training loader votes over a gloo group (:func:`train_loader_options`, one per trainer); an
+    eval loader, built at every validation, over the default group (on NCCL a small device
+    tensor per eval batch, rather than a new group per validation)."""
     d = cfg.data
-    common = dict(device=loader_device(cfg, info), shard_id=info.rank,
-                  num_shards=info.world_size, num_frames=d.num_frames,
-                  sampling_rate=d.sampling_rate, sampling=d.sampling, input_size=d.input_size,
-                  gpu_decoders=d.gpu_decoders or None, cpu_decode_share=d.cpu_decode_share,
-                  max_failure_fraction=d.max_failure_fraction,
-                  # the CPU split (dali_pipelines.budget.cpu_budget): this process's step beside
-                  step_device=info.device.type, torch_threads=cfg.dist.cpu_threads,
-                  num_threads=d.dali_threads or None,
-                  num_workers=None if d.reader_workers < 0 else d.reader_workers)
-    x = cfg.detect
-    if kind == "detect_eval":
-        e = cfg.eval
-        common.pop("sampling")  # the clip is centred on the keyframe
-        return dp.DetectLoader(e.dir or d.dir, e.batch_size, train=False, eval_boxes=x.eval_boxes,
-                               proposal_min_score=x.proposal_min_score,
-                               test_extend=tuple(x.test_extend), **{**common, **e.loader_options})
-    if kind == "eval":
-        e = cfg.eval
-        return dp.EvalLoader(e.dir or d.dir, e.batch_size, num_clips=e.num_clips,
-                             num_crops=e.num_crops, **{**common, **e.loader_options})
-    # uint8 clips, normalised by ModelInputs in the step (loader_options may say otherwise)
-    common.update(seed=cfg.seed, normalize=False, process_group=failure_group(info))
-    if kind == "detect":
-        common.pop("sampling")
-        return dp.DetectLoader(d.dir, d.batch_size, train=True, flip=d.flip, min_crop=x.min_crop,
-                               min_visible=x.min_visible, jitter=tuple(x.jitter),
-                               **{**common, **d.loader_options})
-    if kind == "finetune":
-        return dp.FinetuneLoader(d.dir, d.batch_size, num_sample=d.repeated_aug, flip=d.flip,
-                                 rand_augment=tuple(d.rand_augment) or None,
-                                 erase_prob=d.erase_prob, **{**common, **d.loader_options})
-    return dp.PretrainLoader(d.dir, d.batch_size, teacher_input_size=d.teacher_input_size or
-                             d.input_size, mask_type=d.mask_type, mask_ratio=d.mask_ratio,
-                             patch_size=patch[0], tubelet_size=patch[1],
-                             **{**common, **d.loader_options})
+    return dict(device=loader_device(cfg, info), shard_id=info.rank,
+                num_shards=info.world_size, num_frames=d.num_frames,
+                sampling_rate=d.sampling_rate, input_size=d.input_size,
+                gpu_decoders=d.gpu_decoders or None, cpu_decode_share=d.cpu_decode_share,
+                max_failure_fraction=d.max_failure_fraction,
+                step_device=info.device.type, torch_threads=cfg.dist.cpu_threads,
+                num_threads=d.dali_threads or None,
+                num_workers=None if d.reader_workers < 0 else d.reader_workers)
+
+
+def train_loader_options(cfg: Config, info: DistInfo) -> dict:
+    """:func:`loader_options` of a training loader: seeded, uint8 clips (normalised by
+    :class:`ModelInputs` in the step), its failure vote over :func:`failure_group`. A collective
+    (the group): every rank calls it, in the same order."""
+    return dict(loader_options(cfg, info), seed=cfg.seed, normalize=False,
+                process_group=failure_group(info))
 
 
 class ModelInputs:
