@@ -4,7 +4,9 @@ The only command line is ``--config FILE`` plus dotted overrides ``key.sub=value
 are parsed with YAML typing (``optim.base_lr=1e-3``, ``train.max_steps=10``, ``resume=auto``).
 Every field has a default and a one-line meaning (``help`` in its metadata); unknown keys, wrong
 types and bad choices raise :class:`ConfigError` naming the full dotted key and how to fix it,
-before any work starts. ``mvd-train --config FILE --help-config`` lists every key.
+before any work starts (the YAML typing and the key checks are ``mvd.yaml_config``'s; the checks
+that hold for one task only are that task's, run when ``mvd.engine.tasks.task_class`` looks it
+up). ``mvd-train --config FILE --help-config`` lists every key.
 
 Derived values (global batch, scaled learning rates, steps per epoch, ...) are computed by
 :func:`derive` once the world size and the loader length are known; the trainer prints them and

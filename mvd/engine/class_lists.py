@@ -30,7 +30,7 @@ def shard_manifest(data_dir: str, what: str = "data.dir") -> dict:
     try:
         return read_manifest(data_dir)
     except ShardDirError as e:
-        raise ConfigError(f"{what}={data_dir}: {e}") from None
+        raise ConfigError(f"config key '{what}': {e}") from None
 
 
 def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:

@@ -4,17 +4,17 @@ A task class is the task's knowledge; the engine (trainer, dry run, ``mvd-train`
 never asks which task it is:
 
 - before anything is built (class methods): ``check_config`` (its cross-field checks, naming the
-  key), ``inputs`` (the paths the run reads), ``shard_dir`` (the shards whose size sets the
-  schedule), ``plan_classes`` (the class head the dry run plans with), ``clip_views`` (clips per
-  sample in a batch, for the global batch);
+  key), ``inputs`` (the paths the run reads), ``plan_warnings``, ``shard_dir`` (the shards whose
+  size sets the schedule), ``plan_classes`` (the class head the dry run plans with),
+  ``clip_views`` (clips per sample in a batch, for the global batch);
 - ``build`` (a class method): plain functions build the parts (model, teachers, loss state),
   ``__init__`` only stores them, so no overridable method runs during construction;
 - training: ``train_loader``, ``loss``, and with ``validates`` ``validate`` and ``eval_summary``;
 - the dry run's contract: ``fake_batch`` (the loader's shapes, as fake tensors), ``plan_errors``,
-  ``train_flops``, ``clips``.
+  ``train_flops``, ``clips``, and for a task that does not train ``scores`` (its forward).
 
-``trains`` is False for a task that only evaluates (``eval``); mvd-train then evaluates instead of
-training.
+``trains`` is False for a task that only evaluates (``eval``); mvd-train then evaluates
+(``mvd.engine.trainer.run_eval``) instead of training.
 """
 
 from __future__ import annotations
