@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dali_pipelines import pipeline as dali_stage
+from dali_pipelines import graph
 from dali_pipelines.failures import is_decode_failure
 from dali_pipelines.manifest import SampleTable
 from dali_pipelines.outputs import Outputs
-from dali_pipelines.reader import ClipReader, ReaderConfig
+from dali_pipelines.reader import ClipReader
+from dali_pipelines.reader_config import ReaderConfig
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class PipelineRunner:
         parts = []
         for pipe, reader, plan, outputs in zip(self.pipes, self._readers, self.plans, self.outputs):
             try:
-                out = pipe.run()
+                out = pipe.run()  # no stream given: the host waits here for this batch's outputs
             except Exception as exc:  # DALI reports any operator failure as a generic error
                 if not is_decode_failure(exc):  # out of memory, CUDA, the reader: not a sample
                     self.close()
@@ -145,7 +146,7 @@ class PipelineRunner:
         for plan, cfg, outputs in zip(self.plans, self._cfgs, self.outputs):
             reader = ClipReader(cfg, self.table, epoch, step, self.steps, frozenset(bad),
                                 outputs=outputs, positions=None if whole else plan.positions)
-            pipes.append(dali_stage.build(
+            pipes.append(graph.build(
                 reader, outputs, device=self.device, input_size=self.input_size,
                 teacher_input_size=self.teacher_input_size, num_threads=plan.num_threads,
                 num_workers=plan.num_workers, device_id=self.device_id, prefetch=self.prefetch,

@@ -17,7 +17,7 @@ import pytest
 from dali_pipelines.manifest import load_shard_dir
 
 COUNTER_FRAMES = (40, 13, 70, 24, 9, 33)  # frame counts of the counter videos (some < a window)
-TINY = dict(num_frames=8, sampling_rate=2, input_size=32, teacher_input_size=32, num_workers=0)
+TINY = dict(num_frames=8, sampling_rate=2, input_size=32, teacher_input_size=32, reader_workers=0)
 
 
 def counter_value(i: int) -> int:

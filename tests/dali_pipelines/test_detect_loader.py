@@ -19,7 +19,7 @@ from dali_pipelines import DetectLoader, load_ava, load_shard_dir, sampling
 from dali_pipelines.decode import decode_frames
 from dali_pipelines.manifest import ShardDirError
 
-CLIP = dict(num_frames=8, sampling_rate=2, input_size=32, num_workers=0)
+CLIP = dict(num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
 
 
 @pytest.fixture(scope="module")

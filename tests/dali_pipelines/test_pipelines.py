@@ -58,8 +58,8 @@ def test_n_pipelines_and_a_cpu_share_give_the_batches_of_one_across_a_resume(sha
 
 
 def test_finetune_views_and_erasing_are_the_same_with_two_pipelines(synth_shards):
-    kw = dict(device="cpu", seed=1, num_sample=2, num_frames=8, sampling_rate=2, input_size=32,
-              num_workers=0)
+    kw = dict(device="cpu", seed=1, repeated_aug=2, num_frames=8, sampling_rate=2, input_size=32,
+              reader_workers=0)
     one = collect(FinetuneLoader(synth_shards, 4, **kw))[:3]
     two = collect(FinetuneLoader(synth_shards, 4, gpu_decoders=2, **kw))[:3]
     for x, y in zip(one, two):
@@ -68,6 +68,6 @@ def test_finetune_views_and_erasing_are_the_same_with_two_pipelines(synth_shards
 
 def test_bad_pipeline_settings_fail_at_construction(synth_shards):
     with pytest.raises(ValueError, match="gpu_decoders"):
-        PretrainLoader(synth_shards, 4, device="cpu", gpu_decoders=0, **TINY)
+        PretrainLoader(synth_shards, 4, device="cpu", gpu_decoders=-1, **TINY)
     with pytest.raises(ValueError, match="cpu_decode_share"):
         PretrainLoader(synth_shards, 4, device="cpu", cpu_decode_share=1.5, **TINY)

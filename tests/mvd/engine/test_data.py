@@ -34,7 +34,7 @@ def test_training_loaders_yield_uint8_and_model_inputs_normalise_them(synth_shar
 
 
 def test_model_inputs_match_the_float_loader_and_erase_after_normalising(synth_shards):
-    kw = dict(device="cpu", seed=2, num_frames=8, sampling_rate=2, input_size=32, num_workers=0)
+    kw = dict(device="cpu", seed=2, num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
     floats = next(iter(PretrainLoader(synth_shards, 4, teacher_input_size=48, **kw)))
     raw = next(iter(PretrainLoader(synth_shards, 4, teacher_input_size=48, normalize=False, **kw)))
     inputs = ModelInputs(torch.device("cpu"))(raw)
