@@ -221,6 +221,8 @@ def build(
         named = dict(zip(outputs.reader, sources))
         video = decode(named, device, decode_on)
         out = {"info": passed_through(named["info"]), "error": passed_through(named["error"])}
+        if video is named["data"]:  # the reader's PyAV frames, on the host: a pass-through
+            video = passed_through(video)
         if outputs.decode_only:
             return outputs.stage_tuple({**out, "decoded": video})
         for v in range(cfg.num_views):
