@@ -41,21 +41,12 @@ def failure_group(info: DistInfo):
     return dist.new_group(backend="gloo")
 
 
-def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)):
-    """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
-    boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
-    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid). Each
-    rank reads its own share of the samples.
-
-    Decode failures past data.max_failure_fraction stop every rank at the same step: the
-    training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
-    loader, built at every validation, over the default group (on NCCL a small device tensor per
-    eval batch, rather than a new group per validation)."""
-    import dali_pipelines as dp  # DALI: loaded only when a loader is built
-
+def loader_options(cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)) -> LoaderOptions:
+    """The config's ``data``, ``eval`` and ``detect`` fields onto the loaders' one options
+    object, field for field (the same names), with this rank and the step beside the loader;
+    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid)."""
     d, e, x = cfg.data, cfg.eval, cfg.detect
-    # the config's fields onto the loaders' one options object, field for field
-    options = LoaderOptions(
+    return LoaderOptions(
         device=loader_device(cfg, info), shard_id=info.rank, num_shards=info.world_size,
         num_frames=d.num_frames, sampling_rate=d.sampling_rate, sampling=d.sampling,
         input_size=d.input_size, teacher_input_size=d.teacher_input_size,
@@ -71,6 +62,22 @@ def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] 
         reader_workers=d.reader_workers,
         # the CPU split (dali_pipelines.budget.cpu_budget): this process's step beside
         step_device=info.device.type, torch_threads=cfg.dist.cpu_threads)
+
+
+def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)):
+    """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
+    boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
+    options from :func:`loader_options`, then ``data.loader_options`` (``eval.loader_options``
+    for the eval loaders) by option name. Each rank reads its own share of the samples.
+
+    Decode failures past data.max_failure_fraction stop every rank at the same step: the
+    training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
+    loader, built at every validation, over the default group (on NCCL a small device tensor per
+    eval batch, rather than a new group per validation)."""
+    import dali_pipelines as dp  # DALI: loaded only when a loader is built
+
+    d, e = cfg.data, cfg.eval
+    options = loader_options(cfg, info, patch)
     if kind in ("eval", "detect_eval"):
         options = LoaderOptions.of(options, e.loader_options, where="eval.loader_options")
         if kind == "detect_eval":
