@@ -122,11 +122,3 @@ def choose_decoder(shards: ShardDir, device: str, decoder: str) -> str:
     if decoder == "auto":
         return "pyav" if unsupported else "dali"
     return decoder
-
-
-def check_tokens(num_frames: int, tubelet: int, size: int, patch: int, name: str) -> None:
-    """The clip divides into the model's tokens (PretrainLoader's mask grid)."""
-    if num_frames % tubelet:
-        raise ValueError(f"num_frames={num_frames} is not divisible by tubelet_size={tubelet}")
-    if size % patch:
-        raise ValueError(f"{name}={size} is not divisible by patch_size={patch}")

@@ -8,7 +8,7 @@ from dali_pipelines.clip_loader import ClipLoader
 from dali_pipelines.manifest import load_shard_dir
 from dali_pipelines.masks import random_mask, tube_mask
 from dali_pipelines.options import LoaderOptions
-from dali_pipelines.parts import build_parts, check_tokens
+from dali_pipelines.parts import build_parts
 from dali_pipelines.reader_config import ReaderConfig
 from dali_pipelines.runner import Part
 
@@ -21,6 +21,14 @@ def pretrain_reader_config(o: LoaderOptions, batch_size: int) -> ReaderConfig:
         sampling_rate=o.sampling_rate, sampling=o.sampling, input_size=o.input_size,
         crop="multiscale",
     )
+
+
+def check_tokens(num_frames: int, tubelet: int, size: int, patch: int, name: str) -> None:
+    """The clip divides into the model's tokens (PretrainLoader's mask grid)."""
+    if num_frames % tubelet:
+        raise ValueError(f"num_frames={num_frames} is not divisible by tubelet_size={tubelet}")
+    if size % patch:
+        raise ValueError(f"{name}={size} is not divisible by patch_size={patch}")
 
 
 class PretrainLoader(ClipLoader):
