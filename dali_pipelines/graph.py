@@ -221,10 +221,8 @@ def build(
         named = dict(zip(outputs.reader, sources))
         video = decode(named, device, decode_on)
         out = {"info": passed_through(named["info"]), "error": passed_through(named["error"])}
-        if video is named["data"]:  # the reader's PyAV frames, on the host: a pass-through
-            video = passed_through(video)
         if outputs.decode_only:
-            return outputs.stage_tuple({**out, "decoded": video})
+            return outputs.stage_tuple({**out, "decoded": returned(video, named)})
         for v in range(cfg.num_views):
             clip = video
             if cfg.rand_augment is not None:
@@ -234,7 +232,7 @@ def build(
                 )
             roi, flip = named[per_view("roi", v)], named.get(per_view("flip", v))
             if outputs.resize == "torch":  # the loader crops and resizes (tensors.crop_resize)
-                out[per_view("clip", v)] = clip
+                out[per_view("clip", v)] = returned(clip, named)
                 out[per_view("roi", v)] = passed_through(roi)
                 if flip is not None:
                     out[per_view("flip", v)] = passed_through(flip)
@@ -294,6 +292,12 @@ def passed_through(node):
     """A reader output the pipeline returns as it is, copied first (DALI 2.1.1's known issue with
     a parallel external source's pass-through outputs; see the module docstring)."""
     return fn.copy(node)
+
+
+def returned(node, named: dict):
+    """`node` as the pipeline may return it: copied when it is the reader's own output (the
+    PyAV frames on the host, when no operator came between)."""
+    return passed_through(node) if any(node is source for source in named.values()) else node
 
 
 def worker_start(device: str, num_workers: int) -> tuple[str, int]:

@@ -73,15 +73,17 @@ def test_bad_pipeline_settings_fail_at_construction(synth_shards):
         PretrainLoader(synth_shards, 4, device="cpu", cpu_decode_share=1.5, **TINY)
 
 
-@pytest.mark.parametrize("loader, kw", [
-    (PretrainLoader, {}), (FinetuneLoader, {"repeated_aug": 2, "erase_prob": 0.5}),
+@pytest.mark.parametrize("shards, loader, kw", [
+    ("synth_shards", PretrainLoader, {}),
+    ("synth_shards", FinetuneLoader, {"repeated_aug": 2, "erase_prob": 0.5}),
+    ("h264_shards", PretrainLoader, {}),  # PyAV: the reader's frames are the clip itself
 ])
-def test_no_pipeline_returns_an_external_source_output_as_it_is(synth_shards, loader, kw):
+def test_no_pipeline_returns_an_external_source_output_as_it_is(shards, loader, kw, request):
     """DALI 2.1.1's known issue (parallel external source, dynamic executor, an output returned
     directly, one contiguous chunk): every output the graph returns comes out of an operator
     other than the source (`fn.copy` for the pass-through ones). Batch size 1 per pipeline, one
     worker each: the case gpu_decoders gives when it splits a small batch."""
-    made = loader(synth_shards, 2, device="cpu", gpu_decoders=2, seed=1,
+    made = loader(request.getfixturevalue(shards), 2, device="cpu", gpu_decoders=2, seed=1,
                   **{**TINY, "reader_workers": 2, **kw})
     next(iter(made))
     for pipe in made._pipe:
