@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import frame_numbers
-from test_pretrain_loader import MEAN, STD, assert_same_batches, collect, pixels
+from test_pretrain_loader import MEAN, STD, collect, pixels
 
 from dali_pipelines import EvalLoader, FinetuneLoader, load_shard_dir
 from dali_pipelines import sampling
