@@ -10,8 +10,10 @@ No output of the (parallel) external source is returned as it is: each goes thro
 (`passed_through`). DALI 2.1.1's release notes list a known issue: with the dynamic executor
 (`exec_dynamic=True`), a parallel external source, an output returned directly and one
 contiguous chunk (`batch=True`, or a batch size of 1, which `gpu_decoders` gives when it splits
-a small batch) that output may be corrupted; the notes' workaround is an extra `fn.copy`. No
-later release note we read (2.2 to 2.4) says it is fixed.
+a small batch) that output may be corrupted; the notes' workaround is an extra `fn.copy`. DALI
+pull request #6413 ("Fix parallel external source forwarding recycled output buffers", merged
+2026-06-30) looks like the fix, but no release note up to 2.4 says the issue is fixed, so the
+copies stay: a few bytes per sample, plus the PyAV frames where the graph returns them as is.
 
 Worker processes: a CPU loader's reader workers are forked (DALI refuses `fork` once the CUDA
 driver is initialised in the process: then the reads run in this process, never a spawned
