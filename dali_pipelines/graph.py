@@ -193,8 +193,8 @@ def build(
     device: str,
     input_size: int,
     teacher_input_size: int | None,
-    num_threads: int,
-    num_workers: int,
+    dali_threads: int,
+    reader_workers: int,
     device_id: int | None,
     prefetch: int = 2,
     normalize: bool = True,
@@ -206,12 +206,12 @@ def build(
     reader draws them), taking the reader's `outputs.reader`. Its batches are the reader's
     share of each planned batch (`reader.positions`); `decode_on` as in `decode`."""
     cfg = reader.cfg
-    start_method, num_workers = worker_start(device, num_workers)
-    parallel = num_workers > 0
+    start_method, reader_workers = worker_start(device, reader_workers)
+    parallel = reader_workers > 0
 
     @pipeline_def(
-        batch_size=reader.pipeline_batch_size, num_threads=num_threads, device_id=device_id,
-        prefetch_queue_depth=prefetch, py_num_workers=max(num_workers, 1),
+        batch_size=reader.pipeline_batch_size, num_threads=dali_threads, device_id=device_id,
+        prefetch_queue_depth=prefetch, py_num_workers=max(reader_workers, 1),
         py_start_method=start_method, exec_dynamic=True,
     )
     def clip_pipeline():
@@ -302,16 +302,16 @@ def returned(node, named: dict):
     return passed_through(node) if any(node is source for source in named.values()) else node
 
 
-def worker_start(device: str, num_workers: int) -> tuple[str, int]:
+def worker_start(device: str, reader_workers: int) -> tuple[str, int]:
     """(py_start_method, reader workers) of a pipeline on `device`: a GPU pipeline spawns its
     workers; a CPU pipeline forks them, or, when the CUDA driver is already initialised in this
     process (DALI then refuses to fork), reads in this process. Asks DALI's backend, never
     torch.cuda: a CPU loader does not initialise CUDA."""
     if device == "gpu":
-        return "spawn", num_workers
-    if num_workers > 0 and backend.IsDriverInitialized():
+        return "spawn", reader_workers
+    if reader_workers > 0 and backend.IsDriverInitialized():
         log.warning("the CUDA driver is initialised in this process, so a CPU loader's %d reader "
                     "workers cannot be forked; reading in this process instead (a GPU loader, or "
-                    "a process whose step does not use CUDA, keeps its workers)", num_workers)
+                    "a process whose step does not use CUDA, keeps its workers)", reader_workers)
         return "fork", 0
-    return "fork", num_workers
+    return "fork", reader_workers

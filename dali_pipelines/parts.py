@@ -81,7 +81,7 @@ def build_parts(shards: ShardDir, table: SampleTable, cfg: ReaderConfig, options
         cfg.batch_size, device_pipelines=pipelines, device_decode=cfg.decode,
         device_decode_on="gpu" if o.device == "gpu" and cfg.decode == "dali" else "cpu",
         host_share=o.cpu_decode_share, host_decode=host_decode,
-        num_threads=budget.dali_threads, num_workers=budget.reader_workers,
+        dali_threads=budget.dali_threads, reader_workers=budget.reader_workers,
     )
     # who crops and resizes the views: DALI on GPU; torch on CPU (see dali_pipelines.tensors)
     resize = "dali" if o.device == "gpu" else "torch"

@@ -33,13 +33,13 @@ class PipelinePlan:
     positions: tuple[int, ...]
     decode: str  # "dali": the reader returns bytes and DALI decodes; "pyav": decoded frames
     decode_on: str  # where DALI decodes: "gpu" (NVDEC) or "cpu"
-    num_threads: int
-    num_workers: int
+    dali_threads: int
+    reader_workers: int
 
 
 def plan_pipelines(batch_size: int, *, device_pipelines: int, device_decode: str,
                    device_decode_on: str, host_share: float, host_decode: str,
-                   num_threads: int, num_workers: int) -> tuple[PipelinePlan, ...]:
+                   dali_threads: int, reader_workers: int) -> tuple[PipelinePlan, ...]:
     """The pipelines of a loader: round(host_share * batch_size) positions (the last ones) for
     one host pipeline decoding on the CPU with `host_decode`, the others round-robin over
     `device_pipelines` pipelines decoding with `device_decode` on `device_decode_on`. DALI
@@ -51,9 +51,9 @@ def plan_pipelines(batch_size: int, *, device_pipelines: int, device_decode: str
     if host:
         plans.append((tuple(range(batch_size - host, batch_size)), host_decode, "cpu"))
     sizes = [len(p) for p, _, _ in plans]
-    threads = _split(num_threads, sizes)
+    threads = _split(dali_threads, sizes)
     pyav = [n if decode == "pyav" else 0 for n, (_, decode, _) in zip(sizes, plans)]
-    workers = _split(num_workers, pyav if any(pyav) else sizes)
+    workers = _split(reader_workers, pyav if any(pyav) else sizes)
     return tuple(
         PipelinePlan(positions, decode, decode_on, max(1, t), w)
         for (positions, decode, decode_on), t, w in zip(plans, threads, workers)
@@ -148,8 +148,8 @@ class PipelineRunner:
                                 outputs=outputs, positions=None if whole else plan.positions)
             pipes.append(graph.build(
                 reader, outputs, device=self.device, input_size=self.input_size,
-                teacher_input_size=self.teacher_input_size, num_threads=plan.num_threads,
-                num_workers=plan.num_workers, device_id=self.device_id, prefetch=self.prefetch,
+                teacher_input_size=self.teacher_input_size, dali_threads=plan.dali_threads,
+                reader_workers=plan.reader_workers, device_id=self.device_id, prefetch=self.prefetch,
                 normalize=self.normalize, decode_on=plan.decode_on,
             ))
             readers.append(reader)

@@ -16,19 +16,19 @@ from dali_pipelines.runner import plan_pipelines
 
 def test_plan_splits_every_batch_into_whole_samples():
     plans = plan_pipelines(8, device_pipelines=3, device_decode="dali", device_decode_on="gpu",
-                           host_share=0.25, host_decode="pyav", num_threads=8, num_workers=3)
+                           host_share=0.25, host_decode="pyav", dali_threads=8, reader_workers=3)
     assert [p.positions for p in plans] == [(0, 3), (1, 4), (2, 5), (6, 7)]
     assert [(p.decode, p.decode_on) for p in plans] == [("dali", "gpu")] * 3 + [("pyav", "cpu")]
-    assert [p.num_threads for p in plans] == [2, 2, 2, 2]
-    assert [p.num_workers for p in plans] == [0, 0, 0, 3]  # the PyAV pipeline decodes
+    assert [p.dali_threads for p in plans] == [2, 2, 2, 2]
+    assert [p.reader_workers for p in plans] == [0, 0, 0, 3]  # the PyAV pipeline decodes
     # more pipelines than samples: the empty ones are dropped; the whole batch on the host
     assert len(plan_pipelines(2, device_pipelines=7, device_decode="dali", device_decode_on="gpu",
-                              host_share=0.0, host_decode="dali", num_threads=1,
-                              num_workers=0)) == 2
+                              host_share=0.0, host_decode="dali", dali_threads=1,
+                              reader_workers=0)) == 2
     (host,) = plan_pipelines(4, device_pipelines=2, device_decode="dali", device_decode_on="gpu",
-                             host_share=1.0, host_decode="dali", num_threads=1,
-                             num_workers=2)
-    assert host.positions == (0, 1, 2, 3) and host.decode_on == "cpu" and host.num_workers == 2
+                             host_share=1.0, host_decode="dali", dali_threads=1,
+                             reader_workers=2)
+    assert host.positions == (0, 1, 2, 3) and host.decode_on == "cpu" and host.reader_workers == 2
 
 
 def test_nvdec_engines_by_gpu_name():
@@ -104,7 +104,7 @@ def test_one_sample_pipelines_with_worker_readers_pass_the_right_info_and_error(
     whole = PretrainLoader(data_dir, 2, **kw)
     reference = collect(whole)
     split = PretrainLoader(data_dir, 2, gpu_decoders=2, **{**kw, "reader_workers": 2})
-    assert [(p.positions, p.num_workers) for p in split.pipelines] == [((0,), 1), ((1,), 1)]
+    assert [(p.positions, p.reader_workers) for p in split.pipelines] == [((0,), 1), ((1,), 1)]
     assert_same_batches(reference, collect(split))
     assert split.failed_keys == whole.failed_keys and key in split.failed_keys[0]
     assert split.bad == whole.bad and split.num_failures == whole.num_failures == 1
