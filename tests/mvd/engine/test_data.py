@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dali_pipelines import FinetuneLoader, LoaderOptions, PretrainLoader
@@ -100,3 +101,10 @@ def test_the_config_maps_onto_the_loader_options_field_for_field(synth_shards):
     assert shared == 24  # every data, eval and detect field the loaders take
     assert (options.repeated_aug, options.dali_threads, options.reader_workers) == (3, 2, 1)
     assert (options.patch_size, options.tubelet_size, options.device) == (8, 2, "cpu")
+
+
+def test_an_unknown_loader_option_in_the_config_is_refused_naming_its_key(synth_shards):
+    cfg = load_config(TINY / "pretrain_mvd.yaml",
+                      [f"data.dir={synth_shards}", "data.loader_options={num_workers: 0}"])
+    with pytest.raises(ValueError, match="data.loader_options 'num_workers': not a loader option"):
+        build_loader("pretrain", cfg, CPU, (8, 2))
