@@ -36,7 +36,11 @@ def shard_manifest(data_dir: str, what: str = "data.dir") -> dict:
 def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:
     """The class list of a shard directory (its manifest's ``classes``)."""
     manifest = shard_manifest(data_dir, what)
-    names = [str(n) for n in manifest["classes"]]
+    try:
+        names = [str(n) for n in manifest["classes"]]
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"config key '{what}': {data_dir}/manifest.json has no readable 'classes' "
+                          f"({e!r})") from None
     origin = manifest.get("class_list") or {}
     how = origin.get("source", "not recorded")
     if origin.get("file"):

@@ -1,6 +1,12 @@
-"""What every dali_pipelines loader takes from the data config and the process's rank (each task
-module builds its own loaders with these), and turning their batches into the models' inputs on
+"""What the dali_pipelines loaders take from the config and the process's rank (each task module
+builds its own loaders from these options), and turning their batches into the models' inputs on
 the device.
+
+Each rank reads its own share of the samples. Decode failures past data.max_failure_fraction
+stop every rank at the same step: a training loader votes over a gloo group
+(:func:`failure_group`, one per trainer); an eval loader, built at every validation, over the
+default group (on NCCL a small device tensor per eval batch, rather than a new group per
+validation).
 
 The training loaders yield uint8 clips (``normalize=False``: a quarter of the bytes of float32
 to copy and move); :class:`ModelInputs` normalises them on the device inside the step and then
@@ -12,12 +18,14 @@ mixup in the task after both). The eval loaders keep float32 clips (``mvd.engine
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from dali_pipelines.normalize import Normalize, erase_
+from dali_pipelines.options import LoaderOptions
 from mvd.config import Config
 from mvd.engine.distributed import DistInfo, all_gather_objects
 
@@ -40,34 +48,41 @@ def failure_group(info: DistInfo):
     return dist.new_group(backend="gloo")
 
 
-def loader_options(cfg: Config, info: DistInfo) -> dict:
-    """The keywords every loader takes from the data config and this process's rank: where it
-    decodes, its share of the samples, the clip geometry, the decode pipelines and the CPU split
-    (``dali_pipelines.budget.cpu_budget``: this process's training step beside). Each task's
-    loader function (in ``mvd.engine.tasks``) adds its own and calls the loader. Each rank reads
-    its own share of the samples.
+def loader_options(cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)) -> LoaderOptions:
+    """The config's ``data``, ``eval`` and ``detect`` fields onto the loaders' one options
+    object, field for field (the same names), with this rank and the step beside the loader;
+    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid)."""
+    d, e, x = cfg.data, cfg.eval, cfg.detect
+    return LoaderOptions(
+        device=loader_device(cfg, info), shard_id=info.rank, num_shards=info.world_size,
+        num_frames=d.num_frames, sampling_rate=d.sampling_rate, sampling=d.sampling,
+        input_size=d.input_size, teacher_input_size=d.teacher_input_size,
+        mask_type=d.mask_type, mask_ratio=d.mask_ratio, patch_size=patch[0],
+        tubelet_size=patch[1], repeated_aug=d.repeated_aug, flip=d.flip,
+        rand_augment=tuple(d.rand_augment), erase_prob=d.erase_prob,
+        num_clips=e.num_clips, num_crops=e.num_crops,
+        min_crop=x.min_crop, min_visible=x.min_visible, jitter=tuple(x.jitter),
+        eval_boxes=x.eval_boxes, proposal_min_score=x.proposal_min_score,
+        test_extend=tuple(x.test_extend),
+        gpu_decoders=d.gpu_decoders, cpu_decode_share=d.cpu_decode_share,
+        max_failure_fraction=d.max_failure_fraction, dali_threads=d.dali_threads,
+        reader_workers=d.reader_workers,
+        # the CPU split (dali_pipelines.budget.cpu_budget): this process's step beside
+        step_device=info.device.type, torch_threads=cfg.dist.cpu_threads)
 
-    Decode failures past data.max_failure_fraction stop every rank at the same step: the
-    training loader votes over a gloo group (:func:`train_loader_options`, one per trainer); an
-    eval loader, built at every validation, over the default group (on NCCL a small device
-    tensor per eval batch, rather than a new group per validation)."""
-    d = cfg.data
-    return dict(device=loader_device(cfg, info), shard_id=info.rank,
-                num_shards=info.world_size, num_frames=d.num_frames,
-                sampling_rate=d.sampling_rate, input_size=d.input_size,
-                gpu_decoders=d.gpu_decoders or None, cpu_decode_share=d.cpu_decode_share,
-                max_failure_fraction=d.max_failure_fraction,
-                step_device=info.device.type, torch_threads=cfg.dist.cpu_threads,
-                num_threads=d.dali_threads or None,
-                num_workers=None if d.reader_workers < 0 else d.reader_workers)
 
-
-def train_loader_options(cfg: Config, info: DistInfo) -> dict:
+def train_options(cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)) -> LoaderOptions:
     """:func:`loader_options` of a training loader: seeded, uint8 clips (normalised by
-    :class:`ModelInputs` in the step), its failure vote over :func:`failure_group`. A collective
-    (the group): every rank calls it, in the same order."""
-    return dict(loader_options(cfg, info), seed=cfg.seed, normalize=False,
-                process_group=failure_group(info))
+    :class:`ModelInputs` in the step), then ``data.loader_options`` by option name."""
+    return LoaderOptions.of(replace(loader_options(cfg, info, patch), seed=cfg.seed, normalize=False),
+                            cfg.data.loader_options, where="data.loader_options")
+
+
+def eval_options(cfg: Config, info: DistInfo) -> LoaderOptions:
+    """:func:`loader_options` of an eval loader (float clips, fixed views), then
+    ``eval.loader_options`` by option name."""
+    return LoaderOptions.of(loader_options(cfg, info), cfg.eval.loader_options,
+                            where="eval.loader_options")
 
 
 class ModelInputs:

@@ -254,9 +254,13 @@ def _manifest(path: str, key: str) -> dict | None:
     if not path:
         return None
     try:
-        return read_manifest(path, missing_ok=True)
+        manifest = read_manifest(path, missing_ok=True)
     except ShardDirError as e:
-        raise ConfigError(f"{key}={path}: {e}") from None
+        raise ConfigError(f"config key '{key}': {e}") from None
+    missing = [f for f in ("samples", "classes") if manifest is not None and f not in manifest]
+    if missing:
+        raise ConfigError(f"config key '{key}': {path}/manifest.json has no {' or '.join(missing)}")
+    return manifest
 
 
 def _fake_steps(task: Task, model: nn.Module, mode, device: torch.device, precision,

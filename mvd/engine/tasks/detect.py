@@ -11,7 +11,7 @@ from torch import nn
 
 from mvd.config import Config, ConfigError, need
 from mvd.engine.class_lists import ClassSource, shard_manifest
-from mvd.engine.data import loader_options, train_loader_options
+from mvd.engine.data import eval_options, failure_group, train_options
 from mvd.engine.detect_eval import evaluate_detections
 from mvd.engine.distributed import DistInfo
 from mvd.engine.precision import Precision
@@ -42,20 +42,17 @@ def train_loader(cfg: Config, info: DistInfo):
     """Keyframe clips with their boxes: a random crop of at least detect.min_crop, flip, jitter."""
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d, x = cfg.data, cfg.detect
-    return dp.DetectLoader(d.dir, d.batch_size, train=True, flip=d.flip, min_crop=x.min_crop,
-                           min_visible=x.min_visible, jitter=tuple(x.jitter),
-                           **{**train_loader_options(cfg, info), **d.loader_options})
+    options = train_options(cfg, info)  # (an unknown option is refused before the group)
+    return dp.DetectLoader(cfg.data.dir, cfg.data.batch_size, options, train=True,
+                           process_group=failure_group(info))
 
 
 def eval_loader(cfg: Config, info: DistInfo):
     """Every eval.dir keyframe once across ranks, the whole frame, its proposals (or boxes)."""
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d, e, x = cfg.data, cfg.eval, cfg.detect
-    return dp.DetectLoader(e.dir or d.dir, e.batch_size, train=False, eval_boxes=x.eval_boxes,
-                           proposal_min_score=x.proposal_min_score, test_extend=tuple(x.test_extend),
-                           **{**loader_options(cfg, info), **e.loader_options})
+    return dp.DetectLoader(cfg.eval.dir or cfg.data.dir, cfg.eval.batch_size, eval_options(cfg, info),
+                           train=False)
 
 
 class Detect(Task):

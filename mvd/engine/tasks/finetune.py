@@ -13,7 +13,7 @@ from torch import nn
 
 from mvd.config import Config, need
 from mvd.engine.class_lists import SHARD_FIX
-from mvd.engine.data import loader_options, train_loader_options
+from mvd.engine.data import eval_options, failure_group, train_options
 from mvd.engine.distributed import DistInfo
 from mvd.engine.evaluate import PREDICTIONS_NAME, evaluate
 from mvd.engine.precision import Precision
@@ -24,19 +24,16 @@ def train_loader(cfg: Config, info: DistInfo):
     """``data.repeated_aug`` augmented views of each video (RandAugment, random erasing, flip)."""
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d = cfg.data
-    return dp.FinetuneLoader(d.dir, d.batch_size, sampling=d.sampling, num_sample=d.repeated_aug,
-                             flip=d.flip, rand_augment=tuple(d.rand_augment) or None,
-                             erase_prob=d.erase_prob, **{**train_loader_options(cfg, info), **d.loader_options})
+    options = train_options(cfg, info)  # (an unknown option is refused before the group)
+    return dp.FinetuneLoader(cfg.data.dir, cfg.data.batch_size, options,
+                             process_group=failure_group(info))
 
 
 def eval_loader(cfg: Config, info: DistInfo):
     """``eval.num_clips x eval.num_crops`` deterministic float views of every eval.dir video."""
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d, e = cfg.data, cfg.eval
-    return dp.EvalLoader(e.dir or d.dir, e.batch_size, sampling=d.sampling, num_clips=e.num_clips,
-                         num_crops=e.num_crops, **{**loader_options(cfg, info), **e.loader_options})
+    return dp.EvalLoader(cfg.eval.dir or cfg.data.dir, cfg.eval.batch_size, eval_options(cfg, info))
 
 
 def mixup(cfg: Config, num_classes: int) -> Mixup | None:

@@ -15,7 +15,7 @@ from torch import nn
 from dali_pipelines.masks import masked_tokens
 from mvd.config import Config, TeacherConfig, need
 from mvd.distill import mvd_forward
-from mvd.engine.data import train_loader_options
+from mvd.engine.data import failure_group, train_options
 from mvd.engine.distributed import DistInfo
 from mvd.engine.precision import Precision
 from mvd.engine.tasks.base import Task, clip_kwargs, init_weights, model_kwargs
@@ -64,11 +64,9 @@ def train_loader(cfg: Config, info: DistInfo, patch: tuple[int, int]):
     """Tube-masked clips (and the teachers' view) on the student's ``patch`` grid."""
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d = cfg.data
-    return dp.PretrainLoader(d.dir, d.batch_size, sampling=d.sampling,
-                             teacher_input_size=d.teacher_input_size or d.input_size,
-                             mask_type=d.mask_type, mask_ratio=d.mask_ratio, patch_size=patch[0],
-                             tubelet_size=patch[1], **{**train_loader_options(cfg, info), **d.loader_options})
+    options = train_options(cfg, info, patch)  # (an unknown option is refused before the group)
+    return dp.PretrainLoader(cfg.data.dir, cfg.data.batch_size, options,
+                             process_group=failure_group(info))
 
 
 class PretrainMVD(Task):

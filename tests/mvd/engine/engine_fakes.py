@@ -87,15 +87,26 @@ class FakeLoader:
         pass
 
 
-def fake_pretrain_loader(data_dir, batch_size, *, patch_size, tubelet_size, num_frames, input_size,
-                         **kw):
-    grid = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size)
-    return FakeLoader(data_dir, batch_size, mask_grid=grid, num_frames=num_frames,
-                      input_size=input_size, **kw)
+def _fake(data_dir, batch_size, options, *, eval=False, masks=False):
+    """A FakeLoader made from a loader's (shard dir, batch size, LoaderOptions)."""
+    o = options
+    grid = (o.num_frames // o.tubelet_size, o.input_size // o.patch_size,
+            o.input_size // o.patch_size) if masks else None
+    return FakeLoader(data_dir, batch_size, seed=o.seed, shard_id=o.shard_id, num_shards=o.num_shards,
+                      num_frames=o.num_frames, input_size=o.input_size, mask_grid=grid,
+                      mask_ratio=o.mask_ratio, num_clips=o.num_clips, num_crops=o.num_crops, eval=eval)
 
 
-def fake_eval_loader(data_dir, batch_size, **kw):
-    return FakeLoader(data_dir, batch_size, eval=True, **kw)
+def fake_pretrain_loader(data_dir, batch_size, options, **_):
+    return _fake(data_dir, batch_size, options, masks=True)
+
+
+def fake_finetune_loader(data_dir, batch_size, options, **_):
+    return _fake(data_dir, batch_size, options)
+
+
+def fake_eval_loader(data_dir, batch_size, options, **_):
+    return _fake(data_dir, batch_size, options, eval=True)
 
 
 def no_loader(*args, **kwargs):
@@ -104,7 +115,7 @@ def no_loader(*args, **kwargs):
 
 def fake_loaders(monkeypatch, make=None) -> None:
     """dali_pipelines' loader classes replaced by FakeLoader (or all by ``make``)."""
-    for name, fake in (("PretrainLoader", fake_pretrain_loader), ("FinetuneLoader", FakeLoader),
+    for name, fake in (("PretrainLoader", fake_pretrain_loader), ("FinetuneLoader", fake_finetune_loader),
                        ("EvalLoader", fake_eval_loader)):
         monkeypatch.setattr(dali_pipelines, name, make or fake, raising=False)
 
