@@ -6,6 +6,12 @@ samples fill shards in order, a shard being cut before the sample that would pus
 ``shard_size_mb`` (or ``shard_samples``). After each shard is renamed into place, the resume
 state records it and where the next shard starts, so a re-run of the same command skips the
 finished shards' work and produces the same manifest.
+
+Each probed stream is judged against the decoder the shards are made for
+(``BuildOptions.target``, :mod:`video_caps.decoders`): one it takes is copied byte for byte;
+one it does not is re-encoded into one it takes (8-bit 4:2:0, even sizes, scaled into the
+decoder's size limits), or rejected with the reason when ``reject_unsupported`` is set. With
+``max_gop``, streams whose key frames lie further apart are re-encoded too.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from shard_tools.reencode import ReencodeOptions, reencode_video
 from shard_tools.sample import FORMAT, VideoInfo, sample_members, tar_bytes
 from shard_tools.sources import SourceRecord, SourceSet
 from shard_tools.state import STATE_NAME, FinishedShard, RunState, load_state, shard_is_intact
+from shard_tools.streams import KEYFRAME_INTERVAL, count_stream, empty_summary, merge_summaries
 from shard_tools.writer import PARTIAL_SUFFIX, ShardWriter, shard_name
+from video_caps.decoders import Decoder, decoder, reencode_plan, refusal
 
 WORK_DIR_NAME = ".work"  # temporary files (re-encoded and synthetic videos) inside the output dir
 _SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|idx)$")
@@ -52,8 +60,16 @@ class BuildOptions:
     shard_samples: int | None = None  # at most this many samples per shard
     workers: int | None = None  # processes for probing/re-encoding; None = os.cpu_count()
     reencode: ReencodeOptions | None = None
+    # the decoder the shards are made for (video_caps.decoders.DECODERS); "pyav" takes whatever
+    # FFmpeg decodes, which packs every decodable stream as it came
+    target: str = "pyav"
+    reject_unsupported: bool = False  # reject a stream the target does not take instead of re-encoding it
+    max_gop: int | None = None  # re-encode streams whose key frames lie further apart (frames)
 
     def __post_init__(self) -> None:
+        decoder(self.target)
+        if self.max_gop is not None and self.max_gop < 1:
+            raise ValueError(f"max GOP must be >= 1 frame, got {self.max_gop}")
         if self.shard_size_mb <= 0:
             raise ValueError(f"shard size must be > 0 MB, got {self.shard_size_mb}")
         if self.shard_samples is not None and self.shard_samples < 1:
@@ -63,8 +79,16 @@ class BuildOptions:
 
     def output_options(self) -> dict:
         """The options that decide the output (the worker count does not)."""
-        return {"seed": self.seed, "shard_size_mb": self.shard_size_mb, "shard_samples": self.shard_samples,
-                "reencode": asdict(self.reencode) if self.reencode else None}
+        options = {"seed": self.seed, "shard_size_mb": self.shard_size_mb, "shard_samples": self.shard_samples,
+                   "reencode": asdict(self.reencode) if self.reencode else None}
+        # only when they change what is packed, so earlier runs' fingerprints still match
+        if self.target != "pyav":
+            options["target"] = self.target
+        if self.reject_unsupported:
+            options["reject_unsupported"] = True
+        if self.max_gop is not None:
+            options["max_gop"] = self.max_gop
+        return options
 
 
 def work_dir(out_dir: Path) -> Path:
@@ -78,6 +102,9 @@ class _Task:
     record: SourceRecord
     reencode: ReencodeOptions | None
     work_dir: Path
+    target: Decoder
+    reject_unsupported: bool
+    max_gop: int | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +117,7 @@ class _Processed:
     data_path: Path | None = None
     ext: str = ""
     temporary: tuple[Path, ...] = ()  # files to delete once packed
+    reencoded: str | None = None  # the property the stream was re-encoded for (to suit the target)
 
 
 def _video_ext(path: Path, codec: str) -> str:
@@ -115,19 +143,41 @@ def _process(task: _Task) -> _Processed:
     probe = probe_video(record.path)
     if not probe.ok:
         return reject(probe.reason)
-    if task.reencode is None:
-        return _Processed(task.position, task.key, record, probe.info, None, record.path,
-                          _video_ext(record.path, probe.info.codec), tuple(temporary))
-    dst = task.work_dir / f"{task.key}.{task.reencode.ext}"
-    temporary.append(dst)
-    try:
-        reencode_video(record.path, dst, task.reencode)
-    except Exception as err:  # FFmpeg/PyAV raise many types; the file is rejected with the reason
-        return reject(rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200]))
-    probe = probe_video(dst)
-    if not probe.ok:
-        return reject(rj.reason(rj.REENCODE_FAILED, probe.reason))
-    return _Processed(task.position, task.key, record, probe.info, None, dst, task.reencode.ext, tuple(temporary))
+    path, ext = record.path, _video_ext(record.path, probe.info.codec)
+
+    def reencode(options: ReencodeOptions, size: tuple[int, int] | None, name: str):
+        dst = task.work_dir / f"{task.key}{name}.{options.ext}"
+        temporary.append(dst)
+        try:
+            reencode_video(record.path, dst, options, size=size)
+        except Exception as err:  # FFmpeg/PyAV raise many types; the file is rejected with the reason
+            return dst, rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200])
+        found = probe_video(dst)
+        return dst, (found if found.ok else rj.reason(rj.REENCODE_FAILED, found.reason))
+
+    if task.reencode is not None:
+        path, probe = reencode(task.reencode, None, "")
+        if isinstance(probe, str):
+            return reject(probe)
+        ext = task.reencode.ext
+    facts = probe.info.stream
+    refused = refusal(task.target, facts)
+    too_long = task.max_gop is not None and facts.max_keyframe_interval > task.max_gop
+    if refused is None and not too_long:
+        return _Processed(task.position, task.key, record, probe.info, None, path, ext, tuple(temporary))
+    if refused is not None and task.reject_unsupported:
+        return reject(rj.reason(rj.NOT_TAKEN, refused.text))
+    codec, width, height = reencode_plan(task.target, facts.width, facts.height)
+    gop = min(task.max_gop or 16, 16)
+    path, fixed = reencode(ReencodeOptions(codec=codec, gop=gop), (width, height), "-fit")
+    if isinstance(fixed, str):
+        return reject(fixed)
+    still = refusal(task.target, fixed.info.stream)
+    if still is not None:
+        return reject(rj.reason(rj.REENCODE_FAILED, f"the re-encoded stream is still not taken: {still.text}"))
+    why = refused.property if refused is not None else KEYFRAME_INTERVAL
+    return _Processed(task.position, task.key, record, fixed.info, None, path, ReencodeOptions(codec=codec).ext,
+                      tuple(temporary), why)
 
 
 @contextmanager
@@ -229,7 +279,9 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
         if not state.complete:
             (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
             work_dir(out_dir).mkdir(exist_ok=True)
-            tasks = (_Task(pos, keys[i], records[i], options.reencode, work_dir(out_dir))
+            target = decoder(options.target)
+            tasks = (_Task(pos, keys[i], records[i], options.reencode, work_dir(out_dir), target,
+                           options.reject_unsupported, options.max_gop)
                      for pos, i in enumerate(order) if pos >= state.next_source)
             _fill_shards(mapper(_process, tasks), out_dir, options, state, len(order), bar)
             shutil.rmtree(work_dir(out_dir), ignore_errors=True)
@@ -238,6 +290,7 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
     rejected += [r for s in state.shards for r in s.rejected] + state.tail_rejected
     manifest = make_manifest(sources.dataset, sources.classes, [asdict(s) for s in state.shards],
                              rejected, manifest_options, sources.class_list)
+    manifest["streams"] = {"target": options.target, **merge_summaries([s.streams for s in state.shards])}
     if manifest_fields is not None:
         not_packed = {r["path"] for s in state.shards for r in s.rejected} | {r["path"] for r in state.tail_rejected}
         extra = manifest_fields([r for r in records if r.source not in not_packed])
@@ -256,15 +309,15 @@ def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState,
     """Consume worker results in order, writing shards and recording each in ``state``."""
     limit = int(options.shard_size_mb * 2**20)
     writer: ShardWriter | None = None
-    shard_bytes, codecs, pending = 0, {}, []
+    shard_bytes, codecs, pending, streams = 0, {}, [], empty_summary()
 
     def finish(next_source: int) -> None:
-        nonlocal writer, shard_bytes, codecs, pending
+        nonlocal writer, shard_bytes, codecs, pending, streams
         done = writer.finish()
         state.shards.append(FinishedShard(done.name, done.index, done.samples, done.bytes, done.sha256,
-                                          done.index_sha256, next_source, codecs, pending))
+                                          done.index_sha256, next_source, codecs, pending, streams))
         state.save(out_dir)
-        writer, shard_bytes, codecs, pending = None, 0, {}, []
+        writer, shard_bytes, codecs, pending, streams = None, 0, {}, [], empty_summary()
 
     try:
         for result in results:
@@ -286,6 +339,7 @@ def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState,
             writer.add(members)
             shard_bytes += size
             codecs[result.info.codec] = codecs.get(result.info.codec, 0) + 1
+            count_stream(streams, result.info.stream, result.reencoded)
             bar.advance(len(video))
         if writer is not None:
             finish(total)

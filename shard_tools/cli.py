@@ -32,6 +32,7 @@ from shard_tools.encode import CODECS
 from shard_tools.reencode import ReencodeOptions
 from shard_tools.synth import CLASS_GRID, SPATIAL_CUES, make_synth_dataset
 from shard_tools.verify import verify_shards
+from video_caps.decoders import DECODERS, DEFAULT_TARGET
 
 REENCODE_CODECS = ("h264", "hevc", "vp9", "mjpeg")
 CLASSES_HELP = (f"class names, one per line in index order, or a list shipped with mvd-shard "
@@ -53,6 +54,16 @@ def _common(parser: argparse.ArgumentParser, *, reencode: bool) -> None:
         r.add_argument("--short-side", type=int, default=None, help="scale so the short side is this (default: keep)")
         r.add_argument("--codec", choices=REENCODE_CODECS, default=None, help="codec (default: h264)")
         r.add_argument("--gop", type=int, default=None, help="key frame every N frames (default: 16)")
+        t = parser.add_argument_group("the decoder the shards are made for")
+        t.add_argument("--target", choices=sorted(DECODERS), default=DEFAULT_TARGET,
+                       help="a stream this decoder does not take is re-encoded into one it takes (8-bit 4:2:0 "
+                            "H.264, VP9 for cpu-dali, even sizes within its limits); others are copied byte for "
+                            "byte; pyav takes whatever FFmpeg decodes (default: %(default)s, what NVDEC on "
+                            "Ampere and Hopper both take)")
+        t.add_argument("--reject-unsupported", action="store_true",
+                       help="reject such a stream (with the reason) instead of re-encoding it")
+        t.add_argument("--max-gop", type=int, default=None,
+                       help="also re-encode streams whose key frames lie more than N frames apart (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         for note in sources.notes:
             console.print(f"[yellow]note: {note}[/yellow]", highlight=False)
         options = BuildOptions(seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
-                               workers=args.workers, reencode=reencode)
+                               workers=args.workers, reencode=reencode, target=args.target,
+                               reject_unsupported=args.reject_unsupported, max_gop=args.max_gop)
         build_shards(sources, args.out, options, command=paths, progress=not args.no_progress,
                      overwrite=args.overwrite)
         return 0

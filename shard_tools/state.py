@@ -29,6 +29,7 @@ class FinishedShard:
     next_source: int  # position in the shuffled order where the next shard starts
     codecs: dict[str, int]
     rejected: list[dict]  # probe-time rejections met while filling this shard
+    streams: dict = field(default_factory=dict)  # its samples' stream summary (shard_tools.streams)
 
 
 @dataclass
