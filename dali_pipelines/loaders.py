@@ -47,13 +47,14 @@ from dali_pipelines import pipeline as dali_stage
 from dali_pipelines import sampling, tensors
 from dali_pipelines.budget import cpu_budget, nvdec_engines
 from dali_pipelines.failures import DecodeFailureError, FailureLog, probe
-from dali_pipelines.manifest import (DALI_CODECS, AvaAnnotations, SampleTable, ShardDir, load_ava,
-                                     load_shard_dir)
+from dali_pipelines.manifest import (DALI_CODECS, AvaAnnotations, SampleTable, ShardDir, check_gpu_decodable,
+                                     load_ava, load_shard_dir)
 from dali_pipelines.normalize import Normalize, erase_
 from dali_pipelines.outputs import per_view
 from dali_pipelines.reader import ClipReader, ReaderConfig
 from dali_pipelines.runner import BatchFailed, Part, PipelinePlan, PipelineRunner, plan_pipelines
 from dali_pipelines.masks import random_mask, tube_mask
+from video_caps.decoders import gpu_target
 
 __all__ = ["PretrainLoader", "FinetuneLoader", "EvalLoader", "DetectLoader", "DecodeFailureError"]
 
@@ -805,6 +806,7 @@ def _choose_decoder(shards: ShardDir, device: str, decoder: str) -> str:
             f"(it decodes {sorted(DALI_CODECS[device])}); use decoder='auto' or 'pyav' for the "
             f"PyAV fallback"
         )
-    if decoder == "auto":
-        return "pyav" if unsupported else "dali"
-    return decoder
+    chosen = ("pyav" if unsupported else "dali") if decoder == "auto" else decoder
+    if device == "gpu" and chosen == "dali":  # NVDEC's limits, checked before the first step
+        check_gpu_decodable(shards, gpu_target(torch.cuda.get_device_capability()))
+    return chosen

@@ -10,7 +10,7 @@
                    --clip-frames 64 --short-side N --codec vp9 --movie-start 0] --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
                           --spatial-cue shape|colour]
-    mvd-shard verify DIR
+    mvd-shard verify DIR [--target gpu-ampere-hopper|gpu-hopper|cpu-dali|pyav|...]
 
 Re-running a command into the same ``--out`` resumes it. This module only parses and calls.
 """
@@ -136,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what tells the classes apart besides the motion direction (default: %(default)s)")
     _common(p, reencode=False)
 
-    p = sub.add_parser("verify", help="check a shard directory against its manifest")
+    p = sub.add_parser("verify", help="check a shard directory against its manifest, and count the samples a "
+                                      "decoder cannot take")
     p.add_argument("dir", type=Path)
+    p.add_argument("--target", choices=sorted(DECODERS), default=None,
+                   help=f"the decoder to check the samples against (default: {DEFAULT_TARGET}, reported only); "
+                        "given, samples it cannot take fail the check")
     return parser
 
 
@@ -181,19 +185,35 @@ def _class_option(value: str | None) -> str | None:
     return str(Path(value).resolve())
 
 
+def _verify(args: argparse.Namespace, console: Console) -> int:
+    report = verify_shards(args.dir, args.target or DEFAULT_TARGET)
+    for problem in report.problems:
+        console.print(f"[red]FAIL[/red] {problem}", highlight=False)
+    if not report.ok:
+        console.print(f"[red]{args.dir}: {len(report.problems)} problem(s)[/red]")
+        return 1
+    print(f"OK {args.dir}: {report.samples} samples in {report.shards} shards match the manifest")
+    probed = f" ({report.probed} without recorded stream facts, probed)" if report.probed else ""
+    if not report.not_taken:
+        print(f"OK {args.dir}: {DECODERS[report.target].label} takes every sample{probed}")
+        return 0
+    count = sum(report.not_taken.values())
+    by = ", ".join(f"{n} {what}" for what, n in sorted(report.not_taken.items()))
+    colour = "red" if args.target else "yellow"
+    console.print(f"[{colour}]{args.dir}: {count} of {report.samples} samples are not taken by "
+                  f"{DECODERS[report.target].label} ({by}){probed}[/{colour}]", highlight=False)
+    for example in report.not_taken_examples:
+        console.print(f"  {example}", highlight=False)
+    print(f"fix: {report.fix}")  # plain, unwrapped: a command to copy
+    return 1 if args.target else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     if args.command == "verify":
-        report = verify_shards(args.dir)
-        for problem in report.problems:
-            console.print(f"[red]FAIL[/red] {problem}", highlight=False)
-        if not report.ok:
-            console.print(f"[red]{args.dir}: {len(report.problems)} problem(s)[/red]")
-            return 1
-        print(f"OK {args.dir}: {report.samples} samples in {report.shards} shards match the manifest")
-        return 0
+        return _verify(args, console)
     try:
         if args.command == "synth":
             make_synth_dataset(args.out, num_videos=args.num_videos, num_frames=args.num_frames, width=args.width,

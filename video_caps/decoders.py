@@ -302,3 +302,26 @@ def reencode_plan(dec: Decoder, width: int, height: int) -> tuple[str, int, int]
     out_w += 2 * max(0, -(-(caps.min_size[0] - out_w) // 2))
     out_h += 2 * max(0, -(-(caps.min_size[1] - out_h) // 2))
     return codec, out_w, out_h
+
+
+def folder_refusal(manifest: dict, target: str) -> tuple[str | None, str | None]:
+    """(why ``target`` cannot read every sample of the folder, a caveat), from its manifest alone.
+
+    A folder made with recorded stream facts is judged exactly (its ``streams.kinds``); an older
+    one by its codecs only, with the caveat that chroma, bit depth and sizes went unchecked.
+    """
+    dec = decoder(target)
+    kinds = manifest.get("streams", {}).get("kinds")
+    if kinds is None:
+        codecs = sorted(c for c, n in manifest.get("codecs", {}).items() if n and not dec.takes_codec(c))
+        caveat = (f"the folder predates recorded stream facts: only its codecs were checked against {dec.label}, "
+                  f"not chroma, bit depth or size; `mvd-shard verify DIR --target {target}` probes every sample")
+        if codecs:
+            n = sum(manifest["codecs"][c] for c in codecs)
+            return f"{n} samples in codecs {codecs} that {dec.label} does not decode", caveat
+        return None, caveat
+    found = kinds_refusals(dec, kinds)
+    if not found:
+        return None, None
+    n = sum(count for count, _ in found)
+    return f"{n} samples are not taken: " + "; ".join(f"{count} x {r.text}" for count, r in found), None

@@ -5,6 +5,7 @@ copied byte for byte, the manifest's stream summary."""
 from __future__ import annotations
 
 import json
+import shlex
 import tarfile
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import pytest
 from shard_videos import write_video
 
 from shard_tools.cli import main
+from shard_tools.manifest import make_manifest, write_manifest
 from shard_tools.probe import probe_video
-from shard_tools.sample import split_member_name
+from shard_tools.sample import VideoInfo, sample_members, split_member_name
 from shard_tools.streams import count_stream, empty_summary, merge_summaries
+from shard_tools.verify import verify_shards
+from shard_tools.writer import ShardWriter, shard_name
 from video_caps.decoders import (CODEC, DEFAULT_TARGET, FORMAT, TOO_SMALL, StreamFacts, decoder, kinds_refusals,
                                  reencode_plan, refusal)
 
@@ -175,3 +179,37 @@ def test_stream_summaries_of_parts_merge_into_the_whole():
         count_stream(a if i % 2 else b, f, FORMAT if i == 2 else None)
         count_stream(whole, f, FORMAT if i == 2 else None)
     assert merge_summaries([a, b]) == merge_summaries([whole])
+
+
+def test_verify_counts_what_the_gpu_cannot_take_and_its_fix_command_makes_a_folder_it_takes(streams, tmp_path,
+                                                                                            capsys):
+    videos, list_file = streams
+    _shard(videos, list_file, tmp_path / "as_is", "--target", "pyav")
+    report = verify_shards(tmp_path / "as_is")
+    assert report.ok and report.not_taken == {FORMAT: 3, TOO_SMALL: 2} and report.probed == 0
+    assert main(["verify", str(tmp_path / "as_is")]) == 0  # reported, not failed, without --target
+    assert main(["verify", str(tmp_path / "as_is"), "--target", DEFAULT_TARGET]) == 1
+    fix = shlex.split(capsys.readouterr().out.rsplit("fix: ", 1)[1])
+    assert fix[:2] == ["mvd-shard", "list"] and fix[fix.index("--target") + 1] == DEFAULT_TARGET
+    assert main(fix[1:] + ["--workers", "1", "--no-progress"]) == 0
+    fixed = Path(fix[fix.index("--out") + 1])
+    assert fixed == tmp_path / f"as_is-{DEFAULT_TARGET}"
+    assert main(["verify", str(fixed), "--target", DEFAULT_TARGET]) == 0
+
+
+def test_verify_probes_folders_made_before_stream_facts_were_recorded(streams, tmp_path):
+    videos, _ = streams
+    out = tmp_path / "old"
+    out.mkdir()
+    writer = ShardWriter(out, shard_name(0))
+    for i, name in enumerate(("h264_444.mp4", "h264_ok.mp4")):
+        info = probe_video(videos / name).info
+        old = VideoInfo(info.num_frames, info.fps, info.width, info.height, info.codec)  # no stream facts
+        writer.add(sample_members(f"s{i}", "mp4", (videos / name).read_bytes(), old, 0, "a", name))
+    done = writer.finish()
+    shard = {"name": done.name, "index": done.index, "samples": 2, "bytes": done.bytes, "sha256": done.sha256,
+             "codecs": {"h264": 2}}
+    write_manifest(out, make_manifest("list", ["a"], [shard], [], {}))
+    report = verify_shards(out)
+    assert report.ok and report.probed == 2 and report.not_taken == {FORMAT: 1}
+    assert "yuv444p" in report.not_taken_examples[0]
