@@ -40,6 +40,7 @@ from shard_tools import ava_files
 from shard_tools import rejections as rj
 from shard_tools.build import BuildOptions, build_shards, work_dir
 from shard_tools.encode import VideoWriter, codec_by_name
+from shard_tools.parts import Part
 from shard_tools.reencode import scaled_size
 from shard_tools.rejections import Rejected, Rejection
 from shard_tools.sources import SourceError, SourceRecord, SourceSet, _display_path, _index_videos
@@ -265,6 +266,22 @@ class AvaSources:
         }}
 
 
+# the detection fields counted over the packed keyframes (summed over the parts of an array job)
+_COUNTED = ("keyframes", "boxes", "proposals")
+
+
+def merge_detection(parts: list[dict]) -> dict:
+    """The ``"detection"`` field of a folder from its parts' (:func:`AvaSources.detection` each):
+    the counts add up, the rest is the same in every part."""
+    first = parts[0]["detection"]
+    for n, part in enumerate(parts[1:], start=1):
+        differ = sorted(k for k in first if k not in _COUNTED and part["detection"].get(k) != first[k])
+        if differ:
+            raise ValueError(f"AVA part {n}: detection fields {differ} differ from part 0's")
+    return {"detection": {k: sum(p["detection"][k] for p in parts) if k in _COUNTED else v
+                          for k, v in first.items()}}
+
+
 def _eval_ids(label_map: dict[int, str], labels: Path, eval_labels: Path | None) -> list[int]:
     if eval_labels is None:
         return sorted(label_map)
@@ -377,7 +394,7 @@ def shard_ava(out_dir: Path, *, videos: Path, annotations: Path, labels: Path, e
               excluded: Path | None = None, proposals: Path | None = None, clip: ClipOptions = ClipOptions(),
               seed: int = 0, shard_size_mb: float = 1024.0, shard_samples: int | None = None,
               workers: int | None = None, progress: bool = True, overwrite: bool = False,
-              on_note: Callable[[str], None] | None = None) -> dict:
+              on_note: Callable[[str], None] | None = None, part: Part | None = None) -> dict:
     """Pack AVA into ``out_dir`` (``mvd-shard ava``) and return the manifest; re-running resumes.
 
     ``on_note`` is told the advice for the user (excluded keyframes skipped, unknown action ids).
@@ -390,6 +407,7 @@ def shard_ava(out_dir: Path, *, videos: Path, annotations: Path, labels: Path, e
              "excluded": excluded, "proposals": proposals}
     command = {k: str(Path(v).resolve()) if v is not None else None for k, v in paths.items()}
     command.update(asdict(clip))
-    options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers)
+    options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers,
+                           part=part)
     return build_shards(found.sources, out_dir, options, command=command, progress=progress, overwrite=overwrite,
                         manifest_fields=found.detection)

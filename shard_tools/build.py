@@ -31,7 +31,8 @@ from pathlib import Path
 
 from shard_tools import rejections as rj
 from shard_tools.keys import unique_keys
-from shard_tools.manifest import MANIFEST_NAME, make_manifest, write_manifest
+from shard_tools.manifest import MANIFEST_NAME, write_manifest
+from shard_tools.parts import PART_STATE_FILE, PIECE_FILE, WORK_DIR_NAME, Layout, Part, assemble_manifest
 from shard_tools.probe import probe_video
 from shard_tools.progress import BuildProgress, print_summary
 from shard_tools.reencode import ReencodeOptions, reencode_video
@@ -39,11 +40,9 @@ from shard_tools.sample import FORMAT, VideoInfo, sample_members, tar_bytes
 from shard_tools.sources import SourceRecord, SourceSet
 from shard_tools.state import STATE_NAME, FinishedShard, RunState, load_state, shard_is_intact
 from shard_tools.streams import KEYFRAME_INTERVAL, count_stream, empty_summary, merge_summaries
-from shard_tools.writer import PARTIAL_SUFFIX, ShardWriter, shard_name
+from shard_tools.writer import PARTIAL_SUFFIX, ShardWriter, atomic_write_bytes
 from video_caps.decoders import Decoder, decoder, reencode_plan, refusal
 
-WORK_DIR_NAME = ".work"  # temporary files (re-encoded and synthetic videos) inside the output dir
-_SHARD_FILE = re.compile(r"^shard-\d{6}\.(tar|idx)$")
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 _EXT_BY_CODEC = {"h264": "mp4", "hevc": "mp4", "mpeg4": "mp4", "av1": "mp4", "vp8": "webm",
                  "vp9": "webm", "mjpeg": "avi"}
@@ -65,6 +64,7 @@ class BuildOptions:
     target: str = "pyav"
     reject_unsupported: bool = False  # reject a stream the target does not take instead of re-encoding it
     max_gop: int | None = None  # re-encode streams whose key frames lie further apart (frames)
+    part: Part | None = None  # pack only this part of an array job (shard_tools.parts)
 
     def __post_init__(self) -> None:
         decoder(self.target)
@@ -92,6 +92,7 @@ class BuildOptions:
 
 
 def work_dir(out_dir: Path) -> Path:
+    """Where sources' ``prepare`` writes (AVA clips, synthetic videos): shared by the parts."""
     return Path(out_dir) / WORK_DIR_NAME
 
 
@@ -207,32 +208,63 @@ def _fingerprint(sources: SourceSet, keys: list[str], order: list[int], options:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
 
-def _existing_shard_files(out_dir: Path) -> list[Path]:
-    return sorted(p for p in out_dir.iterdir() if _SHARD_FILE.match(p.name))
+def _existing_shard_files(out_dir: Path, layout: Layout) -> list[Path]:
+    return sorted(p for p in out_dir.iterdir() if layout.shard_file.match(p.name))
 
 
-def _clear_dir(out_dir: Path) -> None:
-    for path in _existing_shard_files(out_dir):
-        path.unlink()
-    for name in (MANIFEST_NAME, STATE_NAME):
+def _part_files(out_dir: Path) -> list[Path]:
+    return sorted(p for p in out_dir.iterdir() if PIECE_FILE.match(p.name) or PART_STATE_FILE.match(p.name))
+
+
+def _clear_dir(out_dir: Path, layout: Layout) -> None:
+    """--overwrite: a whole run clears the folder's shards (the parts' too); a part its own files."""
+    if layout.part is None:
+        for path in _part_files(out_dir) + [p for p in out_dir.iterdir() if p.name.startswith("shard-")]:
+            path.unlink()
+        names = (MANIFEST_NAME, STATE_NAME)
+    else:
+        for path in _existing_shard_files(out_dir, layout):
+            path.unlink()
+        names = (layout.state_name, layout.piece_name)
+    for name in names:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def _remove_leftovers(out_dir: Path) -> None:
+def _check_layouts(out_dir: Path, layout: Layout) -> None:
+    """A whole run and the parts of an array job do not share a folder."""
+    if layout.part is None and _part_files(out_dir):
+        raise ShardDirError(f"{out_dir} holds parts of an array job (--part); finish them and run "
+                            f"`mvd-shard merge {out_dir}`, or use another --out directory or pass --overwrite")
+    if layout.part is not None and (out_dir / STATE_NAME).exists():
+        raise ShardDirError(f"{out_dir} holds a whole run (without --part); use another --out directory for the "
+                            "parts, or pass --overwrite to the whole run")
+
+
+def _remove_leftovers(out_dir: Path, layout: Layout, records: list[SourceRecord]) -> None:
+    if layout.part is None:
+        for path in out_dir.glob(f".*{PARTIAL_SUFFIX}"):
+            path.unlink()
+        shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+        return
+    # a part removes only its own leftovers: the other parts may be running
     for path in out_dir.glob(f".*{PARTIAL_SUFFIX}"):
-        path.unlink()
-    shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+        if layout.shard_file.match(path.name[1:-len(PARTIAL_SUFFIX)]) or path.name[1:].startswith(layout.state_name):
+            path.unlink()
+    shutil.rmtree(layout.work_dir(out_dir), ignore_errors=True)
+    for record in records:
+        if record.prepare is not None:
+            record.path.unlink(missing_ok=True)
 
 
-def _resume_state(out_dir: Path, fingerprint: str) -> RunState:
+def _resume_state(out_dir: Path, fingerprint: str, layout: Layout) -> RunState:
     """The state to continue from: the intact prefix of the finished shards, or a fresh state."""
-    state = load_state(out_dir)
+    state = load_state(out_dir, layout.state_name)
     if state is None:
-        if _existing_shard_files(out_dir) or (out_dir / MANIFEST_NAME).exists():
+        if _existing_shard_files(out_dir, layout) or (layout.part is None and (out_dir / MANIFEST_NAME).exists()):
             raise ShardDirError(f"{out_dir} holds shards that no resumable mvd-shard run recorded; "
                                 "use an empty --out directory or pass --overwrite")
         state = RunState(fingerprint)
-        state.save(out_dir)  # from now on a killed run leaves a state to resume from
+        state.save(out_dir, layout.state_name)  # from now on a killed run leaves a state to resume from
         return state
     if state.fingerprint != fingerprint:
         raise ShardDirError(f"{out_dir} holds shards of a different command (inputs or options differ); "
@@ -242,10 +274,10 @@ def _resume_state(out_dir: Path, fingerprint: str) -> RunState:
             state.shards, state.complete, state.tail_rejected = state.shards[:n], False, []
             break
     keep = {name for s in state.shards for name in (s.name, s.index)}
-    for path in _existing_shard_files(out_dir):
+    for path in _existing_shard_files(out_dir, layout):
         if path.name not in keep:
             path.unlink()
-    state.save(out_dir)
+    state.save(out_dir, layout.state_name)
     return state
 
 
@@ -258,54 +290,68 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
     ``options`` it forms the run's fingerprint. Re-running with the same arguments resumes.
     ``manifest_fields``, given the records that were packed (told apart from the rejected ones
     by ``source``, which must then be unique), returns dataset fields for the manifest (AVA's
-    ``"detection"``).
+    ``"detection"``). With ``options.part`` only that part is packed, and its piece written for
+    ``mvd-shard merge`` instead of the manifest (the part's own manifest is returned).
     """
     options = options or BuildOptions()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        _clear_dir(out_dir)
-    _remove_leftovers(out_dir)
+    layout = Layout(options.part)
     records = sources.records
     keys = unique_keys(r.path.stem for r in records)
     order = list(range(len(records)))
     random.Random(options.seed).shuffle(order)
+    positions = layout.positions(len(order))
+    if overwrite:
+        _clear_dir(out_dir, layout)
+    _check_layouts(out_dir, layout)
+    _remove_leftovers(out_dir, layout, [records[order[p]] for p in positions])
     manifest_options = {**(command or {}), **options.output_options()}
-    state = _resume_state(out_dir, _fingerprint(sources, keys, order, manifest_options))
+    plan = _fingerprint(sources, keys, order, manifest_options)
+    run = plan if options.part is None else hashlib.sha256(f"{plan} part {options.part.tag}".encode()).hexdigest()
+    state = _resume_state(out_dir, run, layout)
 
+    start = max(state.next_source, positions.start)
     workers = 1 if state.complete else options.workers or os.cpu_count() or 1
     # the pool is made before the progress bar starts its refresh thread (fork safety)
-    with _mapper(workers) as mapper, BuildProgress(len(order), state.next_source, enabled=progress) as bar:
+    with _mapper(workers) as mapper, BuildProgress(len(positions), start - positions.start,
+                                                   enabled=progress) as bar:
         if not state.complete:
-            (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+            if options.part is None:
+                (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+            layout.work_dir(out_dir).mkdir(parents=True, exist_ok=True)
             work_dir(out_dir).mkdir(exist_ok=True)
             target = decoder(options.target)
-            tasks = (_Task(pos, keys[i], records[i], options.reencode, work_dir(out_dir), target,
-                           options.reject_unsupported, options.max_gop)
-                     for pos, i in enumerate(order) if pos >= state.next_source)
-            _fill_shards(mapper(_process, tasks), out_dir, options, state, len(order), bar)
-            shutil.rmtree(work_dir(out_dir), ignore_errors=True)
+            tasks = (_Task(pos, keys[order[pos]], records[order[pos]], options.reencode, layout.work_dir(out_dir),
+                           target, options.reject_unsupported, options.max_gop)
+                     for pos in range(start, positions.stop))
+            _fill_shards(mapper(_process, tasks), out_dir, options, state, positions.stop, bar, layout)
+            shutil.rmtree(layout.work_dir(out_dir), ignore_errors=True)
 
-    rejected = [r.to_dict() for r in sources.rejected]
-    rejected += [r for s in state.shards for r in s.rejected] + state.tail_rejected
-    manifest = make_manifest(sources.dataset, sources.classes, [asdict(s) for s in state.shards],
-                             rejected, manifest_options, sources.class_list)
-    manifest["streams"] = {"target": options.target, **merge_summaries([s.streams for s in state.shards])}
-    if manifest_fields is not None:
-        not_packed = {r["path"] for s in state.shards for r in s.rejected} | {r["path"] for r in state.tail_rejected}
-        extra = manifest_fields([r for r in records if r.source not in not_packed])
-        clash = sorted(set(extra) & set(manifest))
-        if clash:
-            raise ValueError(f"dataset manifest fields {clash} would replace standard fields")
-        manifest.update(extra)
-    write_manifest(out_dir, manifest)
+    not_packed = {r["path"] for s in state.shards for r in s.rejected} | {r["path"] for r in state.tail_rejected}
+    packed = [records[i] for i in sorted(order[p] for p in positions) if records[i].source not in not_packed]
+    piece = {
+        "format": FORMAT, "plan": plan, "part": [options.part.index, options.part.count] if options.part else None,
+        "dataset": sources.dataset, "classes": sources.classes, "class_list": sources.class_list,
+        "options": manifest_options, "target": options.target,
+        "source_rejected": [r.to_dict() for r in sources.rejected],
+        "shards": [asdict(s) for s in state.shards],
+        "rejected": [r for s in state.shards for r in s.rejected] + state.tail_rejected,
+        "streams": merge_summaries([s.streams for s in state.shards]),
+        "fields": manifest_fields(packed) if manifest_fields is not None else {},
+    }
+    manifest = assemble_manifest([piece])
+    if options.part is None:
+        write_manifest(out_dir, manifest)
+    else:
+        atomic_write_bytes(out_dir / layout.piece_name, (json.dumps(piece, indent=1) + "\n").encode())
     if progress:
         print_summary(manifest, processed=bar.processed, packed_bytes=bar.bytes, elapsed=bar.elapsed)
     return manifest
 
 
 def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState, total: int,
-                 bar: BuildProgress) -> None:
+                 bar: BuildProgress, layout: Layout) -> None:
     """Consume worker results in order, writing shards and recording each in ``state``."""
     limit = int(options.shard_size_mb * 2**20)
     writer: ShardWriter | None = None
@@ -316,7 +362,7 @@ def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState,
         done = writer.finish()
         state.shards.append(FinishedShard(done.name, done.index, done.samples, done.bytes, done.sha256,
                                           done.index_sha256, next_source, codecs, pending, streams))
-        state.save(out_dir)
+        state.save(out_dir, layout.state_name)
         writer, shard_bytes, codecs, pending, streams = None, 0, {}, [], empty_summary()
 
     try:
@@ -335,7 +381,7 @@ def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState,
             if writer is not None and (shard_bytes + size > limit or writer.samples == options.shard_samples):
                 finish(result.position)
             if writer is None:
-                writer = ShardWriter(out_dir, shard_name(len(state.shards)))
+                writer = ShardWriter(out_dir, layout.shard_name(len(state.shards)))
             writer.add(members)
             shard_bytes += size
             codecs[result.info.codec] = codecs.get(result.info.codec, 0) + 1
@@ -348,4 +394,4 @@ def _fill_shards(results, out_dir: Path, options: BuildOptions, state: RunState,
             writer.abort()
         raise
     state.tail_rejected, state.complete = pending, True
-    state.save(out_dir)
+    state.save(out_dir, layout.state_name)

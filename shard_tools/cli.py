@@ -10,6 +10,7 @@
                    --clip-frames 64 --short-side N --codec vp9 --movie-start 0] --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
                           --spatial-cue shape|colour]
+    mvd-shard merge DIR      (after every --part I/N of an array job)
     mvd-shard verify DIR [--target gpu-ampere-hopper|gpu-hopper|cpu-dali|pyav|...]
 
 Re-running a command into the same ``--out`` resumes it. This module only parses and calls.
@@ -29,6 +30,8 @@ from shard_tools.ava import CLIP_CODECS, ClipOptions, shard_ava
 from shard_tools.build import BuildOptions, ShardDirError, build_shards
 from shard_tools.class_lists import SHIPPED, read_class_list
 from shard_tools.encode import CODECS
+from shard_tools.merge import MergeError, merge_parts
+from shard_tools.parts import Part
 from shard_tools.reencode import ReencodeOptions
 from shard_tools.synth import CLASS_GRID, SPATIAL_CUES, make_synth_dataset
 from shard_tools.verify import verify_shards
@@ -48,6 +51,9 @@ def _common(parser: argparse.ArgumentParser, *, reencode: bool) -> None:
     g.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
     g.add_argument("--overwrite", action="store_true", help="delete shards of another command in --out first")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    g.add_argument("--part", type=Part.parse, default=None, metavar="I/N",
+                   help="pack only part I (0-based) of N, into an --out the parts share (an array job; then "
+                        "`mvd-shard merge DIR`); re-running a part resumes it")
     if reencode:
         r = parser.add_argument_group("re-encoding (off unless --reencode)")
         r.add_argument("--reencode", action="store_true", help="re-encode every video instead of copying its bytes")
@@ -136,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what tells the classes apart besides the motion direction (default: %(default)s)")
     _common(p, reencode=False)
 
+    p = sub.add_parser("merge", help="write the manifest of a folder the parts of an array job (--part) wrote")
+    p.add_argument("dir", type=Path)
+
     p = sub.add_parser("verify", help="check a shard directory against its manifest, and count the samples a "
                                       "decoder cannot take")
     p.add_argument("dir", type=Path)
@@ -214,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     if args.command == "verify":
         return _verify(args, console)
+    if args.command == "merge":
+        try:
+            manifest = merge_parts(args.dir)
+        except MergeError as err:
+            console.print(f"[red]mvd-shard merge: {err}[/red]", highlight=False)
+            return 1
+        print(f"OK {args.dir}: {manifest['samples']} samples in {len(manifest['shards'])} shards, "
+              f"{len(manifest['rejected'])} rejected; manifest written")
+        return 0
     try:
         if args.command == "synth":
             make_synth_dataset(args.out, num_videos=args.num_videos, num_frames=args.num_frames, width=args.width,
@@ -221,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                                gop=args.gop, seed=args.seed, split=args.split, spatial_cue=args.spatial_cue,
                                shard_size_mb=args.shard_size_mb,
                                shard_samples=args.shard_samples, workers=args.workers,
-                               progress=not args.no_progress, overwrite=args.overwrite)
+                               progress=not args.no_progress, overwrite=args.overwrite, part=args.part)
             return 0
         if args.command == "ava":
             clip = ClipOptions(clip_frames=args.clip_frames, short_side=args.short_side, codec=args.codec,
@@ -230,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                       eval_labels=args.eval_labels, excluded=args.excluded, proposals=args.proposals, clip=clip,
                       seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
                       workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite,
-                      on_note=lambda note: console.print(f"[yellow]note: {note}[/yellow]", highlight=False))
+                      on_note=lambda note: console.print(f"[yellow]note: {note}[/yellow]", highlight=False),
+                      part=args.part)
             return 0
         reencode = _reencode_options(args, parser)
         sources, paths = _sources(args)
@@ -238,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[yellow]note: {note}[/yellow]", highlight=False)
         options = BuildOptions(seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
                                workers=args.workers, reencode=reencode, target=args.target,
-                               reject_unsupported=args.reject_unsupported, max_gop=args.max_gop)
+                               reject_unsupported=args.reject_unsupported, max_gop=args.max_gop, part=args.part)
         build_shards(sources, args.out, options, command=paths, progress=not args.no_progress,
                      overwrite=args.overwrite)
         return 0

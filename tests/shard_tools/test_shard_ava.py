@@ -21,6 +21,8 @@ from shard_videos import run_env
 
 from shard_tools.ava import BEFORE_START, BEYOND_END, ClipOptions, cut_clip, shard_ava
 from shard_tools.cli import main
+from shard_tools.merge import merge_parts
+from shard_tools.parts import Part
 from shard_tools.rejections import Rejected
 from shard_tools.sample import unpack_meta
 from shard_tools.synth_ava import make_synth_ava
@@ -360,3 +362,17 @@ def test_cut_clip_scales_to_the_short_side_and_takes_the_codec(tmp_path):
         frames = list(container.decode(stream))
         assert (stream.codec_context.codec.canonical_name, len(frames)) == ("h264", 8)
         assert (frames[0].width, frames[0].height) == (32, 16)
+
+
+def test_three_ava_parts_plus_merge_equal_one_whole_run(raw, tmp_path):
+    """AVA's detection counts add up over the parts (shard_tools.ava.merge_detection)."""
+    kwargs = {"videos": raw.videos, "annotations": raw.annotations, "labels": raw.labels,
+              "eval_labels": raw.eval_labels, "excluded": raw.excluded, "proposals": raw.proposals,
+              "clip": ClipOptions(clip_frames=CLIP), "shard_samples": 4, "workers": 1, "progress": False}
+    whole = shard_ava(tmp_path / "whole", **kwargs)
+    for i in range(3):
+        shard_ava(tmp_path / "parts", part=Part(i, 3), **kwargs)
+    merged = merge_parts(tmp_path / "parts")
+    assert {k: v for k, v in merged.items() if k != "shards"} == {k: v for k, v in whole.items() if k != "shards"}
+    assert merged["detection"]["keyframes"] == whole["samples"] > 0
+    assert _samples(tmp_path / "parts") == _samples(tmp_path / "whole")
