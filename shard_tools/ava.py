@@ -3,10 +3,13 @@ its movie.
 
 The ground-truth CSV's rows are grouped by keyframe ``(video_id, timestamp)``, and within it by
 box: rows with the same coordinates and person id are one box with several actions. Each kept
-keyframe becomes a :class:`~shard_tools.sources.SourceRecord` whose ``prepare``
-(:class:`KeyframeClip`) seeks the movie with PyAV to just before the window, decodes only the
-window's frames and encodes them with :mod:`shard_tools.encode`, so ``build_shards`` packs AVA
-with its usual workers, resume and rejections. The window is ``clip_frames`` frames centred on
+keyframe becomes a :class:`~shard_tools.sources.SourceRecord`, so ``build_shards`` packs AVA
+with its usual workers, resume and rejections. Before packing, the sources' ``prepare_all``
+(:func:`cut_all_clips`) decodes each movie once, in order, from the key frame before its first
+window, and cuts every keyframe's clip still to pack from that pass (:func:`cut_movie_clips`:
+each frame resized once and written to the clips whose windows hold it); the record's
+``prepare`` (:class:`KeyframeClip`) then takes that clip, or, when it is missing, seeks the movie
+to just before the window and decodes only the window's frames (:func:`cut_clip`, the same frames). The window is ``clip_frames`` frames centred on
 the keyframe's frame ``k = round((timestamp - movie_start) * fps)``: ``k - clip_frames // 2 ..
 k + clip_frames // 2 - 1``, the first (last) decoded frame repeated where the movie starts (ends)
 inside it. ``movie_start`` is 0 for the full movies AVA serves and 900 for movies cut to the
@@ -183,16 +186,191 @@ def _before_start(timestamp: int, movie_start: float) -> str:
     return rj.reason(BEFORE_START, f"t={timestamp} s, the movie starts at {movie_start:g} s")
 
 
+class _Clip:
+    """One keyframe's clip being written during a movie's single decoding pass.
+
+    Writes, for every frame of its window, the nearest decoded frame at or before it, else the
+    first decoded one: what :func:`cut_clip` writes, fed frame by frame in display order.
+    """
+
+    def __init__(self, keyframe: int, timestamp: int, dst: Path, options: ClipOptions):
+        self.keyframe, self.timestamp, self.dst = keyframe, timestamp, dst
+        self.window = clip_window(keyframe, options.clip_frames)
+        self.options = options
+        self.writer: VideoWriter | None = None
+        self.next = self.window.start  # the next window frame to write
+        self.last = None  # the latest decoded frame inside the window
+        self.last_index: int | None = None
+
+    def feed(self, index: int, image, size: tuple[int, int], fps: Fraction) -> None:
+        """A decoded (resized) frame at movie frame ``index`` (>= the window's start)."""
+        if index >= self.window.stop:
+            return
+        if self.writer is None:
+            self.writer = VideoWriter(self.dst, self.options.codec, size[0], size[1], fps, gop=self.options.gop)
+        while self.next < index:
+            self.writer.write(self.last if self.last is not None else image)
+            self.next += 1
+        self.writer.write(image)
+        self.next, self.last, self.last_index = index + 1, image, index
+
+    def finish(self, fps: Fraction) -> str | None:
+        """Close the clip (the last frame repeated to the window's end); the rejection reason
+        (and no file) when the movie has no frame at or after the keyframe in the window."""
+        if self.last is None or self.last_index < self.keyframe:
+            self.abort()
+            where = f"ends at frame {self.last_index}" if self.last is not None else "has no frame in the clip's window"
+            return rj.reason(BEYOND_END, f"keyframe frame {self.keyframe} (t={self.timestamp} s at {float(fps):g} fps); "
+                                         f"the movie {where}")
+        while self.next < self.window.stop:
+            self.writer.write(self.last)
+            self.next += 1
+        self.writer.close()
+        return None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.container.close()
+        self.dst.unlink(missing_ok=True)
+
+
+def cut_movie_clips(movie: Path, keyframes: list[tuple[int, Path]], options: ClipOptions) -> tuple[dict[Path, str | None], int]:
+    """Cut the clip of every ``(timestamp, dst)`` of ``movie`` from one decoding pass, in order.
+
+    The pass starts at the key frame before the first window (a seek) and stops after the last;
+    each decoded frame is resized once and written to every clip whose window holds it, so at
+    most the clips overlapping the current frame are open (a bounded sliding window). Returns
+    dst -> None (written) or the rejection reason (what :func:`cut_clip` would raise), and the
+    number of frames decoded. The clips are the frames :func:`cut_clip` writes.
+    """
+    results: dict[Path, str | None] = {}
+    decoded = 0
+    clips: list[_Clip] = []
+    try:
+        with av.open(str(movie), "r") as container:
+            if not container.streams.video:
+                return {dst: rj.NO_VIDEO for _, dst in keyframes}, 0
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # the worker pool is the parallelism
+            fps = _stream_rate(stream)
+            size = scaled_size(stream.codec_context.width, stream.codec_context.height, options.short_side)
+            for timestamp, dst in keyframes:
+                keyframe = keyframe_frame(timestamp, fps, options.movie_start)
+                if keyframe < 0:
+                    results[dst] = _before_start(timestamp, options.movie_start)
+                else:
+                    clips.append(_Clip(keyframe, timestamp, dst, options))
+            clips.sort(key=lambda c: c.window.start)
+            waiting, active = list(reversed(clips)), []  # waiting: by window start, the next last
+            held = None  # (index, frame): a frame is used once the next one's index is larger
+
+            def deliver(index: int, frame) -> None:
+                while waiting and waiting[-1].window.start <= index:
+                    active.append(waiting.pop())
+                image = None
+                for clip in list(active):
+                    if index >= clip.window.stop:
+                        results[clip.dst] = clip.finish(fps)
+                        active.remove(clip)
+                        continue
+                    if image is None:  # resized once for every clip that holds it
+                        image = frame.reformat(width=size[0], height=size[1])
+                    clip.feed(index, image, size, fps)
+
+            for index, frame in _decode_from(container, stream, fps, max(clips[0].window.start, 0) if clips else 0):
+                decoded += 1
+                if held is not None and index != held[0]:
+                    deliver(*held)
+                held = (index, frame)
+                if not waiting and not active:
+                    break
+            if held is not None:
+                deliver(*held)
+            for clip in active + waiting:
+                results[clip.dst] = clip.finish(fps)
+    except Rejected as err:
+        _abort_all(clips, results, str(err))
+    except _DECODE_ERRORS as err:
+        _abort_all(clips, results, rj.reason(rj.UNDECODABLE, f"{type(err).__name__}: {err}"[:200]))
+    return results, decoded
+
+
+def _decode_from(container, stream, fps: Fraction, first: int):
+    """(movie frame index, frame) in display order from the key frame before frame ``first``
+    (from the movie's start when the demuxer's seek lands after it)."""
+    start_pts, time_base = stream.start_time or 0, stream.time_base
+    seek = first / fps > 1
+    if seek:
+        container.seek(start_pts + int((first / fps - 1) / time_base), stream=stream, backward=True)
+    for n, frame in enumerate(container.decode(stream)):
+        index = _frame_index(frame, start_pts, time_base, fps)
+        if n == 0 and seek and index > first:
+            break  # landed after the window
+        yield index, frame
+    else:
+        return
+    container.seek(start_pts, stream=stream, backward=True)
+    for frame in container.decode(stream):
+        yield _frame_index(frame, start_pts, time_base, fps), frame
+
+
+def _abort_all(clips: list[_Clip], results: dict, reason: str) -> None:
+    for clip in clips:
+        if clip.dst not in results:
+            clip.abort()
+            results[clip.dst] = reason
+
+
 @dataclass(frozen=True)
 class KeyframeClip:
-    """Picklable ``prepare`` of one keyframe: calling it with a path writes the clip there."""
+    """Picklable ``prepare`` of one keyframe: calling it with a path writes the clip there, or
+    takes the clip the movie's single pass (:func:`cut_movie_clips`, run by :func:`cut_all_clips`
+    before packing) already wrote there, or raises the reason that pass recorded."""
 
     movie: Path
     timestamp: int
     options: ClipOptions
 
     def __call__(self, path: Path) -> None:
+        marker = rejected_marker(path)
+        if marker.exists():
+            reason = marker.read_text()
+            marker.unlink()
+            raise Rejected(reason)
+        if path.is_file() and path.stat().st_size:
+            return
         cut_clip(self.movie, self.timestamp, path, self.options)
+
+
+def rejected_marker(clip: Path) -> Path:
+    """Where the one-pass cutter records why a keyframe's clip could not be cut."""
+    return clip.with_name(clip.name + ".rejected")
+
+
+def _cut_movie(job: tuple[Path, list[tuple[int, Path]], ClipOptions]) -> int:
+    """Worker: one movie's pass; writes the clips and the rejection markers; frames decoded."""
+    movie, keyframes, options = job
+    results, decoded = cut_movie_clips(movie, keyframes, options)
+    for dst, reason in results.items():
+        if reason is not None:
+            rejected_marker(dst).write_text(reason)
+    return decoded
+
+
+def cut_all_clips(records: list[SourceRecord], mapper) -> None:
+    """The ``prepare_all`` of AVA sources: cut the clips of ``records`` movie by movie, one pass
+    per movie (movies in parallel through ``mapper``, build_shards' worker pool)."""
+    by_movie: dict[Path, list[tuple[int, Path]]] = defaultdict(list)
+    options = None
+    for record in records:
+        clip = record.prepare
+        if isinstance(clip, KeyframeClip):
+            rejected_marker(record.path).unlink(missing_ok=True)
+            by_movie[clip.movie].append((clip.timestamp, record.path))
+            options = clip.options
+    jobs = [(movie, sorted(cuts), options) for movie, cuts in sorted(by_movie.items())]
+    for _ in mapper(_cut_movie, jobs):
+        pass
 
 
 @dataclass(frozen=True)
@@ -386,7 +564,8 @@ def ava_sources(videos_dir: Path, annotations: Path, labels: Path, *, clip_dir: 
                      f"not in {labels.name}: their rows are rejected (give the full label map with --labels and "
                      "the evaluated subset with --eval-labels)")
     provenance = {"source": "pbtxt", "file": str(labels.resolve()), "sha256": _sha256(labels)}
-    sources = SourceSet("ava", [label_map[i] for i in action_ids], records, rejected, provenance, notes)
+    sources = SourceSet("ava", [label_map[i] for i in action_ids], records, rejected, provenance, notes,
+                        prepare_all=cut_all_clips)
     return AvaSources(sources, action_ids, eval_action_ids, excluded_set, skipped)
 
 

@@ -321,6 +321,8 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
                 (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
             layout.work_dir(out_dir).mkdir(parents=True, exist_ok=True)
             work_dir(out_dir).mkdir(exist_ok=True)
+            if sources.prepare_all is not None:
+                sources.prepare_all([records[order[pos]] for pos in range(start, positions.stop)], mapper)
             target = decoder(options.target)
             tasks = (_Task(pos, keys[order[pos]], records[order[pos]], options.reencode, layout.work_dir(out_dir),
                            target, options.reject_unsupported, options.max_gop)
