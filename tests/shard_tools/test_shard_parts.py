@@ -4,10 +4,13 @@ merge equal one whole run."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from shard_videos import run_env
 
 from shard_tools.cli import main
 from shard_tools.merge import MergeError, merge_parts
@@ -101,3 +104,15 @@ def test_a_whole_run_refuses_a_folder_holding_parts(tmp_path):
     make_synth_dataset(tmp_path, part=Part(0, 2), **params)
     assert main(["synth", "--out", str(tmp_path), "--num-videos", "2", "--num-frames", "4", "--width", "32",
                  "--height", "32", "--num-classes", "4", "--workers", "1", "--no-progress"]) == 2
+
+
+@pytest.mark.slow
+def test_parts_running_at_the_same_time_into_one_folder_merge_into_the_whole_run(tmp_path):
+    flags = ["synth", "--num-videos", "8", "--num-frames", "4", "--width", "32", "--height", "32",
+             "--num-classes", "4", "--shard-samples", "2", "--workers", "1", "--no-progress"]
+    assert main(flags + ["--out", str(tmp_path / "whole")]) == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "shard_tools", *flags, "--out", str(tmp_path / "parts"),
+                               "--part", f"{i}/3"], env=run_env()) for i in range(3)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    assert main(["merge", str(tmp_path / "parts")]) == 0
+    _same_folder(tmp_path / "whole", tmp_path / "parts")
