@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 
 from shard_tools.ava import ClipOptions, cut_clip, cut_movie_clips, keyframe_frame
 from shard_tools.ava_files import read_box_csv
 from shard_tools.build import BuildOptions, build_shards
 from shard_tools.encode import VideoWriter
-from shard_tools.reencode import ReencodeOptions, reencode_video
 from shard_tools.sources import list_sources
 from shard_tools.synth_ava import make_synth_ava
 from video_caps.decoders import DEFAULT_TARGET
@@ -140,13 +140,38 @@ def _shard_records(out_dir: Path, s: ShardBenchSettings) -> list[dict]:
     return records
 
 
+LONG_GOP_SIZE = (1280, 720)
+LONG_GOP_SHORT_SIDE = 320
+
+
+def _long_gop_copy(src: Path, dst: Path, gop: int, size: tuple[int, int]) -> None:
+    """``src`` scaled to ``size`` as H.264 with a key frame every ``gop`` frames exactly (no
+    scene-cut key frames), as films are; kept between runs."""
+    if dst.exists():
+        return
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        rate = inp.streams.video[0].average_rate
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": "veryfast", "crf": "20", "g": str(gop), "keyint_min": str(gop),
+                          "sc_threshold": "0", "threads": "1"}
+        for i, frame in enumerate(inp.decode(video=0)):
+            frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")
+            frame.pts, frame.time_base = i, 1 / rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
 def _ava_records(out_dir: Path, a: AvaCutSettings) -> list[dict]:
     """Every keyframe of the synthetic AVA movies cut per keyframe, then in one pass per movie:
-    the movies as synthesised (VP9, a key frame a second) and re-encoded as H.264 with a key frame
-    every 10 s (the long GOPs of real movies, which per-keyframe cutting decodes a lead-in of)."""
+    the movies as synthesised (VP9, a key frame a second, clips at the movie's size), and scaled
+    to 1280x720 H.264 with a key frame every 10 s, clips at short side 320 (real movies: large,
+    long GOPs, which per-keyframe cutting decodes a lead-in of; the clips stored small)."""
     files = make_synth_ava(out_dir / f"ava-{a.width}x{a.height}-{a.seconds}s", movies=a.movies, seconds=a.seconds,
                            fps=a.fps, width=a.width, height=a.height)
-    options = ClipOptions(clip_frames=a.clip_frames)
     by_movie: dict[str, list[int]] = {}
     for row in read_box_csv(files.annotations, scores=False):
         by_movie.setdefault(row.video_id, [])
@@ -156,13 +181,14 @@ def _ava_records(out_dir: Path, a: AvaCutSettings) -> list[dict]:
     long_gop = out_dir / "ava-long-gop"
     long_gop.mkdir(exist_ok=True)
     for v, path in synthesised.items():
-        if not (long_gop / f"{v}.mp4").exists():
-            reencode_video(path, long_gop / f"{v}.mp4", ReencodeOptions(codec="h264", gop=round(10 * a.fps)))
+        _long_gop_copy(path, long_gop / f"{v}.mp4", round(10 * a.fps), LONG_GOP_SIZE)
     keyframes = sum(len(t) for t in by_movie.values())
     records = []
-    for label, movies in ((f"vp9, key frame every {round(a.fps)} frames", synthesised),
-                          (f"h264, key frame every {round(10 * a.fps)} frames",
-                           {v: long_gop / f"{v}.mp4" for v in by_movie})):
+    for label, movies, short_side in (
+            (f"vp9 {a.width}x{a.height}, key frame every {round(a.fps)} frames", synthesised, None),
+            (f"h264 {LONG_GOP_SIZE[0]}x{LONG_GOP_SIZE[1]}, key frame every {round(10 * a.fps)} frames",
+             {v: long_gop / f"{v}.mp4" for v in by_movie}, LONG_GOP_SHORT_SIDE)):
+        options = ClipOptions(clip_frames=a.clip_frames, short_side=short_side)
         clips = out_dir / "ava-clips"
         shutil.rmtree(clips, ignore_errors=True)
         clips.mkdir(parents=True)
@@ -185,8 +211,9 @@ def _ava_records(out_dir: Path, a: AvaCutSettings) -> list[dict]:
             for t in stamps:
                 if (clips / f"alone_{video}_{t}.webm").read_bytes() != (clips / f"pass_{video}_{t}.webm").read_bytes():
                     raise RuntimeError(f"{video}@{t}: the one-pass clip differs from the per-keyframe clip")
-        fields = {"movies": a.movies, "movie": label, "keyframes": keyframes, "size": f"{a.width}x{a.height}",
-                  "fps": a.fps, "clip_frames": a.clip_frames, "clip_codec": options.codec, "processes": 1}
+        fields = {"movies": a.movies, "movie": label, "keyframes": keyframes, "fps": a.fps,
+                  "clip_frames": a.clip_frames, "clip_codec": options.codec, "clip_short_side": short_side or "movie's",
+                  "processes": 1}
         records += [
             {"name": "ava_cut_keyframes_per_s", "value": keyframes / alone, "unit": "keyframes/s",
              "cut": "per keyframe", **fields},

@@ -33,7 +33,7 @@ from shard_tools import rejections as rj
 from shard_tools.keys import unique_keys
 from shard_tools.manifest import MANIFEST_NAME, write_manifest
 from shard_tools.parts import PART_STATE_FILE, PIECE_FILE, WORK_DIR_NAME, Layout, Part, assemble_manifest
-from shard_tools.probe import probe_video
+from shard_tools.probe import ProbeResult, probe_video
 from shard_tools.progress import BuildProgress, print_summary
 from shard_tools.reencode import ReencodeOptions, reencode_video
 from shard_tools.sample import FORMAT, VideoInfo, sample_members, tar_bytes
@@ -44,6 +44,7 @@ from shard_tools.writer import PARTIAL_SUFFIX, ShardWriter, atomic_write_bytes
 from video_caps.decoders import Decoder, decoder, reencode_plan, refusal
 
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
+FIT_GOP = 16  # key frame interval of streams re-encoded to suit the target (or --max-gop, if shorter)
 _EXT_BY_CODEC = {"h264": "mp4", "hevc": "mp4", "mpeg4": "mp4", "av1": "mp4", "vp8": "webm",
                  "vp9": "webm", "mjpeg": "avi"}
 
@@ -126,14 +127,30 @@ def _video_ext(path: Path, codec: str) -> str:
     return ext if _EXT.match(ext) else _EXT_BY_CODEC.get(codec, "mkv")
 
 
+def _reencoded(task: _Task, options: ReencodeOptions, size: tuple[int, int] | None, suffix: str,
+               temporary: list[Path]) -> tuple[Path, ProbeResult | str]:
+    """Re-encode the task's source into its work dir; (the file, its probe or the rejection reason)."""
+    dst = task.work_dir / f"{task.key}{suffix}.{options.ext}"
+    temporary.append(dst)
+    try:
+        reencode_video(task.record.path, dst, options, size=size)
+    except Exception as err:  # FFmpeg/PyAV raise many types; the file is rejected with the reason
+        return dst, rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200])
+    found = probe_video(dst)
+    return dst, (found if found.ok else rj.reason(rj.REENCODE_FAILED, found.reason))
+
+
 def _process(task: _Task) -> _Processed:
-    """Worker: (make,) decode-check and (re-encode) one source. Runs in a pool process."""
+    """Worker: (make,) decode-check, (re-encode) and fit one source to the target. Runs in a pool process."""
     record, temporary = task.record, []
 
     def reject(reason: str) -> _Processed:
         for path in temporary:
             path.unlink(missing_ok=True)
         return _Processed(task.position, task.key, record, None, reason)
+
+    def packed(info: VideoInfo, path: Path, ext: str, reencoded: str | None = None) -> _Processed:
+        return _Processed(task.position, task.key, record, info, None, path, ext, tuple(temporary), reencoded)
 
     if record.prepare is not None:
         temporary.append(record.path)
@@ -145,40 +162,29 @@ def _process(task: _Task) -> _Processed:
     if not probe.ok:
         return reject(probe.reason)
     path, ext = record.path, _video_ext(record.path, probe.info.codec)
-
-    def reencode(options: ReencodeOptions, size: tuple[int, int] | None, name: str):
-        dst = task.work_dir / f"{task.key}{name}.{options.ext}"
-        temporary.append(dst)
-        try:
-            reencode_video(record.path, dst, options, size=size)
-        except Exception as err:  # FFmpeg/PyAV raise many types; the file is rejected with the reason
-            return dst, rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200])
-        found = probe_video(dst)
-        return dst, (found if found.ok else rj.reason(rj.REENCODE_FAILED, found.reason))
-
-    if task.reencode is not None:
-        path, probe = reencode(task.reencode, None, "")
+    if task.reencode is not None:  # --reencode: every stream, as the user asked
+        path, probe = _reencoded(task, task.reencode, None, "", temporary)
         if isinstance(probe, str):
             return reject(probe)
         ext = task.reencode.ext
+
+    # what the target decoder takes is packed as it is; the rest re-encoded into what it takes
     facts = probe.info.stream
     refused = refusal(task.target, facts)
     too_long = task.max_gop is not None and facts.max_keyframe_interval > task.max_gop
     if refused is None and not too_long:
-        return _Processed(task.position, task.key, record, probe.info, None, path, ext, tuple(temporary))
+        return packed(probe.info, path, ext)
     if refused is not None and task.reject_unsupported:
         return reject(rj.reason(rj.NOT_TAKEN, refused.text))
     codec, width, height = reencode_plan(task.target, facts.width, facts.height)
-    gop = min(task.max_gop or 16, 16)
-    path, fixed = reencode(ReencodeOptions(codec=codec, gop=gop), (width, height), "-fit")
-    if isinstance(fixed, str):
-        return reject(fixed)
-    still = refusal(task.target, fixed.info.stream)
+    fit = ReencodeOptions(codec=codec, gop=min(task.max_gop or FIT_GOP, FIT_GOP))
+    path, probe = _reencoded(task, fit, (width, height), "-fit", temporary)
+    if isinstance(probe, str):
+        return reject(probe)
+    still = refusal(task.target, probe.info.stream)
     if still is not None:
         return reject(rj.reason(rj.REENCODE_FAILED, f"the re-encoded stream is still not taken: {still.text}"))
-    why = refused.property if refused is not None else KEYFRAME_INTERVAL
-    return _Processed(task.position, task.key, record, fixed.info, None, path, ReencodeOptions(codec=codec).ext,
-                      tuple(temporary), why)
+    return packed(probe.info, path, fit.ext, refused.property if refused is not None else KEYFRAME_INTERVAL)
 
 
 @contextmanager
