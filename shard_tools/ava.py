@@ -7,7 +7,8 @@ keyframe becomes a :class:`~shard_tools.sources.SourceRecord`, so ``build_shards
 with its usual workers, resume and rejections. Before packing, the sources' ``prepare_all``
 (:func:`cut_all_clips`) decodes each movie once, in order, from the key frame before its first
 window, and cuts every keyframe's clip still to pack from that pass (:func:`cut_movie_clips`:
-each frame resized once and written to the clips whose windows hold it); the record's
+each frame resized once and held by the clips whose windows hold it, a clip encoded once its
+window is complete); the record's
 ``prepare`` (:class:`KeyframeClip`) then takes that clip, or, when it is missing, seeks the movie
 to just before the window and decodes only the window's frames (:func:`cut_clip`, the same frames). The window is ``clip_frames`` frames centred on
 the keyframe's frame ``k = round((timestamp - movie_start) * fps)``: ``k - clip_frames // 2 ..
@@ -187,59 +188,57 @@ def _before_start(timestamp: int, movie_start: float) -> str:
 
 
 class _Clip:
-    """One keyframe's clip being written during a movie's single decoding pass.
+    """One keyframe's clip gathered during a movie's single decoding pass.
 
-    Writes, for every frame of its window, the nearest decoded frame at or before it, else the
-    first decoded one: what :func:`cut_clip` writes, fed frame by frame in display order.
+    Holds, for every frame of its window, the nearest decoded frame at or before it, else the
+    first decoded one (what :func:`cut_clip` writes), fed frame by frame in display order, and
+    encodes them once the window is complete: one encoder at a time, and at most the frames of
+    the windows overlapping the current frame held (references to shared resized frames).
     """
 
     def __init__(self, keyframe: int, timestamp: int, dst: Path, options: ClipOptions):
         self.keyframe, self.timestamp, self.dst = keyframe, timestamp, dst
         self.window = clip_window(keyframe, options.clip_frames)
         self.options = options
-        self.writer: VideoWriter | None = None
-        self.next = self.window.start  # the next window frame to write
-        self.last = None  # the latest decoded frame inside the window
-        self.last_index: int | None = None
+        self.frames: list = []  # the window's frames so far, in order
+        self.last_index: int | None = None  # the latest decoded frame inside the window
 
-    def feed(self, index: int, image, size: tuple[int, int], fps: Fraction) -> None:
-        """A decoded (resized) frame at movie frame ``index`` (>= the window's start)."""
-        if index >= self.window.stop:
-            return
-        if self.writer is None:
-            self.writer = VideoWriter(self.dst, self.options.codec, size[0], size[1], fps, gop=self.options.gop)
-        while self.next < index:
-            self.writer.write(self.last if self.last is not None else image)
-            self.next += 1
-        self.writer.write(image)
-        self.next, self.last, self.last_index = index + 1, image, index
+    def feed(self, index: int, image) -> None:
+        """A decoded (resized) frame at movie frame ``index`` (in the window)."""
+        if index < self.window.start + len(self.frames):
+            return  # out of display order (not met in practice): dropped
+        fill = image if not self.frames else self.frames[-1]
+        self.frames += [fill] * (index - self.window.start - len(self.frames)) + [image]
+        self.last_index = index
 
-    def finish(self, fps: Fraction) -> str | None:
-        """Close the clip (the last frame repeated to the window's end); the rejection reason
+    def finish(self, size: tuple[int, int], fps: Fraction) -> str | None:
+        """Encode the clip (the last frame repeated to the window's end); the rejection reason
         (and no file) when the movie has no frame at or after the keyframe in the window."""
-        if self.last is None or self.last_index < self.keyframe:
-            self.abort()
-            where = f"ends at frame {self.last_index}" if self.last is not None else "has no frame in the clip's window"
+        if self.last_index is None or self.last_index < self.keyframe:
+            where = f"ends at frame {self.last_index}" if self.last_index is not None else \
+                "has no frame in the clip's window"
             return rj.reason(BEYOND_END, f"keyframe frame {self.keyframe} (t={self.timestamp} s at {float(fps):g} fps); "
                                          f"the movie {where}")
-        while self.next < self.window.stop:
-            self.writer.write(self.last)
-            self.next += 1
-        self.writer.close()
+        self.frames += [self.frames[-1]] * (len(self.window) - len(self.frames))
+        try:
+            with VideoWriter(self.dst, self.options.codec, size[0], size[1], fps, gop=self.options.gop) as writer:
+                for frame in self.frames:
+                    writer.write(frame)
+        except _DECODE_ERRORS as err:
+            self.dst.unlink(missing_ok=True)
+            return rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200])
+        finally:
+            self.frames = []
         return None
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.container.close()
-        self.dst.unlink(missing_ok=True)
 
 
 def cut_movie_clips(movie: Path, keyframes: list[tuple[int, Path]], options: ClipOptions) -> tuple[dict[Path, str | None], int]:
     """Cut the clip of every ``(timestamp, dst)`` of ``movie`` from one decoding pass, in order.
 
     The pass starts at the key frame before the first window (a seek) and stops after the last;
-    each decoded frame is resized once and written to every clip whose window holds it, so at
-    most the clips overlapping the current frame are open (a bounded sliding window). Returns
+    each decoded frame is resized once and held by every clip whose window holds it, and a clip
+    is encoded as soon as its window is complete, so at most the frames of the windows overlapping
+    the current frame are held (a bounded sliding buffer). Returns
     dst -> None (written) or the rejection reason (what :func:`cut_clip` would raise), and the
     number of frames decoded. The clips are the frames :func:`cut_clip` writes.
     """
@@ -270,12 +269,12 @@ def cut_movie_clips(movie: Path, keyframes: list[tuple[int, Path]], options: Cli
                 image = None
                 for clip in list(active):
                     if index >= clip.window.stop:
-                        results[clip.dst] = clip.finish(fps)
+                        results[clip.dst] = clip.finish(size, fps)
                         active.remove(clip)
                         continue
                     if image is None:  # resized once for every clip that holds it
                         image = frame.reformat(width=size[0], height=size[1])
-                    clip.feed(index, image, size, fps)
+                    clip.feed(index, image)
 
             for index, frame in _decode_from(container, stream, fps, max(clips[0].window.start, 0) if clips else 0):
                 decoded += 1
@@ -287,7 +286,7 @@ def cut_movie_clips(movie: Path, keyframes: list[tuple[int, Path]], options: Cli
             if held is not None:
                 deliver(*held)
             for clip in active + waiting:
-                results[clip.dst] = clip.finish(fps)
+                results[clip.dst] = clip.finish(size, fps)
     except Rejected as err:
         _abort_all(clips, results, str(err))
     except _DECODE_ERRORS as err:
@@ -317,7 +316,7 @@ def _decode_from(container, stream, fps: Fraction, first: int):
 def _abort_all(clips: list[_Clip], results: dict, reason: str) -> None:
     for clip in clips:
         if clip.dst not in results:
-            clip.abort()
+            clip.dst.unlink(missing_ok=True)
             results[clip.dst] = reason
 
 
