@@ -5,6 +5,7 @@ copied byte for byte, the manifest's stream summary."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tarfile
 from pathlib import Path
@@ -213,3 +214,12 @@ def test_verify_probes_folders_made_before_stream_facts_were_recorded(streams, t
     report = verify_shards(out)
     assert report.ok and report.probed == 2 and report.not_taken == {FORMAT: 1}
     assert "yuv444p" in report.not_taken_examples[0]
+
+
+def test_the_summary_table_counts_what_was_reencoded_and_why(streams, tmp_path, capsys):
+    videos, list_file = streams
+    assert main(["list", "--root", str(videos), "--list", str(list_file), "--out", str(tmp_path / "out"),
+                 "--workers", "1"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(rf"re-encoded for {DEFAULT_TARGET}\s*│\s*5", table)
+    assert re.search(r"chroma/bit depth\s*│\s*3", table) and re.search(r"too small\s*│\s*2", table)
