@@ -254,7 +254,7 @@ def merge_kinds(kinds: dict[str, dict], more: dict[str, dict]) -> None:
 
 
 def kinds_refusals(dec: Decoder, kinds: dict[str, dict]) -> list[tuple[int, Refusal]]:
-    """(samples, refusal) of every kind some of whose samples ``dec`` cannot take.
+    """(the kind's samples, refusal) of every kind some of whose samples ``dec`` cannot take.
 
     Exact for the four checks: a kind passes iff its smallest coded width and height reach the
     minimum, its largest stay within the maximum and its largest macroblock count within the limit.
@@ -324,4 +324,5 @@ def folder_refusal(manifest: dict, target: str) -> tuple[str | None, str | None]
     if not found:
         return None, None
     n = sum(count for count, _ in found)
-    return f"{n} samples are not taken: " + "; ".join(f"{count} x {r.text}" for count, r in found), None
+    return (f"{n} samples are of stream kinds it does not take every sample of ("
+            + "; ".join(f"{count} samples: {r.text}" for count, r in found) + ")"), None

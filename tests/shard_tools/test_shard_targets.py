@@ -21,8 +21,7 @@ from shard_tools.sample import VideoInfo, sample_members, split_member_name
 from shard_tools.streams import count_stream, empty_summary, merge_summaries
 from shard_tools.verify import verify_shards
 from shard_tools.writer import ShardWriter, shard_name
-from video_caps.decoders import (CODEC, DEFAULT_TARGET, FORMAT, TOO_SMALL, StreamFacts, decoder, kinds_refusals,
-                                 reencode_plan, refusal)
+from video_caps.decoders import DEFAULT_TARGET, FORMAT, TOO_SMALL, StreamFacts, decoder, kinds_refusals, refusal
 
 # name -> (encoder, width, height, pix_fmt, the property NVDEC on Ampere/Hopper refuses, or None)
 STREAMS = {
@@ -145,33 +144,8 @@ def test_the_pyav_target_copies_every_decodable_stream(streams, tmp_path):
     assert not m["streams"]["reencoded"] and "target" not in m["options"]
 
 
-def _facts(codec="h264", chroma="4:2:0", depth=8, w=640, h=480, coded=None) -> StreamFacts:
-    cw, ch = coded or (w, h)
-    return StreamFacts(codec, None, "x", chroma, depth, cw, ch, w, h, 25.0, 10, 10, False, False)
-
-
-def test_decoder_table_per_gpu_family():
-    hopper, ada, blackwell, cpu = (decoder(n) for n in ("gpu-hopper", "gpu-ada", "gpu-blackwell", "cpu-dali"))
-    assert refusal(hopper, _facts("av1")).property == CODEC  # GA100/Hopper have no AV1 (application note)
-    assert refusal(ada, _facts("av1")) is None
-    assert refusal(hopper, _facts("hevc", "4:4:4", 10)) is None
-    assert refusal(hopper, _facts("h264", "4:2:2", 10)).property == FORMAT
-    assert refusal(blackwell, _facts("h264", "4:2:2", 10)) is None
-    assert refusal(hopper, _facts("hevc", w=160, h=120)).property == TOO_SMALL  # HEVC from 144x144
-    assert refusal(hopper, _facts("h264", w=4096, h=2304)) is None
-    assert refusal(hopper, _facts("h264", w=4112, h=2160)).property == "too large"
-    assert refusal(hopper, _facts("h264", w=30, h=40, coded=(32, 48))).property == TOO_SMALL
-    assert refusal(cpu, _facts("h264")).property == CODEC and refusal(cpu, _facts("vp9", w=32, h=32)) is None
-    assert decoder(DEFAULT_TARGET).codecs == hopper.codecs  # GA100 and Hopper share one column
-
-
-def test_reencode_plan_scales_into_the_limits():
-    gpu = decoder(DEFAULT_TARGET)
-    assert reencode_plan(gpu, 32, 32) == ("h264", 48, 48)
-    assert reencode_plan(gpu, 33, 21) == ("h264", 48, 30)  # aspect kept, width up to 48
-    codec, w, h = reencode_plan(gpu, 7680, 4320)
-    assert codec == "h264" and w <= 4096 and (w + 15) // 16 * ((h + 15) // 16) <= 65536 and w % 2 == h % 2 == 0
-    assert reencode_plan(decoder("cpu-dali"), 65, 37) == ("vp9", 64, 36)
+def _facts(codec="h264", chroma="4:2:0", depth=8, w=640, h=480) -> StreamFacts:
+    return StreamFacts(codec, None, "x", chroma, depth, w, h, w, h, 25.0, 10, 10, False, False)
 
 
 def test_stream_summaries_of_parts_merge_into_the_whole():
