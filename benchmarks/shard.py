@@ -26,6 +26,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 from shard_tools.ava import ClipOptions, cut_clip, cut_movie_clips, keyframe_frame
 from shard_tools.ava_files import read_box_csv
@@ -159,6 +160,7 @@ def _long_gop_copy(src: Path, dst: Path, gop: int, size: tuple[int, int]) -> Non
         for i, frame in enumerate(inp.decode(video=0)):
             frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")
             frame.pts, frame.time_base = i, 1 / rate
+            frame.pict_type = PictureType.NONE  # not the source's key frames: one every `gop` frames
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
@@ -180,14 +182,21 @@ def _ava_records(out_dir: Path, a: AvaCutSettings) -> list[dict]:
     synthesised = {v: next(files.videos.glob(f"{v}.*")) for v in by_movie}
     long_gop = out_dir / "ava-long-gop"
     long_gop.mkdir(exist_ok=True)
+    gop, (w, h) = round(10 * a.fps), LONG_GOP_SIZE
+    long_gop_movies = {v: long_gop / f"{v}-{w}x{h}-gop{gop}.mp4" for v in by_movie}  # named by what makes them
     for v, path in synthesised.items():
-        _long_gop_copy(path, long_gop / f"{v}.mp4", round(10 * a.fps), LONG_GOP_SIZE)
+        _long_gop_copy(path, long_gop_movies[v], gop, LONG_GOP_SIZE)
+    for path in long_gop_movies.values():  # the label must be true: key frames exactly gop apart
+        with av.open(str(path)) as c:
+            starts = sorted(p.pts for p in c.demux(video=0) if p.is_keyframe and p.size)
+        if len(starts) != -(-round(a.seconds * a.fps) // gop):
+            raise RuntimeError(f"{path}: {len(starts)} key frames, expected one every {gop} frames")
     keyframes = sum(len(t) for t in by_movie.values())
     records = []
     for label, movies, short_side in (
             (f"vp9 {a.width}x{a.height}, key frame every {round(a.fps)} frames", synthesised, None),
             (f"h264 {LONG_GOP_SIZE[0]}x{LONG_GOP_SIZE[1]}, key frame every {round(10 * a.fps)} frames",
-             {v: long_gop / f"{v}.mp4" for v in by_movie}, LONG_GOP_SHORT_SIDE)):
+             long_gop_movies, LONG_GOP_SHORT_SIDE)):
         options = ClipOptions(clip_frames=a.clip_frames, short_side=short_side)
         clips = out_dir / "ava-clips"
         shutil.rmtree(clips, ignore_errors=True)
