@@ -197,4 +197,3 @@ def test_the_summary_table_counts_what_was_reencoded_and_why(streams, tmp_path, 
     table = capsys.readouterr().out
     assert re.search(rf"re-encoded for {DEFAULT_TARGET}\s*│\s*5", table)
     assert re.search(r"chroma/bit depth\s*│\s*3", table) and re.search(r"too small\s*│\s*2", table)
-
