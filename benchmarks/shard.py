@@ -58,13 +58,17 @@ class AvaCutSettings:
     height: int
     fps: float
     clip_frames: int
+    long_gop_size: tuple[int, int]  # the long-GOP H.264 copies of the movies
+    long_gop_short_side: int  # their clips' short side
 
 
 QUICK = ShardBenchSettings(num_videos=16, num_frames=48, width=320, height=240)
 FULL = (ShardBenchSettings(num_videos=8, num_frames=250, width=340, height=256),  # 10 s at 25 fps
         ShardBenchSettings(num_videos=4, num_frames=250, width=1280, height=720))
-AVA_QUICK = AvaCutSettings(movies=1, seconds=6, width=160, height=96, fps=12.0, clip_frames=16)
-AVA_FULL = AvaCutSettings(movies=2, seconds=20, width=640, height=360, fps=25.0, clip_frames=64)  # recipe: 16x4
+AVA_QUICK = AvaCutSettings(movies=1, seconds=6, width=160, height=96, fps=12.0, clip_frames=16,
+                           long_gop_size=(320, 192), long_gop_short_side=96)
+AVA_FULL = AvaCutSettings(movies=2, seconds=20, width=640, height=360, fps=25.0, clip_frames=64,  # recipe: 16x4
+                          long_gop_size=(1280, 720), long_gop_short_side=320)
 
 
 def _source_frames(rng: np.random.Generator, s: ShardBenchSettings):
@@ -141,10 +145,6 @@ def _shard_records(out_dir: Path, s: ShardBenchSettings) -> list[dict]:
     return records
 
 
-LONG_GOP_SIZE = (1280, 720)
-LONG_GOP_SHORT_SIDE = 320
-
-
 def _long_gop_copy(src: Path, dst: Path, gop: int, size: tuple[int, int]) -> None:
     """``src`` scaled to ``size`` as H.264 with a key frame every ``gop`` frames exactly (no
     scene-cut key frames), as films are; kept between runs."""
@@ -182,10 +182,10 @@ def _ava_records(out_dir: Path, a: AvaCutSettings) -> list[dict]:
     synthesised = {v: next(files.videos.glob(f"{v}.*")) for v in by_movie}
     long_gop = out_dir / "ava-long-gop"
     long_gop.mkdir(exist_ok=True)
-    gop, (w, h) = round(10 * a.fps), LONG_GOP_SIZE
+    gop, (w, h) = round(10 * a.fps), a.long_gop_size
     long_gop_movies = {v: long_gop / f"{v}-{w}x{h}-gop{gop}.mp4" for v in by_movie}  # named by what makes them
     for v, path in synthesised.items():
-        _long_gop_copy(path, long_gop_movies[v], gop, LONG_GOP_SIZE)
+        _long_gop_copy(path, long_gop_movies[v], gop, a.long_gop_size)
     for path in long_gop_movies.values():  # the label must be true: key frames exactly gop apart
         with av.open(str(path)) as c:
             starts = sorted(p.pts for p in c.demux(video=0) if p.is_keyframe and p.size)
@@ -195,8 +195,7 @@ def _ava_records(out_dir: Path, a: AvaCutSettings) -> list[dict]:
     records = []
     for label, movies, short_side in (
             (f"vp9 {a.width}x{a.height}, key frame every {round(a.fps)} frames", synthesised, None),
-            (f"h264 {LONG_GOP_SIZE[0]}x{LONG_GOP_SIZE[1]}, key frame every {round(10 * a.fps)} frames",
-             long_gop_movies, LONG_GOP_SHORT_SIDE)):
+            (f"h264 {w}x{h}, key frame every {gop} frames", long_gop_movies, a.long_gop_short_side)):
         options = ClipOptions(clip_frames=a.clip_frames, short_side=short_side)
         clips = out_dir / "ava-clips"
         shutil.rmtree(clips, ignore_errors=True)

@@ -3,17 +3,13 @@ projection, and AVA's per-keyframe vs one-pass cutting (whose clips it checks ar
 
 from dataclasses import replace
 
-import pytest
-
 from benchmarks import shard
 
 
-@pytest.mark.slow
 def test_shard_bench_records_copy_reencode_and_the_ava_cut_speedup(tmp_path, monkeypatch):
     monkeypatch.setattr(shard, "QUICK", replace(shard.QUICK, num_videos=2, num_frames=12, width=64, height=48))
-    monkeypatch.setattr(shard, "AVA_QUICK", replace(shard.AVA_QUICK, seconds=3, width=64, height=48))
-    monkeypatch.setattr(shard, "LONG_GOP_SIZE", (96, 64))
-    monkeypatch.setattr(shard, "LONG_GOP_SHORT_SIDE", 32)
+    monkeypatch.setattr(shard, "AVA_QUICK", replace(shard.AVA_QUICK, seconds=3, width=64, height=48,
+                                                    long_gop_size=(96, 64), long_gop_short_side=32))
     records = shard.run(tmp_path, quick=True)
     by = {(r["name"], r.get("mode", r.get("cut"))): r for r in records}
     for mode in ("copy", "reencode"):
