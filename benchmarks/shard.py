@@ -28,7 +28,7 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
-from shard_tools.ava import ClipOptions, cut_clip, cut_movie_clips, keyframe_frame
+from shard_tools.ava import ClipOptions, cut_clip, cut_movie_clips
 from shard_tools.ava_files import read_box_csv
 from shard_tools.build import BuildOptions, build_shards
 from shard_tools.encode import VideoWriter
