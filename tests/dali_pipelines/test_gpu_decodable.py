@@ -57,3 +57,13 @@ def test_gpu_families_by_compute_capability():
     assert [gpu_target(c) for c in ((8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0), (7, 5))] == [
         "gpu-ampere", "gpu-ampere-ga10x", "gpu-ada", "gpu-hopper", "gpu-blackwell", "gpu-blackwell",
         "gpu-ampere-hopper"]
+
+
+@pytest.mark.cuda
+def test_the_gpu_loader_refuses_a_folder_nvdec_cannot_read_before_decoding(synth_shards):
+    """The tests' 64x48 VP9 set is below NVDEC's 128x128 VP9 minimum: refused at construction."""
+    from dali_pipelines import PretrainLoader  # DALI: imported only where the GPU test runs
+
+    with pytest.raises(ShardDirError, match=r"GPU decoder \(NVDEC on .*VP9 from 128x128.*mvd-shard verify"):
+        PretrainLoader(synth_shards, 2, device="gpu", num_frames=8, sampling_rate=2, input_size=32,
+                       teacher_input_size=32)
