@@ -60,10 +60,10 @@ def test_gpu_families_by_compute_capability():
 
 
 @pytest.mark.cuda
-def test_the_gpu_loader_refuses_a_folder_nvdec_cannot_read_before_decoding(synth_shards):
-    """The tests' 64x48 VP9 set is below NVDEC's 128x128 VP9 minimum: refused at construction."""
+def test_the_gpu_loader_refuses_a_folder_nvdec_cannot_read_before_decoding(tmp_path):
+    """96x96 VP9 is below NVDEC's 128x128 VP9 minimum: refused at construction, nothing decoded."""
     from dali_pipelines import PretrainLoader  # DALI: imported only where the GPU test runs
 
+    shards = _folder(tmp_path, "vp9", 96, 96)
     with pytest.raises(ShardDirError, match=r"GPU decoder \(NVDEC on .*VP9 from 128x128.*mvd-shard verify"):
-        PretrainLoader(synth_shards, 2, device="gpu", num_frames=8, sampling_rate=2, input_size=32,
-                       teacher_input_size=32)
+        PretrainLoader(shards.path, 2, device="gpu", num_frames=4, sampling_rate=1, input_size=32)
