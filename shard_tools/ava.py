@@ -48,6 +48,7 @@ from shard_tools.parts import Part
 from shard_tools.reencode import scaled_size
 from shard_tools.rejections import Rejected, Rejection
 from shard_tools.sources import SourceError, SourceRecord, SourceSet, _display_path, _index_videos
+from video_caps.decoders import DEFAULT_TARGET, StreamFacts, decoder, refusal
 
 CLIP_CODECS = ("h264", "hevc", "vp9", "mjpeg")
 BEYOND_END = "keyframe beyond the movie's end"
@@ -379,6 +380,7 @@ class _Movie:
     fps: Fraction | None = None
     frames: int | None = None  # from the header, when it says
     problem: str | None = None  # why none of its keyframes can be packed
+    size: tuple[int, int] | None = None  # width, height
 
 
 def _probe_movie(path: Path, where: str) -> _Movie:
@@ -397,11 +399,29 @@ def _probe_movie(path: Path, where: str) -> _Movie:
                 frames = int(container.duration / av.time_base * fps)
             else:
                 frames = None
-            return _Movie(path, where, fps, frames)
+            return _Movie(path, where, fps, frames, size=(stream.codec_context.width, stream.codec_context.height))
     except Rejected as err:
         return _Movie(path, where, problem=str(err))
     except _DECODE_ERRORS as err:
         return _Movie(path, where, problem=rj.reason(rj.UNDECODABLE, f"cannot open: {err}"[:200]))
+
+
+def _clips_not_taken(clip: ClipOptions, movies: list[_Movie]) -> str | None:
+    """Advice when the clips (8-bit 4:2:0 in ``clip.codec``, at the movies' scaled sizes) are
+    not taken by the default GPU decoder, whose loader would then refuse the folder."""
+    gpu = decoder(DEFAULT_TARGET)
+    refused = []
+    for movie in movies:
+        w, h = scaled_size(*movie.size, clip.short_side)
+        facts = StreamFacts(clip.codec, None, codec_by_name(clip.codec).pix_fmt, "4:2:0", 8, w, h, w, h,
+                            float(movie.fps), clip.clip_frames, clip.gop, False, False)
+        found = refusal(gpu, facts)
+        if found is not None:
+            refused.append(found.text)
+    if not refused:
+        return None
+    return (f"the clips of {len(refused)} movies are not taken by {gpu.label} (e.g. {refused[0]}): the GPU "
+            f"loader will refuse the folder; use --codec h264 or a larger --short-side, or decode them on the CPU")
 
 
 def _read(reader, *args, **kwargs):
@@ -562,6 +582,9 @@ def ava_sources(videos_dir: Path, annotations: Path, labels: Path, *, clip_dir: 
         notes.append(f"action ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''} of {annotations.name} are "
                      f"not in {labels.name}: their rows are rejected (give the full label map with --labels and "
                      "the evaluated subset with --eval-labels)")
+    not_taken = _clips_not_taken(clip, [m for m in movies.values() if m.size])
+    if not_taken:
+        notes.append(not_taken)
     provenance = {"source": "pbtxt", "file": str(labels.resolve()), "sha256": _sha256(labels)}
     sources = SourceSet("ava", [label_map[i] for i in action_ids], records, rejected, provenance, notes,
                         prepare_all=cut_all_clips)

@@ -20,7 +20,7 @@ from nvidia.dali import fn, pipeline_def
 from shard_videos import run_env
 
 from shard_tools import ava
-from shard_tools.ava import BEFORE_START, BEYOND_END, ClipOptions, cut_clip, cut_movie_clips, shard_ava
+from shard_tools.ava import BEFORE_START, BEYOND_END, ClipOptions, ava_sources, cut_clip, cut_movie_clips, shard_ava
 from shard_tools.cli import main
 from shard_tools.merge import merge_parts
 from shard_tools.parts import Part
@@ -407,3 +407,12 @@ def test_one_pass_cuts_the_clips_per_keyframe_cutting_cuts(tmp_path, name, encod
         assert [_read_index(f) for f in _frames(one_pass.read_bytes())] == [_read_index(f) for f in _frames(alone)]
         assert one_pass.read_bytes() == alone, t
     assert sum(r is not None for r in results.values()) == 3  # t=0 before the start, t=31 and 40 beyond the end
+
+
+def test_clips_the_gpu_decoder_would_refuse_are_named_in_a_note(raw, tmp_path):
+    def notes(clip):
+        return ava_sources(raw.videos, raw.annotations, raw.labels, clip_dir=tmp_path, clip=clip).sources.notes
+
+    small_vp9 = [n for n in notes(ClipOptions(clip_frames=CLIP)) if "not taken by NVDEC" in n]
+    assert len(small_vp9) == 1 and "decodes VP9 from 128x128" in small_vp9[0]  # 48x48 VP9 clips
+    assert not [n for n in notes(ClipOptions(clip_frames=CLIP, codec="h264")) if "not taken by NVDEC" in n]
