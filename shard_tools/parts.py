@@ -101,7 +101,8 @@ def assemble_manifest(pieces: list[dict],
     if len(pieces) == 1 or not any(fields):
         extra = fields[0]
     elif merge_fields is None:
-        raise ValueError(f"the {first['dataset']} parts carry dataset fields {sorted(fields[0])} that no merger combines")
+        raise ValueError(f"the {first['dataset']} parts carry dataset fields {sorted(fields[0])} "
+                         "that no merger combines")
     else:
         extra = merge_fields(fields)
     clash = sorted(set(extra) & set(manifest))

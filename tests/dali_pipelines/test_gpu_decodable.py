@@ -32,7 +32,8 @@ def test_a_folder_nvdec_takes_passes(tmp_path):
 
 def test_a_folder_with_streams_below_nvdec_minimum_is_refused_with_the_fix(tmp_path):
     shards = _folder(tmp_path, "vp9", 96, 96)
-    with pytest.raises(ShardDirError, match=r"3 samples are of stream kinds .*3 samples: VP9 4:2:0 8-bit .*from 128x128") as err:
+    refused = r"3 samples are of stream kinds .*3 samples: VP9 4:2:0 8-bit .*from 128x128"
+    with pytest.raises(ShardDirError, match=refused) as err:
         check_gpu_decodable(shards, "gpu-hopper")
     assert f"mvd-shard verify {shards.path} --target gpu-hopper" in str(err.value)
     # the same folder packed for the GPU target is taken
