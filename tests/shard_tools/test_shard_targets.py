@@ -14,8 +14,10 @@ import av
 import pytest
 from shard_videos import write_video
 
+from shard_tools.build import BuildOptions
 from shard_tools.cli import main
 from shard_tools.manifest import make_manifest, write_manifest
+from shard_tools.parts import Part
 from shard_tools.probe import probe_video
 from shard_tools.sample import VideoInfo, sample_members, split_member_name
 from shard_tools.streams import count_stream, empty_summary, merge_summaries
@@ -197,3 +199,12 @@ def test_the_summary_table_counts_what_was_reencoded_and_why(streams, tmp_path, 
     table = capsys.readouterr().out
     assert re.search(rf"re-encoded for {DEFAULT_TARGET}\s*│\s*5", table)
     assert re.search(r"chroma/bit depth\s*│\s*3", table) and re.search(r"too small\s*│\s*2", table)
+
+
+def test_runs_made_as_before_keep_their_fingerprint_options():
+    """The pyav target (streams packed as they came, as before --target) adds nothing to the
+    options a run's fingerprint is made of, so such runs resume; the others record theirs."""
+    assert set(BuildOptions().output_options()) == {"seed", "shard_size_mb", "shard_samples", "reencode"}
+    gpu = BuildOptions(target=DEFAULT_TARGET, reject_unsupported=True, max_gop=32).output_options()
+    assert (gpu["target"], gpu["reject_unsupported"], gpu["max_gop"]) == (DEFAULT_TARGET, True, 32)
+    assert "part" not in BuildOptions(part=Part(1, 3)).output_options()  # the parts share one plan
