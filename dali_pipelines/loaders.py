@@ -46,7 +46,7 @@ import torch
 from dali_pipelines import pipeline as dali_stage
 from dali_pipelines import sampling, tensors
 from dali_pipelines.budget import cpu_budget, nvdec_engines
-from dali_pipelines.failures import DecodeFailureError, FailureLog, probe
+from dali_pipelines.failures import DecodeFailureError, FailureLog
 from dali_pipelines.manifest import (DALI_CODECS, AvaAnnotations, SampleTable, ShardDir, load_ava,
                                      load_shard_dir)
 from dali_pipelines.normalize import Normalize, erase_
@@ -274,9 +274,8 @@ class _ClipLoader:
                 return self._runner.run(self.epoch, self.step, self.failures.bad)
             except BatchFailed as failed:
                 device_id = self._torch_device.index if failed.decode_on == "gpu" else None
-                found = probe(failed.reader, self._prefetch, self.failures.bad, failed.decode_on,
-                              device_id, failed.cause)
-                self.failures.mark(found)
+                self.failures.probe(failed.reader, self._prefetch, failed.decode_on, device_id,
+                                    failed.cause)
 
     def _planned(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(items, valid) of one batch as planned (before any replacement)."""

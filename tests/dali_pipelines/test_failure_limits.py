@@ -1,0 +1,78 @@
+"""The failure limit holds when no batch succeeds: on a shard set whose every sample has rotted,
+probing stops within seconds at the limit (naming max_failure_fraction and the bad keys), never
+claiming that the samples decode; a decoder error that no sample causes is told apart from a bad
+sample and names the stream."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import TINY, corrupt_copy
+
+from dali_pipelines import DecodeFailureError, PretrainLoader, load_shard_dir
+from dali_pipelines.failures import (NOT_A_SAMPLE, SAME_MESSAGE_RUN, describe_stream, not_a_sample)
+
+
+@pytest.fixture(scope="module")
+def rotted(synth_shards, tmp_path_factory):
+    """synth_shards with the video bytes of every sample overwritten (after 64 bytes)."""
+    keys = list(load_shard_dir(synth_shards).table.keys)
+    return corrupt_copy(synth_shards, tmp_path_factory.mktemp("rotted") / "all", keys)
+
+
+def _stop(data_dir, fraction) -> tuple[str, PretrainLoader]:
+    loader = PretrainLoader(data_dir, 8, device="cpu", max_failure_fraction=fraction, **TINY)
+    with pytest.raises(DecodeFailureError) as err:
+        next(iter(loader))
+    message = str(err.value)
+    assert "decodes on its own" not in message
+    assert f"max_failure_fraction={fraction}" in message
+    assert all(key.split(":")[1] in message for key in loader.failed_keys)
+    return message, loader
+
+
+def test_every_sample_rotted_stops_at_the_epochs_limit_while_probing(rotted):
+    # 48 samples, 1 %: the limit is 0.48 samples, so the first probed batch is past it
+    message, loader = _stop(rotted, 0.01)
+    assert "while probing a failed batch" in message and len(loader.bad) == 8  # one batch
+    assert "8 of its 48 samples failed" in message
+
+
+def test_every_sample_rotted_stops_after_a_run_of_the_same_message(rotted):
+    # 50 %: 24 bad samples would be the epoch's limit; the run of one message stops it first
+    message, loader = _stop(rotted, 0.5)
+    assert f"{SAME_MESSAGE_RUN} samples in a row failed to decode with the same message" in message
+    assert len(loader.bad) == SAME_MESSAGE_RUN
+
+
+def test_one_bad_sample_below_the_limit_is_still_replaced(corrupt_vp9):
+    """The probe's limits do not stop a rate below max_failure_fraction."""
+    data_dir, key = corrupt_vp9
+    loader = PretrainLoader(data_dir, 8, device="cpu", max_failure_fraction=0.05, **TINY)
+    assert len(list(loader)) == 6 and [k.split(":")[1] for k in loader.failed_keys] == [key]
+
+
+# DALI 2.4's own texts (dali/operators/video/frames_decoder_gpu.cc) for errors no sample causes
+NVDEC_TEXTS = (
+    "Codec configuration not supported on this GPU. Codec: H.264, chroma format: 4:2:2, bit "
+    "depth: 10",
+    "Video is too small in at least one dimension. Provided: 64x48 vs supported:128x128",
+    "Video is too large in at least one dimension. Provided: 9000x9000 vs supported:8192x8192",
+    "libnvcuvid.so.1: cannot open shared object file: No such file or directory",
+)
+
+
+def test_decoder_errors_no_sample_causes_are_told_apart_from_bad_samples():
+    assert len(NVDEC_TEXTS) == len(NOT_A_SAMPLE)
+    assert all(not_a_sample(text) for text in NVDEC_TEXTS)
+    for bad_sample in ("Failed to open video file", "Could not find a valid video stream",
+                       "Invalid data found when processing input"):
+        assert not not_a_sample(bad_sample)
+
+
+def test_the_stream_is_described_by_codec_chroma_bit_depth_and_size(synth_shards):
+    table = load_shard_dir(synth_shards).table
+    with open(table.shard_paths[table.shard[0]], "rb") as f:
+        f.seek(int(table.offset[0]))
+        data = f.read(int(table.size[0]))
+    text = describe_stream(data, table, 0)
+    assert text == "codec vp9, pixel format yuv420p (chroma 4:2:0, 8-bit), 64x48", text
