@@ -9,7 +9,8 @@ import pytest
 from conftest import TINY, corrupt_copy
 
 from dali_pipelines import DecodeFailureError, PretrainLoader, load_shard_dir
-from dali_pipelines.failures import (NOT_A_SAMPLE, SAME_MESSAGE_RUN, describe_stream, not_a_sample)
+from dali_pipelines.failures import (NOT_A_SAMPLE, SAME_MESSAGE_RUN, DecoderUnsupportedError,
+                                     describe_stream, not_a_sample)
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,13 @@ def test_the_stream_is_described_by_codec_chroma_bit_depth_and_size(synth_shards
         data = f.read(int(table.size[0]))
     text = describe_stream(data, table, 0)
     assert text == "codec vp9, pixel format yuv420p (chroma 4:2:0, 8-bit), 64x48", text
+
+
+@pytest.mark.cuda
+def test_a_stream_below_nvdecs_minimum_stops_at_once_naming_stream_and_sample(synth_shards):
+    """synth_shards are 64x48 VP9: below NVDEC's 128x128 minimum for VP9, every sample fails
+    alike on the GPU, so the first probe stops the run (no sample is marked bad)."""
+    loader = PretrainLoader(synth_shards, 8, device="gpu", **TINY)
+    with pytest.raises(DecoderUnsupportedError, match=r"too small.*64x48.*sample shard-0000"):
+        next(iter(loader))
+    assert loader.bad == {}
