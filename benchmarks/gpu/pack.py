@@ -56,7 +56,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from benchmarks import step as step_bench
-from benchmarks.gpu import plan
+from benchmarks.gpu import decode_check, plan
 from benchmarks.gpu.manifest import (FORMAT, MANIFEST, SAFE_NAME, MiB, part_name, sha256_file)
 from shard_tools.synth import make_synth_dataset
 
@@ -203,11 +203,15 @@ def strip_library(data: bytes, scratch: Path) -> bytes:
 
 
 def slim_wheel(out_dir: Path, wheels_dir: Path | None = None, *, from_site: bool = False,
-               strip: bool = True) -> tuple[Path, dict]:
+               strip: bool = True, reuse: bool = False) -> tuple[Path, dict]:
     """Write the slimmed DALI wheel, xz-compressed, into `out_dir`; returns (its path, what was
     kept and dropped). The wheel is stored (no deflate) so that xz sees the raw bytes; RECORD is
-    rewritten for the files kept."""
+    rewritten for the files kept. `reuse`: keep an earlier run's .whl.xz and its record (xz -9e
+    of ~340 MiB takes minutes)."""
     name, files = dali_files(wheels_dir, from_site)
+    packed, record_file = out_dir / f"{name}.xz", out_dir / f"{name}.xz.json"
+    if reuse and packed.is_file() and record_file.is_file():
+        return packed, json.loads(record_file.read_text())
     dist_info = next(f.split("/")[0] for f, _ in files if f.split("/")[0].endswith(".dist-info"))
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = out_dir / "strip-scratch"
@@ -230,12 +234,13 @@ def slim_wheel(out_dir: Path, wheels_dir: Path | None = None, *, from_site: bool
         csv.writer(text, lineterminator="\n").writerows([*record, (f"{dist_info}/RECORD", "", "")])
         z.writestr(f"{dist_info}/RECORD", text.getvalue())
     shutil.rmtree(scratch)
-    packed = out_dir / f"{name}.xz"
     print(f"[pack] xz -9e {name} ({wheel.stat().st_size / MiB:.0f} MiB) ...", flush=True)
     subprocess.run(["xz", "-9e", "-T2", "-f", "-k", str(wheel)], check=True)
     wheel.unlink()
-    return packed, {"files_kept": len(record), "bytes_kept": kept_bytes,
-                    "files_dropped": dropped, "bytes_dropped": dropped_bytes, "stripped": strip}
+    slimmed = {"files_kept": len(record), "bytes_kept": kept_bytes, "files_dropped": dropped,
+               "bytes_dropped": dropped_bytes, "stripped": strip}
+    record_file.write_text(json.dumps(slimmed) + "\n")
+    return packed, slimmed
 
 
 # --------------------------------------------------------------------------------- shard sets
@@ -263,6 +268,7 @@ def shard_dirs(name: str, build: Path, check: CheckSet, workers: int | None) -> 
     """Make the shard directories of set `name` under `build` (as the machine unpacks them under
     /tmp/mvd-gpu/shards)."""
     if name == "check":
+        shutil.rmtree(build / "check", ignore_errors=True)  # synth refuses a non-empty dir
         size = estimate_bytes(check.num_videos, check.width, check.height, check.num_frames)
         if size * len(check.codecs) > MAX_SET_BYTES:
             raise PackError(f"the check set would be about {size * len(check.codecs) / MiB:.1f} "
@@ -274,6 +280,7 @@ def shard_dirs(name: str, build: Path, check: CheckSet, workers: int | None) -> 
             make_synth_dataset(out[-1], num_videos=check.num_videos, num_frames=check.num_frames,
                                width=check.width, height=check.height, codec=codec,
                                gop=check.gop, workers=workers)
+            decode_check.reference(out[-1])  # the CPU side of the decode check, made here
         return out
     if name == "step":  # what `mvd-bench step --feed loader --work W` reads from W/step/shards
         (settings,) = {json.dumps(v.synth, sort_keys=True): v
@@ -363,6 +370,7 @@ def plan_batches(pieces: list[Piece], batch_bytes: int = PART_BYTES) -> list[lis
 
 
 def pack(out: Path, wheels_dir: Path | None, *, from_site: bool = False, strip: bool = True,
+         reuse_dali: bool = False,
          sets: tuple[str, ...] = SHARD_SETS, check: CheckSet = CheckSet(),
          reqs: list[tuple[str, str]] | None = None, download: bool = False,
          part_bytes: int = PART_BYTES, workers: int | None = None, dali: bool = True,
@@ -378,7 +386,8 @@ def pack(out: Path, wheels_dir: Path | None, *, from_site: bool = False, strip: 
     build.mkdir(parents=True, exist_ok=True)
     files: list[tuple[Path, str, dict]] = []
     if dali:
-        wheel, slimmed = slim_wheel(build, wheels_dir, from_site=from_site, strip=strip)
+        wheel, slimmed = slim_wheel(build, wheels_dir, from_site=from_site, strip=strip,
+                                    reuse=reuse_dali)
         files.append((wheel, "wheel-xz", {"slimmed": slimmed}))
     files += [(w, "wheel", {}) for w in find_wheels(Path(wheels_dir), reqs)] if reqs else []
     shard_sets = {}
@@ -470,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="build the slim DALI wheel from the DALI installed here")
     parser.add_argument("--no-strip", action="store_true",
                         help="keep the libraries' static symbol tables")
+    parser.add_argument("--reuse-dali", action="store_true",
+                        help="keep the slim DALI wheel an earlier pack made in OUT/build")
     parser.add_argument("--workers", type=int, default=None, help="encoder processes")
     parser.add_argument("--record", action="store_true",
                         help=f"write {plan.PACK_SIZES.name} (what the plan renders from)")
@@ -478,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                           *(sys.argv[1:] if argv is None else argv)])
     try:
         manifest = pack(args.out, args.wheels, from_site=args.dali_from_site,
-                        strip=not args.no_strip, download=args.download, workers=args.workers,
+                        strip=not args.no_strip, reuse_dali=args.reuse_dali,
+                        download=args.download, workers=args.workers,
                         command=command)
     except (PackError, subprocess.CalledProcessError) as err:
         print(f"mvd-gpu-pack: {err}", file=sys.stderr)

@@ -48,9 +48,6 @@ MACHINE_DIR = "/tmp/mvd-gpu"
 # The torch-only cuda tests, by file: none imports DALI, PyAV or webdataset at module level
 # (the rehearsal collects them with those three unimportable)
 TORCH_CUDA_TESTS = ("tests/mvd/test_cuda.py", "tests/mvd/engine/test_checkpoint.py")
-# The DALI cuda tests, by file (call 3)
-DALI_CUDA_TESTS = ("tests/dali_pipelines/test_detect_loader.py",
-                   "tests/dali_pipelines/test_failure_limits.py")
 STEP_ARGS = ("-m", "benchmarks", "step", "--device", "gpu", "--feed", "synthetic")
 
 
@@ -172,13 +169,11 @@ def _last(parts: int) -> Call:
                                  "{machine}/shards/check", "--out", "{work}/decode"),
                   "each codec (H.264, HEVC, VP9, >= 160 px) through NVDEC against the CPU decode "
                   "made here, with tolerances", needs_cuda=True),
-            Stage("pytest-dali", 40, _pytest(*DALI_CUDA_TESTS), "the DALI cuda tests, by file",
-                  needs_cuda=True),
-            Stage("loader-sweep", 100, ("{py}", "-m", "benchmarks.gpu.sweep", "--shards",
+            Stage("loader-sweep", 120, ("{py}", "-m", "benchmarks.gpu.sweep", "--shards",
                                         "{machine}/shards/check", "--out", "{work}/sweep"),
                   "the GPU loader's clips/s over 1/2/4/7 decode pipelines on the H.264, HEVC and "
                   "VP9 shards, uint8 and float; each point written as it ends", needs_cuda=True),
-            Stage("data-wait", 50, ("{py}", "-m", "benchmarks", "step", "--device", "gpu",
+            Stage("data-wait", 60, ("{py}", "-m", "benchmarks", "step", "--device", "gpu",
                                     "--feed", "loader", "--variants", "mvd_s", "--out",
                                     "{work}/data-wait", "--work", "{machine}/shards/bench"),
                   "MVD-S fed by the GPU loader: end to end, compute only, loader only, the data-wait "

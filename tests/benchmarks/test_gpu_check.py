@@ -7,6 +7,7 @@ corrupt; the GPU step variants' settings. Offline: the packs here are of tiny re
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import json
 import os
@@ -17,21 +18,22 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks import report, step
 from benchmarks.gpu import manifest as pack_format
-from benchmarks.gpu import pack, plan
+from benchmarks.gpu import decode_check, nvdec, pack, plan
 from benchmarks.gpu.manifest import MANIFEST, MiB
 from dali_pipelines import load_shard_dir
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "benchmarks" / "gpu" / "run.sh"
 KiB = 1024
-PART = 320 * KiB  # a pack small enough to make in seconds that splits the wheel in two parts
+PART = 1280 * KiB  # a pack small enough to make in seconds that splits the wheel in two parts
 FAKE_REQS = [("fakedep", "1.0"), ("otherdep", "2.0")]
-TINY_CHECK = pack.CheckSet(num_videos=2, num_frames=16, width=160, height=160)
+TINY_CHECK = pack.CheckSet(num_videos=4, num_frames=16, width=160, height=160)
 DALI_WHEEL = "nvidia_dali_cuda130-2.4.0-py3-none-manylinux_2_28_x86_64.whl"
 
 
@@ -67,11 +69,11 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes],
 
 def fake_dali(folder: Path) -> Path:
     """A wheel named as the pinned DALI, laid out as DALI's: a module, extension modules for
-    several Pythons, headers and bytecode, and 500 KiB of random bytes (so that it splits)."""
+    several Pythons, headers and bytecode, and 1600 KiB of random bytes (so that it splits)."""
     rnd = random.Random(0)
     return make_wheel(folder, "nvidia_dali_cuda130", "2.4.0", {
         "nvidia/dali/__init__.py": b"VALUE = 'slim dali'\n",
-        "nvidia/dali/libdali_fake.so": rnd.randbytes(500 * KiB),
+        "nvidia/dali/libdali_fake.so": rnd.randbytes(1600 * KiB),
         "nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so": b"312",
         "nvidia/dali/backend_impl.cpython-311-x86_64-linux-gnu.so": b"311",
         "nvidia/dali/backend_impl.cpython-314t-x86_64-linux-gnu.so": b"314t",
@@ -336,3 +338,47 @@ def test_attention_backend_names_the_choices():
         pass
     with pytest.raises(ValueError, match="'flash' or 'default'"):
         step.attention_backend("math")
+
+
+# ------------------------------------------------------------- the DALI stages' CPU-side parts
+
+
+def test_the_decode_checks_cpu_reference_is_the_cpu_loaders_first_batch(synth_shards, tmp_path):
+    import shutil
+
+    data = tmp_path / "vp9"
+    shutil.copytree(synth_shards, data)
+    saved = np.load(decode_check.reference(data))
+    assert saved["video"].dtype == np.uint8
+    assert saved["video"].shape == (2, 3, 8, 64, 64) and len(saved["keys"]) == 2
+    again, keys, _, _ = decode_check.first_batch(data, "cpu")
+    assert decode_check.compare(again, saved["video"])["within"]
+    assert list(keys) == [str(k) for k in saved["keys"]]
+    off = saved["video"].astype(np.int16) + 40
+    assert not decode_check.compare(np.clip(off, 0, 255).astype(np.uint8), saved["video"])["within"]
+
+
+def test_nvdec_caps_struct_has_cuviddec_h_layout():
+    # cuviddec.h: 3 ints + 3 reserved, 2 chars + short, 3 uints, 2 shorts, 2 chars + short,
+    # 10 reserved uints
+    assert ctypes.sizeof(nvdec.DecodeCaps) == 88
+    assert nvdec.DecodeCaps.nNumNVDECs.offset == 25 and nvdec.DecodeCaps.nMinWidth.offset == 40
+
+
+def test_step_variants_are_chosen_by_name_and_an_unknown_one_is_named():
+    chosen = step.settings_for("gpu", False, ("mvd_b", "mvd_s"))
+    assert [v.name for v in chosen] == ["mvd_b", "mvd_s"]
+    with pytest.raises(ValueError, match="unknown step variant.*mvd_x.*choose from mvd_s"):
+        step.settings_for("gpu", False, ("mvd_x",))
+    with pytest.raises(ValueError, match="--feed synthetic measures the step on a GPU"):
+        step.run(Path("unused"), device="cpu", quick=True, feed="synthetic")
+
+
+def test_variants_and_feed_are_step_flags_only():
+    from benchmarks import cli
+
+    args = cli.parse_args(["step", "--device", "gpu", "--feed", "synthetic", "--variants",
+                           "mvd_s,mvd_b", "--out", "x"])
+    assert args.variants == ("mvd_s", "mvd_b") and args.feed == "synthetic"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["loader", "--feed", "synthetic", "--out", "x"])
