@@ -220,11 +220,11 @@ def step_config(settings: StepSettings, batch_size: int, device: str, *extra: st
         "run.progress=false", "checkpoint.resume=none", *extra])
 
 
-def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | None
-                      ) -> list[dict]:
-    """Compute-only rate of one variant on one batch made on the GPU (no loader: torch alone),
-    its peak memory, and SYNC_CHECK_STEPS steady-state steps under
-    set_sync_debug_mode("error")."""
+def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | None,
+                      device: str = "gpu") -> list[dict]:
+    """Compute-only rate of one variant on one batch made on the device (no loader: torch
+    alone), its peak memory, and SYNC_CHECK_STEPS steady-state steps under
+    set_sync_debug_mode("error") (on CUDA; `device="cpu"` runs the same step for the tests)."""
     from mvd.engine import distributed as D
     from mvd.engine.data import ModelInputs
     from mvd.engine.optim import build_optimizer
@@ -234,11 +234,13 @@ def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | 
     from mvd.models.teachers import unwrap
     from dali_pipelines.masks import tube_mask
 
-    cfg = step_config(settings, batch_size, "gpu", "data.dir=unused", "run.dir=unused")
+    cfg = step_config(settings, batch_size, device, "data.dir=unused", "run.dir=unused")
     info = D.init_distributed(cfg.dist)
     dev = info.device
+    cuda = dev.type == "cuda"
     precision = plan_precision(cfg.train.precision, dev.type)
-    torch.cuda.reset_peak_memory_stats(dev)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     task = build_task(cfg, dev, precision=precision, load=False)
     if cfg.model.compile:
         for teacher in task.teachers:
@@ -253,14 +255,15 @@ def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | 
                                   device=dev, generator=g),  # what the float loader yields
              "mask": tube_mask(batch_size, unwrap(task.model).grid, d.mask_ratio, generator=g,
                                device=dev)}
-    params = [p for p in task.model.parameters()]
+    params = list(task.model.parameters())
 
     def step() -> None:  # Trainer.train_step with one micro-batch, no schedule: no host sync
         with attention_backend(settings.attention), precision.autocast():
             loss, _ = task.loss(model, inputs(batch), 0)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
-                                       cfg.optim.clip_grad, foreach=True)
+        if cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                           cfg.optim.clip_grad, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -268,22 +271,14 @@ def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | 
         step()
     clips = settings.steps * batch_size
     rate = median(clips / timed(step, settings.steps, dev) for _ in range(settings.rounds))
-    peak = torch.cuda.max_memory_allocated(dev)
-    torch.cuda.synchronize(dev)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(SYNC_CHECK_STEPS):
-            step()
-        syncs = {"name": "steady_state_host_syncs", "value": 0, "unit": "syncs",
-                 "note": f"{SYNC_CHECK_STEPS} steps under set_sync_debug_mode('error')"}
-    except RuntimeError as exc:  # the mode's error names the synchronising call
-        syncs = {"name": "steady_state_host_syncs", "skipped": "a host sync in the step: "
-                 + (str(exc).splitlines() or [""])[0][:300]}
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(dev)
+        syncs = steady_state_syncs(step, dev)
+    else:
+        peak, syncs = None, {"name": "steady_state_host_syncs", "skipped": "no CUDA"}
     flops = mvd_step_flops(unwrap(task.model), task.image_teacher, task.video_teacher,
                            mask_ratio=d.mask_ratio)["total"]
-    common = {"variant": settings.name, "feed": "synthetic (one batch on the GPU, no loader)",
+    common = {"variant": settings.name, "feed": "synthetic (one batch on the device, no loader)",
               "model": _named(task.model, bool(cfg.model.overrides)), "batch_size": batch_size,
               "clip": f"{d.num_frames}x{d.input_size}", "mask": f"{d.mask_type} {d.mask_ratio}",
               "precision": precision.name, "attention": settings.attention,
@@ -293,8 +288,9 @@ def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | 
         {"name": "compute_only", "value": rate, "unit": "clips/s"},
         {"name": "flops_per_clip", "value": flops / 1e9, "unit": "GFLOP"},
         {"name": "achieved_compute_only", "value": flops * rate / 1e12, "unit": "TFLOP/s"},
-        {"name": "peak_memory", "value": peak / 2**20, "unit": "MiB",
-         "note": "torch.cuda.max_memory_allocated over build, warm-up and timed steps"},
+        *([{"name": "peak_memory", "value": peak / 2**20, "unit": "MiB",
+            "note": "torch.cuda.max_memory_allocated over build, warm-up and timed steps"}]
+          if peak is not None else []),
         syncs,
     ]
     if ceiling:
@@ -302,10 +298,27 @@ def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | 
                         "note": "against this run's bf16_matmul_ceiling",
                         "value": 100.0 * flops * rate / 1e12 / ceiling})
     records = [{**rec, **common} for rec in records]
-    print(f"[step] {settings.name} b{batch_size} (synthetic feed): " + ", ".join(
+    print(f"[step] {settings.name or 'step'} b{batch_size} (synthetic feed): " + ", ".join(
         f"{r['name']} {r['value']:.4g} {r['unit']}" for r in records if "value" in r)
-        + ("" if "value" in syncs else f"; {syncs['skipped']}"), flush=True)
+        + ("" if "value" in syncs else f"; host syncs: {syncs['skipped']}"), flush=True)
     return records
+
+
+def steady_state_syncs(step: Callable[[], None], dev: torch.device) -> dict:
+    """SYNC_CHECK_STEPS more steps under set_sync_debug_mode("error"): the record says 0 host
+    syncs, or (skipped) the first line of the error naming the synchronising call."""
+    torch.cuda.synchronize(dev)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(SYNC_CHECK_STEPS):
+            step()
+        return {"name": "steady_state_host_syncs", "value": 0, "unit": "syncs",
+                "note": f"{SYNC_CHECK_STEPS} steps under set_sync_debug_mode('error')"}
+    except RuntimeError as exc:  # the mode's error names the synchronising call
+        return {"name": "steady_state_host_syncs", "skipped": "a host sync in the step: "
+                + (str(exc).splitlines() or [""])[0][:300]}
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 def synth_shards(data_dir: Path, settings: StepSettings) -> Path:

@@ -80,7 +80,7 @@ BYTES_PER_PIXEL_FRAME = 0.035
 # Kept free in every part for its copy of MANIFEST.json.
 MANIFEST_RESERVE = 256 * 1024
 # One part: a call's 64 MiB less the working tree's budget and the manifest.
-PART_BYTES = plan.CALL_BYTES - plan.TREE_BUDGET - MANIFEST_RESERVE
+PART_BYTES = plan.PART_LIMIT - MANIFEST_RESERVE
 # In a slimmed wheel: the extension modules of CPython 3.12 only, no headers, no bytecode.
 EXTENSION = re.compile(r"\.cpython-(\d+t?)-[^/]*\.so$")
 DROPPED_DIRS = ("include/", "__pycache__/")

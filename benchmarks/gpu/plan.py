@@ -38,6 +38,9 @@ CALL_BYTES = 64 * MiB  # a call carries the working tree plus its carried paths,
 # The working tree's share of a call (tracked and untracked-not-ignored files; a test holds the
 # tree to it): the pack's parts are cut to fit beside it
 TREE_BUDGET = 4 * MiB
+# What one carried part may hold, its copy of the manifest included (benchmarks.gpu.pack cuts
+# the parts to this)
+PART_LIMIT = CALL_BYTES - TREE_BUDGET
 COMMAND_CHARS = 2000
 RETURN_FILES = 8
 # A compiled variant starts only with this many seconds left ("compiled if time remains").
@@ -190,7 +193,8 @@ def _last(parts: int) -> Call:
 
 
 def pack_parts() -> int:
-    """How many parts the pack was cut into (pack-sizes.json; 2 before the first pack)."""
+    """How many parts the pack was cut into (pack-sizes.json; before the first pack, 2:
+    shared/GPU.md's estimate of the slimmed runtime, ~120 MB, in parts of PART_LIMIT)."""
     return len(pack_sizes()) or 2
 
 
@@ -265,7 +269,9 @@ def render(sizes: dict | None = None) -> str:
             size = (f"{carried_mib:.1f} MiB carried + at most {tree:.0f} MiB of working tree = "
                     f"at most {carried_mib + tree:.1f} of 64 MiB")
         else:
-            size = "the pack is not made yet (`python -m benchmarks.gpu.pack`)"
+            size = (f"the pack is not recorded yet (`python -m benchmarks.gpu.pack ... --record`);"
+                    f" a part is at most {PART_LIMIT / MiB:.2f} MiB with its manifest by "
+                    f"construction, + at most {tree:.0f} MiB of working tree = 64 MiB")
         lines += [
             f"## {call.title} (`{call.name}`)",
             "",

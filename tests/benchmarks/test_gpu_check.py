@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -382,3 +383,14 @@ def test_variants_and_feed_are_step_flags_only():
     assert args.variants == ("mvd_s", "mvd_b") and args.feed == "synthetic"
     with pytest.raises(SystemExit):
         cli.parse_args(["loader", "--feed", "synthetic", "--out", "x"])
+
+
+def test_the_synthetic_feed_measures_the_trainers_step_without_a_loader():
+    """The torch-only step of call 1, on the tiny config on CPU (where the host-sync check
+    says it needs CUDA): valid records, no shards made, the step's FLOPs counted."""
+    settings = replace(step.QUICK, warmup_steps=1, steps=2, rounds=1)
+    records = report.validate_records("step", step.measure_synthetic(settings, 2, None, "cpu"))
+    by_name = {r["name"]: r for r in records}
+    assert by_name["compute_only"]["value"] > 0 and by_name["flops_per_clip"]["value"] > 0
+    assert by_name["steady_state_host_syncs"]["skipped"] == "no CUDA"
+    assert by_name["compute_only"]["feed"].startswith("synthetic")

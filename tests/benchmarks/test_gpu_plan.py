@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu import plan, summary
+from benchmarks.gpu import pack, plan, summary
 from benchmarks.gpu.check import Orchestra
 from benchmarks.gpu.plan import CALLS, MiB, Stage
 
@@ -63,15 +63,18 @@ def test_plan_md_is_rendered_from_the_plan():
 
 
 def test_every_calls_carry_plus_the_working_tree_fits_64_mib():
+    """Each call's carried parts (as the pack recorded them, else the most a part may hold by
+    construction) plus the working tree (tracked and untracked-not-ignored files)."""
     tree = plan.worktree_bytes()
+    assert tree <= plan.TREE_BUDGET, f"the working tree is {tree / MiB:.1f} MiB"
     sizes = plan.pack_sizes()
     for call in CALLS:
-        carried = [sizes.get(c) for c in call.carry]
-        assert all(isinstance(b, int) for b in carried), \
-            f"{call.name}: {plan.PACK_SIZES.name} records no size for {call.carry}"
-        assert tree + sum(carried) <= plan.CALL_BYTES, \
-            f"{call.name}: {tree / MiB:.1f} MiB tree + {sum(carried) / MiB:.1f} MiB carried"
-    assert tree <= plan.TREE_BUDGET, f"the working tree is {tree / MiB:.1f} MiB"
+        carried = sum(sizes.get(c, plan.PART_LIMIT) for c in call.carry)
+        assert tree + carried <= plan.CALL_BYTES, \
+            f"{call.name}: {tree / MiB:.1f} MiB tree + {carried / MiB:.1f} MiB carried"
+    assert pack.PART_BYTES + pack.MANIFEST_RESERVE == plan.PART_LIMIT
+    with pytest.raises(pack.PackError, match="more than a batch"):
+        pack.plan_batches([pack.Piece("big", Path("x"), 0, pack.PART_BYTES + 1)])
 
 
 def test_a_stage_past_its_limit_or_failing_is_recorded_with_its_first_error(tmp_path):
