@@ -254,6 +254,17 @@ def render(sizes: dict | None = None) -> str:
         "and every figure), `run.log`, and `gpu-check-<call>.tar.gz` (every stage's log and "
         "report). No GPU run has happened yet.",
         "",
+        "Order: call 1 first, alone (it needs nothing carried and brings back the most "
+        "important figures); then, if at least 6 minutes of device time remain, the DALI "
+        "calls back to back, each within 30 s of the last one's return. Each call can start "
+        "from scratch: call 1 always; the DALI calls from the first part (the last one says "
+        "which part is missing when the machine went back in between).",
+        "",
+        f"Where the parts wait: a warm machine keeps the repository's ignored files between "
+        f"calls, but a call's carried path replaces that path there; so every part is copied "
+        f"at once into `{MACHINE_DIR}/parts`, outside the repository, and each call carries "
+        "only its own part folder (`.gpu-pack/dali-part-N`, git-ignored).",
+        "",
         "Rehearsal on a CPU machine: `bash benchmarks/gpu/run.sh --rehearse` runs call 1 with "
         "the same orchestration, DALI, PyAV and webdataset made unimportable; CUDA stages say "
         "\"skipped: no CUDA\".",
