@@ -37,7 +37,6 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import lzma
 import os
 import re
 import shlex
@@ -84,7 +83,6 @@ PART_BYTES = plan.PART_LIMIT - MANIFEST_RESERVE
 # In a slimmed wheel: the extension modules of CPython 3.12 only, no headers, no bytecode.
 EXTENSION = re.compile(r"\.cpython-(\d+t?)-[^/]*\.so$")
 DROPPED_DIRS = ("include/", "__pycache__/")
-XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
 
 class PackError(RuntimeError):
@@ -161,7 +159,11 @@ def find_wheels(wheels_dir: Path, reqs: list[tuple[str, str]]) -> list[Path]:
 
 
 def kept(path: str) -> bool:
-    """Whether a file of the DALI wheel is part of the CPython 3.12 runtime."""
+    """Whether a file of the DALI wheel is part of the CPython 3.12 runtime (an installed
+    dist's RECORD also lists its scripts, outside site-packages as `../../../bin/...`: DALI's
+    command-line tools, left out; pip refuses a wheel path that leaves its target)."""
+    if path.startswith("../") or ".data/scripts/" in path:
+        return False
     if any(f"/{d}" in f"/{path}" for d in DROPPED_DIRS) or path.endswith(".pyc"):
         return False
     m = EXTENSION.search(path)
@@ -203,7 +205,8 @@ def strip_library(data: bytes, scratch: Path) -> bytes:
 
 
 def slim_wheel(out_dir: Path, wheels_dir: Path | None = None, *, from_site: bool = False,
-               strip: bool = True, reuse: bool = False) -> tuple[Path, dict]:
+               strip: bool = True, reuse: bool = False, xz_preset: str = "-9e"
+               ) -> tuple[Path, dict]:
     """Write the slimmed DALI wheel, xz-compressed, into `out_dir`; returns (its path, what was
     kept and dropped). The wheel is stored (no deflate) so that xz sees the raw bytes; RECORD is
     rewritten for the files kept. `reuse`: keep an earlier run's .whl.xz and its record (xz -9e
@@ -234,11 +237,11 @@ def slim_wheel(out_dir: Path, wheels_dir: Path | None = None, *, from_site: bool
         csv.writer(text, lineterminator="\n").writerows([*record, (f"{dist_info}/RECORD", "", "")])
         z.writestr(f"{dist_info}/RECORD", text.getvalue())
     shutil.rmtree(scratch)
-    print(f"[pack] xz -9e {name} ({wheel.stat().st_size / MiB:.0f} MiB) ...", flush=True)
-    subprocess.run(["xz", "-9e", "-T2", "-f", "-k", str(wheel)], check=True)
+    print(f"[pack] xz {xz_preset} {name} ({wheel.stat().st_size / MiB:.0f} MiB) ...", flush=True)
+    subprocess.run(["xz", xz_preset, "-T2", "-f", "-k", str(wheel)], check=True)
     wheel.unlink()
     slimmed = {"files_kept": len(record), "bytes_kept": kept_bytes, "files_dropped": dropped,
-               "bytes_dropped": dropped_bytes, "stripped": strip}
+               "bytes_dropped": dropped_bytes, "stripped": strip, "xz": xz_preset}
     record_file.write_text(json.dumps(slimmed) + "\n")
     return packed, slimmed
 
@@ -370,7 +373,7 @@ def plan_batches(pieces: list[Piece], batch_bytes: int = PART_BYTES) -> list[lis
 
 
 def pack(out: Path, wheels_dir: Path | None, *, from_site: bool = False, strip: bool = True,
-         reuse_dali: bool = False,
+         reuse_dali: bool = False, xz_preset: str = "-9e",
          sets: tuple[str, ...] = SHARD_SETS, check: CheckSet = CheckSet(),
          reqs: list[tuple[str, str]] | None = None, download: bool = False,
          part_bytes: int = PART_BYTES, workers: int | None = None, dali: bool = True,
@@ -387,7 +390,7 @@ def pack(out: Path, wheels_dir: Path | None, *, from_site: bool = False, strip: 
     files: list[tuple[Path, str, dict]] = []
     if dali:
         wheel, slimmed = slim_wheel(build, wheels_dir, from_site=from_site, strip=strip,
-                                    reuse=reuse_dali)
+                                    reuse=reuse_dali, xz_preset=xz_preset)
         files.append((wheel, "wheel-xz", {"slimmed": slimmed}))
     files += [(w, "wheel", {}) for w in find_wheels(Path(wheels_dir), reqs)] if reqs else []
     shard_sets = {}
@@ -479,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="build the slim DALI wheel from the DALI installed here")
     parser.add_argument("--no-strip", action="store_true",
                         help="keep the libraries' static symbol tables")
+    parser.add_argument("--xz", default="-9e", metavar="PRESET",
+                        help="xz's preset for the slim wheel (default -9e: smallest, slowest)")
     parser.add_argument("--reuse-dali", action="store_true",
                         help="keep the slim DALI wheel an earlier pack made in OUT/build")
     parser.add_argument("--workers", type=int, default=None, help="encoder processes")
@@ -489,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                           *(sys.argv[1:] if argv is None else argv)])
     try:
         manifest = pack(args.out, args.wheels, from_site=args.dali_from_site,
-                        strip=not args.no_strip, reuse_dali=args.reuse_dali,
+                        strip=not args.no_strip, reuse_dali=args.reuse_dali, xz_preset=args.xz,
                         download=args.download, workers=args.workers,
                         command=command)
     except (PackError, subprocess.CalledProcessError) as err:

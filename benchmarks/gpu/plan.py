@@ -293,7 +293,9 @@ def render(sizes: dict | None = None) -> str:
             f"- carries: {', '.join(f'`{c}`' for c in call.carry) or 'nothing'}",
             f"- size with the working tree: {size}",
             f"- budget {call.budget_s} s (the command's own setup included); expected about "
-            f"{call.expected_s} s; setup: {call.setup} (~{call.setup_s} s)",
+            f"{call.expected_s} s; setup: {call.setup} (~{call.setup_s} s); give the device "
+            f"call timeout_s={call.budget_s + 20} (the summary and tar are written within the "
+            "budget)",
             *(f"- {note}" for note in call.notes),
             "",
             "| stage | limit (s) | needs CUDA | what |",

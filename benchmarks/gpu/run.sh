@@ -111,6 +111,13 @@ install_pack() {  # call 3: reassemble, check, unpack, install (everything under
   rm -rf "$site" && mkdir -p "$site"
   "$PY" -m pip install --no-deps --no-index --no-compile --disable-pip-version-check --quiet \
     --target "$site" "${wheels[@]}" || return 1
+  # DALI's wheel has no nvidia/__init__.py; a regular `nvidia` package elsewhere on the path
+  # (some NVIDIA wheels ship one) would hide nvidia/dali. Make this one a regular package, first
+  # on PYTHONPATH, whose path spans every `nvidia` folder on sys.path.
+  [[ -e $site/nvidia/__init__.py ]] ||
+    printf '%s\n' '"""nvidia: DALI (here) and the nvidia folders elsewhere on sys.path."""' \
+      'from pkgutil import extend_path' '__path__ = extend_path(__path__, __name__)' \
+      >"$site/nvidia/__init__.py"
   for name in $(manifest list "$parts" shards); do
     mkdir -p "$MACHINE/shards" && tar -xf "$parts/$name" -C "$MACHINE/shards" || return 1
   done

@@ -10,7 +10,7 @@ from conftest import TINY, corrupt_copy
 
 from dali_pipelines import DecodeFailureError, PretrainLoader, load_shard_dir
 from dali_pipelines.failures import (NOT_A_SAMPLE, SAME_MESSAGE_RUN, DecoderUnsupportedError,
-                                     describe_stream, not_a_sample)
+                                     FailureLog, describe_stream, not_a_sample)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,18 @@ def test_a_stream_below_nvdecs_minimum_stops_at_once_naming_stream_and_sample(sy
     with pytest.raises(DecoderUnsupportedError, match=r"too small.*64x48.*sample shard-0000"):
         next(iter(loader))
     assert loader.bad == {}
+
+
+def test_the_share_rule_waits_for_enough_samples_then_holds_the_fraction(synth_shards):
+    """With an epoch too large for its own limit to bite soon (a million samples a rank), the
+    share of failed samples among those seen stops probing once 1 / fraction * FAIR_SHARE were
+    seen, and not for a share at or under the fraction."""
+    table = load_shard_dir(synth_shards).table
+    log = FailureLog(table, lambda item: (item, 0), 0.01, samples_per_rank=1e6)
+    log.bad = {i: "x" for i in range(12)}
+    log.num_seen = 999  # 1.2 % of the samples seen, but fewer than FAIR_SHARE / 0.01 = 1000
+    assert log.probe_limit() is None
+    log.num_seen = 1000
+    assert "12 of the 1000 samples seen failed" in log.probe_limit()
+    log.num_seen = 1200  # 1.0 %: not past the fraction
+    assert log.probe_limit() is None
