@@ -43,7 +43,7 @@ def first_batch(data_dir: Path, device: str) -> tuple[np.ndarray, list[str], str
     loader = PretrainLoader(data_dir, CLIPS["batch_size"], device=device, seed=0,
                             num_frames=CLIPS["num_frames"], input_size=CLIPS["input_size"],
                             teacher_input_size=CLIPS["teacher_input_size"], normalize=False,
-                            num_workers=0)
+                            reader_workers=0)
     batch = next(iter(loader))
     video = batch["video"].cpu().numpy()  # host copy: the comparison is on the CPU
     keys, decoder = list(batch["key"]), loader.decoder
