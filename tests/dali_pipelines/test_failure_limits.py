@@ -80,9 +80,12 @@ def test_the_stream_is_described_by_codec_chroma_bit_depth_and_size(synth_shards
 
 
 @pytest.mark.cuda
-def test_a_stream_below_nvdecs_minimum_stops_at_once_naming_stream_and_sample(synth_shards):
+def test_a_stream_below_nvdecs_minimum_stops_at_once_naming_stream_and_sample(request):
     """synth_shards are 64x48 VP9: below NVDEC's 128x128 minimum for VP9, every sample fails
-    alike on the GPU, so the first probe stops the run (no sample is marked bad)."""
+    alike on the GPU, so the first probe stops the run (no sample is marked bad). The clips are
+    below the minimum on purpose, so they are taken inside the test, not as an argument:
+    test_gpu_clips.py holds the clips the cuda tests mean to decode to NVDEC's minimum."""
+    synth_shards = request.getfixturevalue("synth_shards")
     loader = PretrainLoader(synth_shards, 8, device="gpu", **TINY)
     with pytest.raises(DecoderUnsupportedError, match=r"too small.*64x48.*sample shard-0000"):
         next(iter(loader))
