@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu/run.sh --call torch                                    # call 1
 #   bash benchmarks/gpu/run.sh --call dali-1 --part .gpu-pack/dali-part-1       # call 2
-#   bash benchmarks/gpu/run.sh --call dali-2 --part .gpu-pack/dali-part-2 --install  # at once
+#   bash benchmarks/gpu/run.sh --call dali-2 --part .gpu-pack/dali-part-2       # at once
+#   bash benchmarks/gpu/run.sh --call dali-3 --part .gpu-pack/dali-part-3 --install  # at once
 #   bash benchmarks/gpu/run.sh --rehearse [--out DIR]           # call 1 on a CPU machine
 #
 # Call 1 needs nothing carried. Each DALI call receives one part of the pack

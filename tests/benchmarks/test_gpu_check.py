@@ -36,6 +36,7 @@ PART = 1280 * KiB  # a pack small enough to make in seconds that splits the whee
 FAKE_REQS = [("fakedep", "1.0"), ("otherdep", "2.0")]
 TINY_CHECK = pack.CheckSet(num_videos=4, num_frames=16, width=160, height=160)
 DALI_WHEEL = "nvidia_dali_cuda130-2.4.0-py3-none-manylinux_2_28_x86_64.whl"
+LAST = plan.DALI_CALLS[-1].name  # the call that installs and runs the DALI stages
 
 
 def sha(path: Path) -> str:
@@ -259,7 +260,8 @@ def test_each_call_receives_its_part_and_the_last_installs_everything(packed, tm
     assert "received dali-part-1" in (tmp_path / "out1" / "run.log").read_text(), first.stdout
     assert summary_of(tmp_path / "out1")["stages"][0]["status"] == "ran"
     out = tmp_path / "out2"
-    proc = run_sh("--call", "dali-2", "--part", str(packed / "dali-part-2"), "--install",
+    # the tiny pack has two parts; its last goes with the plan's last (installing) call
+    proc = run_sh("--call", LAST, "--part", str(packed / "dali-part-2"), "--install",
                   "--out", str(out), "--budget", "200", *where)
     s = summary_of(out)
     setup = {r["stage"]: r["status"] for r in s["stages"][:2]}
@@ -288,7 +290,7 @@ def test_each_call_receives_its_part_and_the_last_installs_everything(packed, tm
 @pytest.mark.slow  # seconds of packing or model building
 def test_the_last_call_says_which_part_is_missing(packed, tmp_path):
     out = tmp_path / "out"
-    proc = run_sh("--call", "dali-2", "--part", str(packed / "dali-part-2"), "--install",
+    proc = run_sh("--call", LAST, "--part", str(packed / "dali-part-2"), "--install",
                   "--out", str(out), "--machine", str(tmp_path / "machine"))
     assert proc.returncode != 0
     log = (out / "run.log").read_text()
