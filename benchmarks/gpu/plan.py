@@ -9,13 +9,14 @@ tree, at most 8 files returned.
 The calls, in order (each stands alone: it checks what it needs and says what is missing):
 
 1. `torch`: torch alone, nothing carried, the machine's own torch; the most important figures.
-2. `dali-1`: carries the first part of the slimmed DALI runtime, keeps it outside the
-   repository and checks its sha256; also reads the driver's NVDEC library and nvidia-smi.
-3. `dali-2`: carries the second part (and the check's shards and small wheels); reassembles,
-   checks the sha256, installs, then the DALI stages.
+2. `dali-1` ... `dali-N`: one part each of what benchmarks.gpu.pack made (the slimmed DALI
+   runtime, small wheels, shards; N from pack-sizes.json, 3 today), kept outside the repository
+   with its sha256 checked; the last (`--install`) also reassembles, checks, installs and runs
+   the DALI stages.
 
-Calls 2 and 3 run back to back: the machine is given back when idle for 30 s, and the received
-part with it. Call 3 then says "part 1 is missing: run call 2 again, then call 3 at once".
+The DALI calls run back to back: the machine is given back when idle for 30 s, and the
+received parts with it. The last call then says which part is missing: run them again from the
+first.
 
 Standard library only: it runs on the GPU machine before anything is installed.
 """
