@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_pipelines import storage
+
 FORMAT = "mvd-shards/1"
 META_MEMBERS = ("cls", "json", "meta")
 META_DTYPE = np.dtype("<i4")
@@ -67,7 +69,7 @@ class SampleTable:
 class ShardDir:
     """A checked shard directory: its manifest and sample table."""
 
-    path: Path
+    path: Path | str  # a folder, or an s3:// URL
     manifest: dict
     table: SampleTable
 
@@ -82,19 +84,26 @@ class ShardDir:
 
 def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
     """Read `data_dir/manifest.json`, check every listed shard and index, build the table.
+    `data_dir` is a folder or an s3:// prefix (`storage`).
 
-    Raises ShardDirError naming the missing or inconsistent file.
+    Raises ShardDirError naming the missing or inconsistent file (or URL).
     """
-    path = Path(data_dir)
-    if not path.is_dir():
-        raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
+    try:
+        return _load_shard_dir(data_dir)
+    except storage.StorageError as exc:
+        raise ShardDirError(str(exc)) from exc
+
+
+def _load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
+    path = data_dir if storage.is_remote(data_dir) else Path(data_dir)
+    storage.check_dir(path)
+    manifest_path = storage.join(path, "manifest.json")
+    if not storage.exists(manifest_path):
         raise ShardDirError(
             f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(storage.read_bytes(manifest_path))
     except json.JSONDecodeError as exc:
         raise ShardDirError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if manifest.get("format") != FORMAT:
@@ -107,12 +116,9 @@ def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
     if not manifest["shards"]:
         raise ShardDirError(f"{manifest_path}: lists no shards")
 
-    missing = [
-        str(path / entry[part])
-        for entry in manifest["shards"]
-        for part in ("name", "index")
-        if not (path / entry[part]).is_file()
-    ]
+    missing = storage.missing(
+        [storage.join(path, entry[part]) for entry in manifest["shards"] for part in ("name", "index")]
+    )
     if missing:
         raise ShardDirError(
             f"{manifest_path} lists files that are missing: {', '.join(missing)}"
@@ -125,12 +131,12 @@ def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
     return ShardDir(path, manifest, table)
 
 
-def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:
+def parse_index(idx_path: str | Path) -> list[dict[str, tuple[int, int, str | None]]]:
     """One dict per sample of a DALI webdataset index: member extension -> (offset, size, name).
 
     Reads `v1.2` (ext offset size name, repeated) and `v1.1` (ext offset size, repeated; name None).
     """
-    lines = idx_path.read_text().splitlines()
+    lines = storage.read_bytes(idx_path).decode().splitlines()
     if not lines:
         raise ShardDirError(f"{idx_path}: empty index")
     head = lines[0].split()
@@ -153,31 +159,32 @@ def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:
     return samples
 
 
-def _build_table(path: Path, manifest: dict) -> SampleTable:
+def _build_table(path: str | Path, manifest: dict) -> SampleTable:
     shard_paths, shard, offset, size, meta, keys, json_at = [], [], [], [], [], [], []
     for s, entry in enumerate(manifest["shards"]):
-        tar_path = path / entry["name"]
-        idx_path = path / entry["index"]
+        tar_path = storage.join(path, entry["name"])
+        idx_path = storage.join(path, entry["index"])
         samples = parse_index(idx_path)
         if "samples" in entry and entry["samples"] != len(samples):
             raise ShardDirError(
                 f"{idx_path}: {len(samples)} samples, manifest says {entry['samples']}"
             )
-        shard_paths.append(str(tar_path.resolve()))
-        with open(tar_path, "rb") as f:
-            fd = f.fileno()
+        shard_paths.append(storage.resolve(tar_path))
+        tar_name = os.path.basename(tar_path)
+        tar = storage.open_ranges(tar_path, read_ahead=True)  # a sequential scan of the .meta members
+        try:
             for members in samples:
                 video = [ext for ext in members if ext not in META_MEMBERS]
-                key = _key(fd, *members[(video or list(members))[0]])
+                key = _key(tar, *members[(video or list(members))[0]])
                 if len(video) != 1 or "meta" not in members:
                     raise ShardDirError(
-                        f"{tar_path.name}:{key}: expected one video member and a .meta member, "
+                        f"{tar_name}:{key}: expected one video member and a .meta member, "
                         f"found {sorted(members)}"
                     )
                 meta_off, meta_size, _ = members["meta"]
-                raw = os.pread(fd, 16, meta_off)
+                raw = tar.pread(16, meta_off)
                 if meta_size != 16 or len(raw) != 16:
-                    raise ShardDirError(f"{tar_path.name}:{key}.meta: expected 16 bytes")
+                    raise ShardDirError(f"{tar_name}:{key}.meta: expected 16 bytes")
                 meta.append(np.frombuffer(raw, META_DTYPE))
                 off, sz, _ = members[video[0]]
                 shard.append(s)
@@ -185,6 +192,8 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
                 size.append(sz)
                 keys.append(key)
                 json_at.append(members.get("json", (-1, 0, None))[:2])
+        finally:
+            tar.close()
     meta_arr = np.stack(meta) if meta else np.zeros((0, 4), META_DTYPE)
     json_arr = np.asarray(json_at, dtype=np.int64).reshape(-1, 2)
     return SampleTable(
@@ -202,10 +211,11 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
     )
 
 
-def _key(fd: int, offset: int, size: int, name: str | None) -> str:
-    """A member's sample key: its name up to the first dot (from the tar header for v1.1)."""
+def _key(tar, offset: int, size: int, name: str | None) -> str:
+    """A member's sample key: its name up to the first dot (from the tar header for v1.1);
+    `tar` is a `storage.open_ranges` object."""
     if name is None:
-        header = os.pread(fd, 100, offset - 512)
+        header = tar.pread(100, offset - 512)
         name = header.split(b"\0", 1)[0].decode("utf-8", "replace")
     return os.path.basename(name).split(".", 1)[0]
 
@@ -216,8 +226,11 @@ def read_sample_json(table: SampleTable, index: int) -> dict:
     when it is missing or not a JSON object)."""
     if table.json_offset is None or table.json_offset[index] < 0:
         raise ShardDirError(f"{table.where(index)}: the sample has no .json member")
-    with open(table.shard_paths[table.shard[index]], "rb") as f:
-        raw = os.pread(f.fileno(), int(table.json_size[index]), int(table.json_offset[index]))
+    f = storage.open_ranges(table.shard_paths[table.shard[index]])
+    try:
+        raw = f.pread(int(table.json_size[index]), int(table.json_offset[index]))
+    finally:
+        f.close()
     try:
         out = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -273,7 +286,7 @@ def load_ava(shards: ShardDir) -> AvaAnnotations:
     [0, 1] (float noise up to BOX_TOLERANCE clipped), ground-truth boxes with x1 <= x2 and
     y1 <= y2 (proposals as the detector gave them), one action list per box with ids of the label map, the
     keyframe inside the clip. Raises ShardDirError naming `shard.tar:key.json` and the field."""
-    where = shards.path / "manifest.json"
+    where = storage.join(shards.path, "manifest.json")
     det = shards.manifest.get("detection")
     if not isinstance(det, dict):
         raise ShardDirError(f"{where}: no 'detection' section; this is not an AVA shard directory "

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dali_pipelines import sampling
+from dali_pipelines import sampling, storage
 from dali_pipelines.decode import DecodeError, decode_frames
 from dali_pipelines.manifest import SampleTable
 from dali_pipelines.outputs import Outputs, per_view
@@ -286,11 +286,11 @@ class ClipReader:
     def video_bytes(self, sample: int) -> bytes:
         shard = int(self.table.shard[sample])
         key = (os.getpid(), shard)
-        fd = self._fds.get(key)
-        if fd is None:
-            fd = self._fds[key] = os.open(self.table.shard_paths[shard], os.O_RDONLY)
+        tar = self._fds.get(key)
+        if tar is None:  # a local file or an s3:// object (storage: one ranged read per sample)
+            tar = self._fds[key] = storage.open_ranges(self.table.shard_paths[shard])
         size = int(self.table.size[sample])
-        data = os.pread(fd, size, int(self.table.offset[sample]))
+        data = tar.pread(size, int(self.table.offset[sample]))
         if len(data) != size:
             raise DecodeError(f"short read: {len(data)} of {size} bytes")
         return data

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from dali_pipelines import storage
 from mvd.config import ConfigError
 
 
@@ -27,12 +27,16 @@ class ClassSource:
 
 def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:
     """The class list of a shard directory (its manifest.json), e.g. ``what="eval.dir"``."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise ConfigError(f"{what}={data_dir}: no manifest.json there (is it a shard directory "
-                          f"written by mvd-shard?)")
+    path = storage.join(data_dir, "manifest.json")  # a folder or an s3:// prefix
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not storage.exists(path):
+            raise ConfigError(f"{what}={data_dir}: no manifest.json there (is it a shard directory "
+                              f"written by mvd-shard?)")
+        raw = storage.read_bytes(path)
+    except storage.StorageError as e:
+        raise ConfigError(f"{what}={data_dir}: {e}") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
         names = [str(n) for n in manifest["classes"]]
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{what}={data_dir}: {path} has no readable 'classes' ({e})") from None

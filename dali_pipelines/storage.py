@@ -1,0 +1,195 @@
+"""Where shard files are read from: a local folder, or an S3 prefix (``s3://bucket/prefix``,
+AWS S3 or an S3-compatible store such as MinIO or Ceph), through one interface.
+
+Object storage is read with fsspec + s3fs (botocore underneath), not DALI's own S3 support: the
+loaders never hand DALI a file (``reader.ClipReader`` reads each video member by offset and feeds
+the bytes through an external source), so what is needed is a ranged read, which s3fs does. The
+endpoint and credentials come from botocore's usual sources: ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) for an S3-compatible store, ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/config`` and ``~/.aws/credentials``.
+
+- Small files (the manifest, the ``.idx`` files) are read whole; the tars are read by byte range:
+  ``open_ranges`` gives an object whose ``pread(size, offset)`` is ``os.pread`` on a local file and
+  one ranged GET on S3. A sequential scan over a tar (the table build reads every sample's 16-byte
+  ``.meta``) opens it with ``open_ranges(path, read_ahead=True)``: fsspec's read-ahead cache then
+  fetches ``READ_AHEAD`` bytes at a time instead of one request per member.
+- Transient errors (throttling, 5xx, dropped connections, timeouts) are retried by botocore's
+  ``standard`` retry mode: exponential backoff with jitter, up to ``RETRIES`` attempts.
+- A missing object or prefix, or denied access, is a ``StorageError`` naming the URL.
+
+gs:// is not served: fsspec reads Google Cloud Storage through another library (gcsfs), which
+this package neither depends on nor tests. s3fs is an optional dependency (the ``s3`` extra),
+imported when an s3:// path is first read.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+REMOTE_SCHEMES = ("s3",)
+READ_AHEAD = 8 << 20  # bytes fetched per request by a sequential scan of a remote tar
+RETRIES = 8  # botocore attempts per request (standard mode: exponential backoff with jitter)
+
+
+class StorageError(OSError):
+    """A shard file that cannot be read: missing, denied, or the store unreachable (names the URL)."""
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def check_scheme(path: str) -> None:
+    scheme = path.split("://", 1)[0]
+    if scheme not in REMOTE_SCHEMES:
+        extra = " (gs:// would need gcsfs, which this project does not use)" if scheme == "gs" else ""
+        raise StorageError(f"{path}: unsupported scheme {scheme}://; shard directories are local "
+                           f"folders or {', '.join(s + '://bucket/prefix' for s in REMOTE_SCHEMES)}{extra}")
+
+
+def join(base: str | os.PathLike, name: str) -> str:
+    """``base/name`` for a folder or a URL (a URL keeps its ``//``)."""
+    if is_remote(base):
+        return posixpath.join(str(base).rstrip("/"), name)
+    return os.path.join(os.fspath(base), name)
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """An absolute local path (symlinks resolved), or the URL as given."""
+    return str(path) if is_remote(path) else os.path.realpath(os.fspath(path))
+
+
+def filesystem():
+    """The S3 filesystem (s3fs). fsspec keeps one instance per set of arguments and process (it
+    drops its cache in a forked child, whose event loop would not work), so this is cheap."""
+    try:
+        import s3fs  # heavy optional dependency: only for s3:// shard directories
+    except ImportError:
+        raise StorageError("reading s3:// shard directories needs s3fs: pip install 'mvd[s3]'") from None
+    # default_fill_cache=False: ranged reads must not keep a whole tar in memory
+    return s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": RETRIES, "mode": "standard"}},
+                             default_fill_cache=False)
+
+
+def _explain(url: str, exc: Exception) -> StorageError:
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return StorageError(f"{url}: no such object (missing file, prefix or bucket)")
+    if isinstance(exc, PermissionError):
+        return StorageError(f"{url}: access denied ({exc}); check the AWS credentials "
+                            "(AWS_ACCESS_KEY_ID / AWS_PROFILE / ~/.aws/credentials)")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    return StorageError(f"{url}: cannot read it from {endpoint} ({type(exc).__name__}: {exc})")
+
+
+def _key(url: str) -> str:
+    check_scheme(url)
+    return url.split("://", 1)[1]
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether the file exists (a URL: whether the object does)."""
+    if not is_remote(path):
+        return os.path.isfile(path)
+    try:
+        return bool(filesystem().isfile(_key(path)))
+    except Exception as exc:  # noqa: BLE001 - every store error is explained with its URL
+        raise _explain(path, exc) from exc
+
+
+def missing(paths: list[str]) -> list[str]:
+    """The paths that are not there; one listing per remote prefix instead of a request per file."""
+    remote = [p for p in paths if is_remote(p)]
+    absent = [p for p in paths if not is_remote(p) and not os.path.isfile(p)]
+    if remote:
+        fs = filesystem()
+        listed: set[str] = set()
+        for prefix in sorted({posixpath.dirname(_key(p)) for p in remote}):
+            try:
+                listed.update(fs.ls(prefix, detail=False, refresh=True))
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                raise _explain(f"s3://{prefix}", exc) from exc
+        absent += [p for p in remote if _key(p) not in listed]
+    return absent
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A whole (small) file: a manifest or an index."""
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        return filesystem().cat_file(_key(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _explain(path, exc) from exc
+
+
+class _LocalRanges:
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _RemoteRanges:
+    """Ranged reads of one object; with ``read_ahead`` a file object whose cache fetches
+    ``READ_AHEAD`` bytes at a time (a sequential scan), else one ranged GET per read."""
+
+    def __init__(self, url: str, read_ahead: bool):
+        self.url, self.key = url, _key(url)
+        self.fs = filesystem()
+        self.file = None
+        try:
+            if read_ahead:
+                self.file = self.fs.open(self.key, "rb", block_size=READ_AHEAD, cache_type="readahead")
+            else:
+                self.fs.info(self.key)  # a missing object is an error now, not at the first read
+        except Exception as exc:  # noqa: BLE001
+            raise _explain(url, exc) from exc
+
+    def pread(self, size: int, offset: int) -> bytes:
+        try:
+            if self.file is not None:
+                self.file.seek(offset)
+                return self.file.read(size)
+            return self.fs.cat_file(self.key, start=offset, end=offset + size)
+        except Exception as exc:  # noqa: BLE001
+            raise _explain(f"{self.url} (bytes {offset}-{offset + size - 1})", exc) from exc
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def open_ranges(path: str | os.PathLike, read_ahead: bool = False):
+    """An object with ``pread(size, offset) -> bytes`` and ``close()`` over a local file or an
+    object (see the module docstring for ``read_ahead``)."""
+    if is_remote(path):
+        return _RemoteRanges(str(path), read_ahead)
+    return _LocalRanges(os.fspath(path))
+
+
+def check_dir(path: str | os.PathLike) -> None:
+    """A StorageError unless ``path`` is a local directory or an S3 prefix that holds objects."""
+    if not is_remote(path):
+        if not os.path.isdir(path):
+            raise StorageError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
+        return
+    try:
+        found = filesystem().ls(_key(path), detail=False, refresh=True)
+    except FileNotFoundError:
+        found = []
+    except Exception as exc:  # noqa: BLE001
+        raise _explain(path, exc) from exc
+    if not found:
+        raise StorageError(f"{path}: no such prefix (no objects under it; expected a shard directory "
+                           "uploaded from mvd-shard)")
