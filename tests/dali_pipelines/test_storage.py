@@ -4,7 +4,10 @@ prefixes, objects and buckets are errors naming the URL before any decoding."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -82,3 +85,66 @@ def test_missing_prefix_object_and_bucket_are_errors_naming_the_url(s3_store, sy
         load_shard_dir(url)
     with pytest.raises(ShardDirError, match="unsupported scheme gs://.*gcsfs"):
         load_shard_dir("gs://bucket/shards")
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Forwards to the S3 server, answering every third request 503 (a transient store error)."""
+
+    upstream = ""
+    count = failed = 0
+
+    def _forward(self):
+        cls = type(self)
+        cls.count += 1
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if cls.count % 3 == 0:
+            cls.failed += 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        conn = http.client.HTTPConnection(cls.upstream.split("://", 1)[1], timeout=30)
+        conn.request(self.command, self.path, body=body,
+                     headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
+        resp = conn.getresponse()
+        data = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        conn.close()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow  # botocore backs off (seconds) between attempts
+def test_transient_errors_are_retried_with_backoff(s3_store, s3_shards, synth_shards, monkeypatch):
+    import s3fs
+
+    _Flaky.upstream, _Flaky.count, _Flaky.failed = s3_store.endpoint, 0, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    s3fs.S3FileSystem.clear_instance_cache()  # the filesystem reads the endpoint when created
+    try:
+        remote = load_shard_dir(s3_shards).table
+        data = [storage.open_ranges(remote.shard_paths[remote.shard[i]]).pread(int(remote.size[i]),
+                                                                              int(remote.offset[i]))
+                for i in range(0, 48, 7)]
+    finally:
+        server.shutdown()
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert _Flaky.failed >= 3, (_Flaky.count, _Flaky.failed)
+    local = load_shard_dir(synth_shards).table
+    assert remote.keys == local.keys
+    for i, d in zip(range(0, 48, 7), data):
+        with open(local.shard_paths[local.shard[i]], "rb") as f:
+            f.seek(int(local.offset[i]))
+            assert d == f.read(int(local.size[i]))
