@@ -106,7 +106,8 @@ class Trainer:
             self.counters.setdefault("skipped", 0)
             log.info("resumed at step %d (epoch %d)", self.step, ckpt["epoch"])
         self.metrics = MetricsLogger(cfg.run, self.run_dir, info, total_steps=d.max_steps,
-                                     start_step=self.step, clips_per_step=d.global_batch)
+                                     start_step=self.step, clips_per_step=d.global_batch,
+                                     config=to_dict(cfg))
         self._announce(impl)
 
     # ------------------------------------------------------------------ set-up
@@ -335,6 +336,7 @@ class Trainer:
                                     num_classes=len(self.task.classes))
         result["step"] = self.step
         self.last_eval = result
+        self.metrics.log_eval(self.step, result)
         if self.info.is_main:
             with open(self.run_dir / "eval.json", "w") as f:
                 json.dump(result, f, indent=1)
