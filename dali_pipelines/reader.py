@@ -129,6 +129,8 @@ class ClipReader:
     bad: frozenset = frozenset()
     _fds: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
+    _ahead: storage.ReadAhead = field(default_factory=storage.ReadAhead, repr=False)  # s3:// shards
+    _ahead_asked: set = field(default_factory=set, repr=False)  # (epoch, step) already asked for
     _owner_pid: int = field(default_factory=os.getpid, repr=False)  # the loader's process
     _armed_pid: int = field(default=-1, repr=False)  # the worker that armed exit_with_parent
     outputs: Outputs | None = field(default=None, repr=False)  # what __call__ returns (by name)
@@ -143,6 +145,7 @@ class ClipReader:
     def __getstate__(self):  # file descriptors and caches stay in the process that made them
         state = dict(self.__dict__)
         state["_fds"], state["_plans"], state["_armed_pid"] = {}, {}, -1
+        state["_ahead"], state["_ahead_asked"] = storage.ReadAhead(), set()
         return state
 
     # -- the epoch plan --------------------------------------------------------------------
@@ -189,6 +192,7 @@ class ClipReader:
             exit_with_parent(self._owner_pid)
             self._armed_pid = pid
         epoch, step = self.position(info.iteration)
+        self._read_ahead(info.iteration)
         items, _ = self.plan(epoch)
         batch = self.batch_items(epoch, step)
         j = info.idx_in_batch if self.positions is None else self.positions[info.idx_in_batch]
@@ -208,6 +212,21 @@ class ClipReader:
             out["error"] = np.frombuffer(error.encode()[:2000], np.uint8).copy()
             return self.outputs.reader_tuple(out)
         raise RuntimeError(f"no sample of epoch {epoch} could be read (all failed)")
+
+    def _read_ahead(self, iteration: int) -> None:
+        """Object storage: on the first call for a batch, start fetching the video members of this
+        batch's samples and of the next batch's (storage.ReadAhead), so requests overlap decoding."""
+        if not storage.is_remote(self.table.shard_paths[0]):
+            return
+        t = self.table
+        for position in (self.position(iteration), self.position(iteration + 1)):
+            if position in self._ahead_asked:
+                continue
+            self._ahead_asked.add(position)
+            samples = [self.cfg.split(int(i))[0] for i in self.own_items(*position)]
+            self._ahead.want([(t.shard_paths[t.shard[s]], int(t.offset[s]), int(t.size[s])) for s in samples])
+        if len(self._ahead_asked) > 4:
+            self._ahead_asked = set(sorted(self._ahead_asked)[-4:])
 
     @staticmethod
     def _candidates(planned, batch, j, items):
@@ -289,8 +308,10 @@ class ClipReader:
         tar = self._fds.get(key)
         if tar is None:  # a local file or an s3:// object (storage: one ranged read per sample)
             tar = self._fds[key] = storage.open_ranges(self.table.shard_paths[shard])
-        size = int(self.table.size[sample])
-        data = tar.pread(size, int(self.table.offset[sample]))
+        size, offset = int(self.table.size[sample]), int(self.table.offset[sample])
+        data = self._ahead.pread(self.table.shard_paths[shard], size, offset)
+        if data is None:
+            data = tar.pread(size, offset)
         if len(data) != size:
             raise DecodeError(f"short read: {len(data)} of {size} bytes")
         return data

@@ -13,6 +13,9 @@ endpoint and credentials come from botocore's usual sources: ``AWS_ENDPOINT_URL`
   one ranged GET on S3. A sequential scan over a tar (the table build reads every sample's 16-byte
   ``.meta``) opens it with ``open_ranges(path, read_ahead=True)``: fsspec's read-ahead cache then
   fetches ``READ_AHEAD`` bytes at a time instead of one request per member.
+- The reader asks for the video members of the batch it is on and of the next one ahead of use
+  (`ReadAhead`: a few threads fetch them while DALI decodes), so a request's latency overlaps
+  decoding instead of adding to it.
 - Transient errors (throttling, 5xx, dropped connections, timeouts) are retried by botocore's
   ``standard`` retry mode: exponential backoff with jitter, up to ``RETRIES`` attempts.
 - A missing object or prefix, or denied access, is a ``StorageError`` naming the URL.
@@ -26,9 +29,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+from concurrent.futures import Future, ThreadPoolExecutor
 
 REMOTE_SCHEMES = ("s3",)
 READ_AHEAD = 8 << 20  # bytes fetched per request by a sequential scan of a remote tar
+AHEAD_THREADS = 8  # concurrent ranged GETs of ReadAhead
+AHEAD_MAX = 256  # ranges ReadAhead holds (fetched or in flight) at most
 RETRIES = 8  # botocore attempts per request (standard mode: exponential backoff with jitter)
 
 
@@ -144,14 +150,14 @@ class _RemoteRanges:
     """Ranged reads of one object; with ``read_ahead`` a file object whose cache fetches
     ``READ_AHEAD`` bytes at a time (a sequential scan), else one ranged GET per read."""
 
-    def __init__(self, url: str, read_ahead: bool):
+    def __init__(self, url: str, read_ahead: bool, checked: bool = False):
         self.url, self.key = url, _key(url)
         self.fs = filesystem()
         self.file = None
         try:
             if read_ahead:
                 self.file = self.fs.open(self.key, "rb", block_size=READ_AHEAD, cache_type="readahead")
-            else:
+            elif not checked:
                 self.fs.info(self.key)  # a missing object is an error now, not at the first read
         except Exception as exc:  # noqa: BLE001
             raise _explain(url, exc) from exc
@@ -193,3 +199,42 @@ def check_dir(path: str | os.PathLike) -> None:
     if not found:
         raise StorageError(f"{path}: no such prefix (no objects under it; expected a shard directory "
                            "uploaded from mvd-shard)")
+
+
+class ReadAhead:
+    """Video members fetched before they are asked for. ``want(ranges)`` starts fetching each
+    ``(url, offset, size)`` not already held, on ``AHEAD_THREADS`` threads (at most ``AHEAD_MAX``
+    held: the oldest is dropped for a new one); ``pread(url, size, offset)`` returns a fetched
+    range (waiting for one in flight) and forgets it, or reads it now. Local files are never
+    fetched ahead (the page cache does that). One per process: the threads are made on first use
+    and are not carried into a forked or spawned worker (``__getstate__``)."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = -1
+        self._held: dict[tuple[str, int, int], Future] = {}
+
+    def __getstate__(self):
+        return {"_pool": None, "_pid": -1, "_held": {}}
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pid != os.getpid():
+            self._pool, self._pid, self._held = ThreadPoolExecutor(AHEAD_THREADS), os.getpid(), {}
+        return self._pool
+
+    def want(self, ranges) -> None:
+        pool = self._executor()
+        for url, offset, size in ranges:
+            key = (url, offset, size)
+            if is_remote(url) and key not in self._held:
+                while len(self._held) >= AHEAD_MAX:  # the oldest was never asked for (a replaced sample)
+                    self._held.pop(next(iter(self._held)))
+                self._held[key] = pool.submit(_RemoteRanges(url, read_ahead=False, checked=True).pread,
+                                              size, offset)
+
+    def pread(self, url: str, size: int, offset: int) -> bytes | None:
+        """The range if it was fetched ahead (or is in flight), else None."""
+        if self._pid != os.getpid():
+            return None
+        future = self._held.pop((url, offset, size), None)
+        return None if future is None else future.result()
