@@ -122,6 +122,7 @@ def test_refusals_name_what_is_missing(tmp_path, capsys, what):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_cli_module_prints_its_usage():
     out = subprocess.run([sys.executable, "-m", "mvd.export", "--help"], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
