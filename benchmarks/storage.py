@@ -33,9 +33,11 @@ TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
 
 
 @contextlib.contextmanager
-def local_s3_server(log_path: Path):
+def local_s3_server(log_path: Path, server_env: dict | None = None):
     """moto's S3 server on a free 127.0.0.1 port, the AWS environment pointed at it (this process
-    and every process it starts) for the duration; yields the endpoint URL."""
+    and every process it starts) for the duration, then restored; yields the endpoint URL.
+    ``server_env``: extra environment of the server (e.g. moto's INITIAL_NO_AUTH_ACTION_COUNT=0,
+    which makes it check credentials). The tests' S3 server is this one too."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -44,7 +46,7 @@ def local_s3_server(log_path: Path):
     saved = {k: os.environ.get(k) for k in env}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(server_env or {})})
         os.environ.update(env)
         try:
             deadline = time.monotonic() + 30

@@ -19,11 +19,6 @@ uploads a folder. Skipped, with the reason, where moto[server] or s3fs is not in
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,53 +54,19 @@ class S3Store:
         self.endpoint = endpoint
 
     def put(self, folder: Path, url: str) -> str:
-        import s3fs
+        from benchmarks.storage import upload
 
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        bucket = url.split("://", 1)[1].split("/", 1)[0]
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
-        for f in sorted(Path(folder).iterdir()):
-            if f.is_file():
-                fs.put_file(str(f), f"{url.split('://', 1)[1].rstrip('/')}/{f.name}")
-        return url
+        return upload(folder, url)
 
 
 @pytest.fixture(scope="session")
 def s3_store(tmp_path_factory):
     pytest.importorskip("s3fs", reason="s3:// shard directories need s3fs (the s3 / dev extras)")
     pytest.importorskip("moto.server", reason="the S3 tests run moto's server (moto[server], dev extra)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
-           "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(f"moto server did not start on {endpoint}")
+    from benchmarks.storage import local_s3_server
+
+    with local_s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
         yield S3Store(endpoint)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,7 @@
 """Shard directories in object storage (s3://), against a real S3-compatible server on
 127.0.0.1: the same table, batches, resume and rank coverage as from the local folder; missing
-prefixes, objects and buckets are errors naming the URL before any decoding."""
+prefixes, objects and buckets, and denied access, are errors naming the URL before any decoding;
+transient errors are retried."""
 
 from __future__ import annotations
 
@@ -148,3 +149,17 @@ def test_transient_errors_are_retried_with_backoff(s3_store, s3_shards, synth_sh
         with open(local.shard_paths[local.shard[i]], "rb") as f:
             f.seek(int(local.offset[i]))
             assert d == f.read(int(local.size[i]))
+
+
+def test_denied_access_is_an_error_naming_the_url_and_the_credentials(tmp_path):
+    import s3fs
+
+    from benchmarks.storage import local_s3_server
+
+    s3fs.S3FileSystem.clear_instance_cache()  # the filesystem reads the endpoint when created
+    try:  # a server that checks credentials (moto knows none of ours)
+        with local_s3_server(tmp_path / "moto.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}):
+            with pytest.raises(ShardDirError, match="s3://guarded/shards: access denied .* check the AWS credentials"):
+                load_shard_dir("s3://guarded/shards")
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
