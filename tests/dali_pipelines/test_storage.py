@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from dali_pipelines import PretrainLoader, ShardDirError, load_shard_dir
+from dali_pipelines import EvalLoader, PretrainLoader, ShardDirError, load_shard_dir
 from dali_pipelines import storage
 from dali_pipelines.manifest import read_sample_json
 
@@ -71,6 +71,11 @@ def test_batches_resume_and_ranks_from_s3_equal_those_from_disk(s3_shards, synth
         a = PretrainLoader(s3_shards, 4, device="cpu", seed=3, shard_id=rank, num_shards=2, **TINY)
         b = PretrainLoader(synth_shards, 4, device="cpu", seed=3, shard_id=rank, num_shards=2, **TINY)
         assert [x["index"].tolist() for x in _batches(a, 2)] == [x["index"].tolist() for x in _batches(b, 2)]
+    eval_kw = dict(num_frames=8, sampling_rate=2, input_size=32, num_clips=2, num_crops=1, num_workers=0)
+    a, b = (_batches(EvalLoader(src, 4, device="cpu", **eval_kw), 2) for src in (s3_shards, synth_shards))
+    for x, y in zip(a, b):
+        assert x["key"] == y["key"]
+        torch.testing.assert_close(x["video"], y["video"], rtol=0, atol=0)
 
 
 def test_missing_prefix_object_and_bucket_are_errors_naming_the_url(s3_store, synth_shards, tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from dali_pipelines import ShardDirError
+from mvd.config import ConfigError
+from mvd.engine.class_lists import shard_classes
 from mvd.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +44,13 @@ def test_a_missing_prefix_stops_the_run_before_training_naming_the_url(s3_store,
         main(["--config", str(ROOT / "configs/tiny/pretrain_mvd.yaml"), f"data.dir={url}",
               f"run.dir={tmp_path / 'run'}", "run.progress=false"])
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_class_list_of_an_s3_shard_directory_and_of_a_missing_one(s3_store, synth_shards):
+    url = s3_store.put(synth_shards, "s3://mvd-train/classes")
+    assert shard_classes(url, "eval.dir").names == shard_classes(str(synth_shards)).names
+    with pytest.raises(ConfigError, match="eval.dir=s3://mvd-train/absent: no manifest.json there"):
+        shard_classes("s3://mvd-train/absent", "eval.dir")
 
 
 @pytest.mark.slow  # the dry run builds the fake student and teachers
