@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_pipelines import storage
+from dali_pipelines import shard_files, storage
+from dali_pipelines.shard_files import close_all, read_range, read_text
 
 FORMAT = "mvd-shards/1"
 META_MEMBERS = ("cls", "json", "meta")
@@ -82,42 +83,63 @@ class ShardDir:
         return dict(self.manifest.get("codecs", {}))
 
 
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
+    that file (the loaders, the class lists and the training's dry run all call it).
+
+    `data_dir` is a folder or an `s3://bucket/prefix` (`shard_files`). Raises ShardDirError
+    naming the directory (or URL) or the file and what is wrong.
+    """
+    path = _dir(data_dir)
+    try:
+        if not shard_files.is_dir(path):
+            raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
+        manifest_path = shard_files.join(path, "manifest.json")
+        if not shard_files.is_file(manifest_path):
+            raise ShardDirError(
+                f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
+            )
+        text = read_text(manifest_path)
+    except storage.StorageError as exc:
+        raise ShardDirError(str(exc)) from exc
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ShardDirError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ShardDirError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def _dir(data_dir: str | os.PathLike):
+    """A local shard directory as a Path, an s3:// one as its URL (a Path would fold the //)."""
+    return str(data_dir) if shard_files.is_remote(data_dir) else Path(data_dir)
+
+
 def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
-    """Read `data_dir/manifest.json`, check every listed shard and index, build the table.
-    `data_dir` is a folder or an s3:// prefix (`storage`).
+    """Read `data_dir/manifest.json` (`read_manifest`), check every listed shard and index,
+    build the table. `data_dir` is a folder or an `s3://bucket/prefix`.
 
     Raises ShardDirError naming the missing or inconsistent file (or URL).
     """
     try:
-        return _load_shard_dir(data_dir)
+        return _load_shard_dir(_dir(data_dir))
     except storage.StorageError as exc:
         raise ShardDirError(str(exc)) from exc
 
 
-def _load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
-    path = data_dir if storage.is_remote(data_dir) else Path(data_dir)
-    storage.check_dir(path)
-    manifest_path = storage.join(path, "manifest.json")
-    if not storage.exists(manifest_path):
-        raise ShardDirError(
-            f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
-        )
-    try:
-        manifest = json.loads(storage.read_bytes(manifest_path))
-    except json.JSONDecodeError as exc:
-        raise ShardDirError(f"{manifest_path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise ShardDirError(
-            f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}"
-        )
+def _load_shard_dir(path) -> ShardDir:
+    manifest = read_manifest(path)
+    manifest_path = shard_files.join(path, "manifest.json")
     for field in ("samples", "classes", "shards"):
         if field not in manifest:
             raise ShardDirError(f"{manifest_path}: missing field {field!r}")
     if not manifest["shards"]:
         raise ShardDirError(f"{manifest_path}: lists no shards")
 
-    missing = storage.missing(
-        [storage.join(path, entry[part]) for entry in manifest["shards"] for part in ("name", "index")]
+    missing = shard_files.missing(
+        [shard_files.join(path, entry[part]) for entry in manifest["shards"] for part in ("name", "index")]
     )
     if missing:
         raise ShardDirError(
@@ -131,12 +153,12 @@ def _load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
     return ShardDir(path, manifest, table)
 
 
-def parse_index(idx_path: str | Path) -> list[dict[str, tuple[int, int, str | None]]]:
+def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:
     """One dict per sample of a DALI webdataset index: member extension -> (offset, size, name).
 
     Reads `v1.2` (ext offset size name, repeated) and `v1.1` (ext offset size, repeated; name None).
     """
-    lines = storage.read_bytes(idx_path).decode().splitlines()
+    lines = read_text(idx_path).splitlines()
     if not lines:
         raise ShardDirError(f"{idx_path}: empty index")
     head = lines[0].split()
@@ -159,30 +181,30 @@ def parse_index(idx_path: str | Path) -> list[dict[str, tuple[int, int, str | No
     return samples
 
 
-def _build_table(path: str | Path, manifest: dict) -> SampleTable:
+def _build_table(path, manifest: dict) -> SampleTable:
     shard_paths, shard, offset, size, meta, keys, json_at = [], [], [], [], [], [], []
     for s, entry in enumerate(manifest["shards"]):
-        tar_path = storage.join(path, entry["name"])
-        idx_path = storage.join(path, entry["index"])
+        tar_path = shard_files.join(path, entry["name"])
+        idx_path = shard_files.join(path, entry["index"])
+        tar_name = os.path.basename(tar_path)
         samples = parse_index(idx_path)
         if "samples" in entry and entry["samples"] != len(samples):
             raise ShardDirError(
                 f"{idx_path}: {len(samples)} samples, manifest says {entry['samples']}"
             )
-        shard_paths.append(storage.resolve(tar_path))
-        tar_name = os.path.basename(tar_path)
-        tar = storage.open_ranges(tar_path, read_ahead=True)  # a sequential scan of the .meta members
+        shard_paths.append(shard_files.resolve(tar_path))
+        handles: dict = {}
         try:
             for members in samples:
                 video = [ext for ext in members if ext not in META_MEMBERS]
-                key = _key(tar, *members[(video or list(members))[0]])
+                key = _key(str(tar_path), handles, *members[(video or list(members))[0]])
                 if len(video) != 1 or "meta" not in members:
                     raise ShardDirError(
                         f"{tar_name}:{key}: expected one video member and a .meta member, "
                         f"found {sorted(members)}"
                     )
                 meta_off, meta_size, _ = members["meta"]
-                raw = tar.pread(16, meta_off)
+                raw = read_range(str(tar_path), meta_off, 16, handles, scan=True)
                 if meta_size != 16 or len(raw) != 16:
                     raise ShardDirError(f"{tar_name}:{key}.meta: expected 16 bytes")
                 meta.append(np.frombuffer(raw, META_DTYPE))
@@ -193,7 +215,7 @@ def _build_table(path: str | Path, manifest: dict) -> SampleTable:
                 keys.append(key)
                 json_at.append(members.get("json", (-1, 0, None))[:2])
         finally:
-            tar.close()
+            close_all(handles)
     meta_arr = np.stack(meta) if meta else np.zeros((0, 4), META_DTYPE)
     json_arr = np.asarray(json_at, dtype=np.int64).reshape(-1, 2)
     return SampleTable(
@@ -211,14 +233,12 @@ def _build_table(path: str | Path, manifest: dict) -> SampleTable:
     )
 
 
-def _key(tar, offset: int, size: int, name: str | None) -> str:
-    """A member's sample key: its name up to the first dot (from the tar header for v1.1);
-    `tar` is a `storage.open_ranges` object."""
+def _key(tar: str, handles: dict, offset: int, size: int, name: str | None) -> str:
+    """A member's sample key: its name up to the first dot (from the tar header for v1.1)."""
     if name is None:
-        header = tar.pread(100, offset - 512)
+        header = read_range(tar, offset - 512, 100, handles, scan=True)
         name = header.split(b"\0", 1)[0].decode("utf-8", "replace")
     return os.path.basename(name).split(".", 1)[0]
-
 
 
 def read_sample_json(table: SampleTable, index: int) -> dict:
@@ -226,11 +246,8 @@ def read_sample_json(table: SampleTable, index: int) -> dict:
     when it is missing or not a JSON object)."""
     if table.json_offset is None or table.json_offset[index] < 0:
         raise ShardDirError(f"{table.where(index)}: the sample has no .json member")
-    f = storage.open_ranges(table.shard_paths[table.shard[index]])
-    try:
-        raw = f.pread(int(table.json_size[index]), int(table.json_offset[index]))
-    finally:
-        f.close()
+    raw = read_range(table.shard_paths[table.shard[index]], int(table.json_offset[index]),
+                     int(table.json_size[index]))
     try:
         out = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -286,7 +303,7 @@ def load_ava(shards: ShardDir) -> AvaAnnotations:
     [0, 1] (float noise up to BOX_TOLERANCE clipped), ground-truth boxes with x1 <= x2 and
     y1 <= y2 (proposals as the detector gave them), one action list per box with ids of the label map, the
     keyframe inside the clip. Raises ShardDirError naming `shard.tar:key.json` and the field."""
-    where = storage.join(shards.path, "manifest.json")
+    where = shard_files.join(shards.path, "manifest.json")
     det = shards.manifest.get("detection")
     if not isinstance(det, dict):
         raise ShardDirError(f"{where}: no 'detection' section; this is not an AVA shard directory "

@@ -1,5 +1,6 @@
-"""Where shard files are read from: a local folder, or an S3 prefix (``s3://bucket/prefix``,
-AWS S3 or an S3-compatible store such as MinIO or Ceph), through one interface.
+"""The object-storage backend of `shard_files`: shard directories under an S3 prefix
+(``s3://bucket/prefix``, AWS S3 or an S3-compatible store such as MinIO or Ceph). `shard_files`
+is the one interface the manifest reader and the per-sample reader use; it sends URLs here.
 
 Object storage is read with fsspec + s3fs (botocore underneath), not DALI's own S3 support: the
 loaders never hand DALI a file (``reader.ClipReader`` reads each video member by offset and feeds
@@ -8,11 +9,11 @@ endpoint and credentials come from botocore's usual sources: ``AWS_ENDPOINT_URL`
 ``AWS_ENDPOINT_URL_S3``) for an S3-compatible store, ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE``, ``~/.aws/config`` and ``~/.aws/credentials``.
 
-- Small files (the manifest, the ``.idx`` files) are read whole; the tars are read by byte range:
-  ``open_ranges`` gives an object whose ``pread(size, offset)`` is ``os.pread`` on a local file and
-  one ranged GET on S3. A sequential scan over a tar (the table build reads every sample's 16-byte
-  ``.meta``) opens it with ``open_ranges(path, read_ahead=True)``: fsspec's read-ahead cache then
-  fetches ``READ_AHEAD`` bytes at a time instead of one request per member.
+- Small files (the manifest, the ``.idx`` files) are read whole; the tars by byte range:
+  ``RemoteRanges(url).pread(size, offset)`` is one ranged GET. A sequential scan over a tar (the
+  table build reads every sample's 16-byte ``.meta``) uses ``RemoteRanges(url, read_ahead=True)``:
+  fsspec's read-ahead cache then fetches ``READ_AHEAD`` bytes at a time instead of one request
+  per member.
 - The reader asks for the video members of the batch it is on and of the next one ahead of use
   (`ReadAhead`: a few threads fetch them while DALI decodes), so a request's latency overlaps
   decoding instead of adding to it.
@@ -54,16 +55,9 @@ def check_scheme(path: str) -> None:
                            f"folders or {', '.join(s + '://bucket/prefix' for s in REMOTE_SCHEMES)}{extra}")
 
 
-def join(base: str | os.PathLike, name: str) -> str:
-    """``base/name`` for a folder or a URL (a URL keeps its ``//``)."""
-    if is_remote(base):
-        return posixpath.join(str(base).rstrip("/"), name)
-    return os.path.join(os.fspath(base), name)
-
-
-def resolve(path: str | os.PathLike) -> str:
-    """An absolute local path (symlinks resolved), or the URL as given."""
-    return str(path) if is_remote(path) else os.path.realpath(os.fspath(path))
+def join(url: str, name: str) -> str:
+    """``url/name`` (the URL keeps its ``//``)."""
+    return posixpath.join(url.rstrip("/"), name)
 
 
 def filesystem():
@@ -95,58 +89,37 @@ def _key(url: str) -> str:
     return url.split("://", 1)[1]
 
 
-def exists(path: str | os.PathLike) -> bool:
-    """Whether the file exists (a URL: whether the object does)."""
-    if not is_remote(path):
-        return os.path.isfile(path)
+def exists(url: str) -> bool:
+    """Whether the object exists."""
     try:
-        return bool(filesystem().isfile(_key(path)))
+        return bool(filesystem().isfile(_key(url)))
     except Exception as exc:  # noqa: BLE001 - every store error is explained with its URL
-        raise _explain(path, exc) from exc
+        raise _explain(url, exc) from exc
 
 
-def missing(paths: list[str]) -> list[str]:
-    """The paths that are not there; one listing per remote prefix instead of a request per file."""
-    remote = [p for p in paths if is_remote(p)]
-    absent = [p for p in paths if not is_remote(p) and not os.path.isfile(p)]
-    if remote:
-        fs = filesystem()
-        listed: set[str] = set()
-        for prefix in sorted({posixpath.dirname(_key(p)) for p in remote}):
-            try:
-                listed.update(fs.ls(prefix, detail=False, refresh=True))
-            except FileNotFoundError:
-                pass
-            except Exception as exc:  # noqa: BLE001
-                raise _explain(f"s3://{prefix}", exc) from exc
-        absent += [p for p in remote if _key(p) not in listed]
-    return absent
+def missing(urls: list[str]) -> list[str]:
+    """The objects that are not there: one listing per prefix instead of a request per object."""
+    fs = filesystem()
+    listed: set[str] = set()
+    for prefix in sorted({posixpath.dirname(_key(u)) for u in urls}):
+        try:
+            listed.update(fs.ls(prefix, detail=False, refresh=True))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise _explain(f"s3://{prefix}", exc) from exc
+    return [u for u in urls if _key(u) not in listed]
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """A whole (small) file: a manifest or an index."""
-    if not is_remote(path):
-        with open(path, "rb") as f:
-            return f.read()
+def read_bytes(url: str) -> bytes:
+    """A whole (small) object: a manifest or an index."""
     try:
-        return filesystem().cat_file(_key(path))
+        return filesystem().cat_file(_key(url))
     except Exception as exc:  # noqa: BLE001
-        raise _explain(path, exc) from exc
+        raise _explain(url, exc) from exc
 
 
-class _LocalRanges:
-    def __init__(self, path: str):
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def pread(self, size: int, offset: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class _RemoteRanges:
+class RemoteRanges:
     """Ranged reads of one object; with ``read_ahead`` a file object whose cache fetches
     ``READ_AHEAD`` bytes at a time (a sequential scan), else one ranged GET per read."""
 
@@ -176,20 +149,9 @@ class _RemoteRanges:
             self.file.close()
 
 
-def open_ranges(path: str | os.PathLike, read_ahead: bool = False):
-    """An object with ``pread(size, offset) -> bytes`` and ``close()`` over a local file or an
-    object (see the module docstring for ``read_ahead``)."""
-    if is_remote(path):
-        return _RemoteRanges(str(path), read_ahead)
-    return _LocalRanges(os.fspath(path))
-
-
-def check_dir(path: str | os.PathLike) -> None:
-    """A StorageError unless ``path`` is a local directory or an S3 prefix that holds objects."""
-    if not is_remote(path):
-        if not os.path.isdir(path):
-            raise StorageError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
-        return
+def check_prefix(url: str) -> None:
+    """A StorageError unless the prefix holds objects."""
+    path = url
     try:
         found = filesystem().ls(_key(path), detail=False, refresh=True)
     except FileNotFoundError:
@@ -229,7 +191,7 @@ class ReadAhead:
             if is_remote(url) and key not in self._held:
                 while len(self._held) >= AHEAD_MAX:  # the oldest was never asked for (a replaced sample)
                     self._held.pop(next(iter(self._held)))
-                self._held[key] = pool.submit(_RemoteRanges(url, read_ahead=False, checked=True).pread,
+                self._held[key] = pool.submit(RemoteRanges(url, read_ahead=False, checked=True).pread,
                                               size, offset)
 
     def pread(self, url: str, size: int, offset: int) -> bytes | None:

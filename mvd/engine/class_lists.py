@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dali_pipelines import storage
+from dali_pipelines import shard_files, storage
 from mvd.config import ConfigError
 
 
@@ -27,16 +27,16 @@ class ClassSource:
 
 def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:
     """The class list of a shard directory (its manifest.json), e.g. ``what="eval.dir"``."""
-    path = storage.join(data_dir, "manifest.json")  # a folder or an s3:// prefix
+    path = shard_files.join(data_dir, "manifest.json")  # a folder or an s3:// prefix
     try:
-        if not storage.exists(path):
+        if not shard_files.is_file(path):
             raise ConfigError(f"{what}={data_dir}: no manifest.json there (is it a shard directory "
                               f"written by mvd-shard?)")
-        raw = storage.read_bytes(path)
+        text = shard_files.read_text(path)
     except storage.StorageError as e:
         raise ConfigError(f"{what}={data_dir}: {e}") from None
     try:
-        manifest = json.loads(raw.decode("utf-8"))
+        manifest = json.loads(text)
         names = [str(n) for n in manifest["classes"]]
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{what}={data_dir}: {path} has no readable 'classes' ({e})") from None

@@ -37,7 +37,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from dali_pipelines import storage
+from dali_pipelines import shard_files
 from mvd.config import Config, ConfigError, derive
 from mvd.engine import distributed as D
 from mvd.engine.optim import IMPLEMENTATIONS, choose_implementation
@@ -224,7 +224,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
                     plan.warnings.append(f"teachers.{kind}.checkpoint is empty: the {kind} "
                                          f"teacher would be randomly initialised")
     for key, path in paths.items():
-        if path and storage.is_remote(path):  # the dry run reads no object store
+        if path and shard_files.is_remote(path):  # the dry run reads no object store
             plan.warnings.append(f"{key}={path} is in object storage: not checked by the dry run")
         elif path and not Path(path).exists():
             plan.warnings.append(f"{key}={path} does not exist yet")

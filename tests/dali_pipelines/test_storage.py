@@ -16,8 +16,8 @@ import torch
 from conftest import TINY
 
 from dali_pipelines import EvalLoader, PretrainLoader, ShardDirError, load_shard_dir
-from dali_pipelines import storage
 from dali_pipelines.manifest import read_sample_json
+from dali_pipelines.shard_files import read_range
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +50,13 @@ def test_the_table_from_s3_is_the_table_from_disk(s3_shards, synth_shards):
         np.testing.assert_array_equal(getattr(remote, field), getattr(local, field), err_msg=field)
     assert read_sample_json(remote, 5) == read_sample_json(local, 5)
     for i in (0, 30):  # the video bytes themselves, by ranged read
-        r, lf = storage.open_ranges(remote.shard_paths[remote.shard[i]]), open(local.shard_paths[local.shard[i]], "rb")
-        lf.seek(int(local.offset[i]))
-        assert r.pread(int(remote.size[i]), int(remote.offset[i])) == lf.read(int(local.size[i]))
-        r.close()
-        lf.close()
+        r, lo = ((t.shard_paths[t.shard[i]], int(t.offset[i]), int(t.size[i])) for t in (remote, local))
+        assert read_range(*r) == read_range(*lo)
 
 
 @pytest.mark.slow
 def test_batches_resume_and_ranks_from_s3_equal_those_from_disk(s3_shards, synth_shards):
-    kw = {**TINY, "num_workers": 1}  # one reader worker process: the store is read from a child too
+    kw = {**TINY, "reader_workers": 1}  # one reader worker process: the store is read from a child too
     _assert_same(_batches(PretrainLoader(s3_shards, 4, device="cpu", seed=3, **kw), 3),
                  _batches(PretrainLoader(synth_shards, 4, device="cpu", seed=3, **kw), 3))
     full = PretrainLoader(synth_shards, 4, device="cpu", seed=3, **TINY)
@@ -71,7 +68,7 @@ def test_batches_resume_and_ranks_from_s3_equal_those_from_disk(s3_shards, synth
         a = PretrainLoader(s3_shards, 4, device="cpu", seed=3, shard_id=rank, num_shards=2, **TINY)
         b = PretrainLoader(synth_shards, 4, device="cpu", seed=3, shard_id=rank, num_shards=2, **TINY)
         assert [x["index"].tolist() for x in _batches(a, 2)] == [x["index"].tolist() for x in _batches(b, 2)]
-    eval_kw = dict(num_frames=8, sampling_rate=2, input_size=32, num_clips=2, num_crops=1, num_workers=0)
+    eval_kw = dict(num_frames=8, sampling_rate=2, input_size=32, num_clips=2, num_crops=1, reader_workers=0)
     a, b = (_batches(EvalLoader(src, 4, device="cpu", **eval_kw), 2) for src in (s3_shards, synth_shards))
     for x, y in zip(a, b):
         assert x["key"] == y["key"]
@@ -141,8 +138,7 @@ def test_transient_errors_are_retried_with_backoff(s3_store, s3_shards, synth_sh
     s3fs.S3FileSystem.clear_instance_cache()  # the filesystem reads the endpoint when created
     try:
         remote = load_shard_dir(s3_shards).table
-        data = [storage.open_ranges(remote.shard_paths[remote.shard[i]]).pread(int(remote.size[i]),
-                                                                              int(remote.offset[i]))
+        data = [read_range(remote.shard_paths[remote.shard[i]], int(remote.offset[i]), int(remote.size[i]))
                 for i in range(0, 48, 7)]
     finally:
         server.shutdown()
