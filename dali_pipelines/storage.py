@@ -67,9 +67,16 @@ def filesystem():
         import s3fs  # heavy optional dependency: only for s3:// shard directories
     except ImportError:
         raise StorageError("reading s3:// shard directories needs s3fs: pip install 'mvd[s3]'") from None
-    # default_fill_cache=False: ranged reads must not keep a whole tar in memory
+    # default_fill_cache=False: ranged reads must not keep a whole tar in memory. The endpoint is
+    # botocore's own choice (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL), passed explicitly only so
+    # that fsspec's instance cache, keyed by these arguments, follows a change of it
     return s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": RETRIES, "mode": "standard"}},
-                             default_fill_cache=False)
+                             default_fill_cache=False, endpoint_url=endpoint())
+
+
+def endpoint() -> str | None:
+    """The S3 endpoint the environment names (None: AWS S3 itself, or what ~/.aws/config says)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def _explain(url: str, exc: Exception) -> StorageError:
@@ -80,8 +87,7 @@ def _explain(url: str, exc: Exception) -> StorageError:
     if isinstance(exc, PermissionError):
         return StorageError(f"{url}: access denied ({exc}); check the AWS credentials "
                             "(AWS_ACCESS_KEY_ID / AWS_PROFILE / ~/.aws/credentials)")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-    return StorageError(f"{url}: cannot read it from {endpoint} ({type(exc).__name__}: {exc})")
+    return StorageError(f"{url}: cannot read it from {endpoint() or 'AWS S3'} ({type(exc).__name__}: {exc})")
 
 
 def _key(url: str) -> str:

@@ -129,20 +129,16 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.slow  # botocore backs off (seconds) between attempts
 def test_transient_errors_are_retried_with_backoff(s3_store, s3_shards, synth_shards, monkeypatch):
-    import s3fs
-
     _Flaky.upstream, _Flaky.count, _Flaky.failed = s3_store.endpoint, 0, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
-    s3fs.S3FileSystem.clear_instance_cache()  # the filesystem reads the endpoint when created
     try:
         remote = load_shard_dir(s3_shards).table
         data = [read_range(remote.shard_paths[remote.shard[i]], int(remote.offset[i]), int(remote.size[i]))
                 for i in range(0, 48, 7)]
     finally:
         server.shutdown()
-        s3fs.S3FileSystem.clear_instance_cache()
     assert _Flaky.failed >= 3, (_Flaky.count, _Flaky.failed)
     local = load_shard_dir(synth_shards).table
     assert remote.keys == local.keys
@@ -153,14 +149,11 @@ def test_transient_errors_are_retried_with_backoff(s3_store, s3_shards, synth_sh
 
 
 def test_denied_access_is_an_error_naming_the_url_and_the_credentials(tmp_path):
-    import s3fs
-
+    pytest.importorskip("s3fs", reason="s3:// shard directories need s3fs (the s3 / dev extras)")
+    pytest.importorskip("moto.server", reason="the S3 tests run moto's server (moto[server], dev extra)")
     from benchmarks.storage import local_s3_server
 
-    s3fs.S3FileSystem.clear_instance_cache()  # the filesystem reads the endpoint when created
-    try:  # a server that checks credentials (moto knows none of ours)
-        with local_s3_server(tmp_path / "moto.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}):
-            with pytest.raises(ShardDirError, match="s3://guarded/shards: access denied .* check the AWS credentials"):
-                load_shard_dir("s3://guarded/shards")
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+    # a server that checks credentials (moto knows none of ours)
+    with local_s3_server(tmp_path / "moto.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}):
+        with pytest.raises(ShardDirError, match="s3://guarded/shards: access denied .* check the AWS credentials"):
+            load_shard_dir("s3://guarded/shards")
