@@ -87,15 +87,18 @@ class ShardDir:
         return dict(self.manifest.get("codecs", {}))
 
 
-def read_manifest(data_dir: str | os.PathLike) -> dict:
+def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> dict | None:
     """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
     that file (the loaders, the class lists and the training's dry run all call it).
 
     `data_dir` is a folder or an `s3://bucket/prefix` (`shard_files`). Raises ShardDirError
-    naming the directory (or URL) or the file and what is wrong.
+    naming the directory (or URL) or the file and what is wrong; with `missing_ok`, a directory
+    that holds no manifest (not sharded yet) gives None instead.
     """
     path = _dir(data_dir)
     try:
+        if missing_ok and not shard_files.is_file(shard_files.join(path, "manifest.json")):
+            return None
         if not shard_files.is_dir(path):
             raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
         manifest_path = shard_files.join(path, "manifest.json")

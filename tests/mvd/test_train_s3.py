@@ -42,7 +42,7 @@ def test_a_missing_prefix_stops_the_run_before_training_naming_the_url(s3_store,
 def test_the_class_list_of_an_s3_shard_directory_and_of_a_missing_one(s3_store, synth_shards):
     url = s3_store.put(synth_shards, "s3://mvd-train/classes")
     assert shard_classes(url, "eval.dir").names == shard_classes(str(synth_shards)).names
-    with pytest.raises(ConfigError, match="eval.dir=s3://mvd-train/absent: no manifest.json there"):
+    with pytest.raises(ConfigError, match="config key 'eval.dir': s3://mvd-train/absent: no such prefix"):
         shard_classes("s3://mvd-train/absent", "eval.dir")
 
 
