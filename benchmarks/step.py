@@ -41,10 +41,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks import env
+from mvd.recipes import CONFIGS
 
 # Data-wait share from which a run is called data bound.
 DATA_BOUND_SHARE = 0.10
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ from pathlib import Path
 
 from mvd.config import ConfigError, yaml_load
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+_PACKAGE = Path(__file__).resolve().parent
+# A copy of a checkout that keeps only regular files (some file-transfer tools drop links) still
+# has the top-level folder the link points at.
+CONFIGS = next((d for d in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if d.is_dir()),
+               _PACKAGE / "configs")
 SUFFIX = ".yaml"
 
 
