@@ -270,6 +270,7 @@ def test_run_sh_receives_reassembles_verifies_and_installs_the_pack(packed, tmp_
     assert json.loads((out / "pack-manifest.json").read_text()) == manifest
 
 
+@pytest.mark.slow
 def test_run_sh_runs_a_stage_into_the_out_folder_and_skips_one_the_budget_has_no_time_for(
         packed, tmp_path):
     parts, work, out = tmp_path / "parts", tmp_path / "work", tmp_path / "out"

@@ -144,6 +144,7 @@ def test_trained_model_compiles_fullgraph_and_matches_eager(name):
     compiled_matches_eager(*TRAINED[name], backend="aot_eager")
 
 
+@pytest.mark.slow
 def test_student_compiles_fullgraph_with_inductor_and_matches_eager():
     compiled_matches_eager(student, student_inputs, backend="inductor", rtol=1e-4, atol=1e-4)
 
