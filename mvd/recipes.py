@@ -42,6 +42,9 @@ def resolve(config: str) -> str:
     recipe of that name. ConfigError (naming both readings) when it is neither."""
     if Path(config).is_file():
         return config
+    if Path(config).exists():
+        raise ConfigError(f"config {config} is not a file; --config takes a YAML file or the name "
+                          f"of a shipped recipe (`mvd-train --list-configs`)")
     stem = config.removesuffix(SUFFIX)
     if stem in names():
         return str(CONFIGS / f"{stem}{SUFFIX}")

@@ -43,6 +43,9 @@ def test_an_unknown_name_names_what_was_asked_and_the_closest_recipes(tmp_path, 
     # the README's repository paths, asked from another folder, point at the recipe's name
     with pytest.raises(ConfigError, match=r"the shipped recipe is --config tiny/finetune\)"):
         recipes.resolve("configs/tiny/finetune.yaml")
+    Path("tiny").mkdir()  # a folder is neither a file nor a name, whatever it is called
+    with pytest.raises(ConfigError, match="config tiny is not a file; --config takes a YAML file"):
+        recipes.resolve("tiny")
 
 
 def test_list_configs_prints_every_recipe_with_its_task(capsys):
