@@ -41,8 +41,9 @@ def include_patterns() -> list[str]:
 
 def package_roots() -> list[Path]:
     """The top-level folders setup.cfg's ``packages = find:`` include list ships."""
-    return sorted(p for p in ROOT.iterdir()
-                  if p.is_dir() and any(fnmatch.fnmatch(p.name, pat) for pat in include_patterns()))
+    return sorted(p for p in ROOT.iterdir()  # (not mvd.egg-info/, which an editable install leaves)
+                  if p.is_dir() and p.name.isidentifier()
+                  and any(fnmatch.fnmatch(p.name, pat) for pat in include_patterns()))
 
 
 def module_folders() -> dict[str, Path]:
