@@ -97,6 +97,8 @@ def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shard, "QUICK", replace(shard.QUICK, num_videos=4, num_frames=16,
                                                 width=96, height=64))
+    monkeypatch.setattr(shard, "AVA_QUICK", replace(shard.AVA_QUICK, seconds=3, width=64, height=48,
+                                                    long_gop_size=(96, 64), long_gop_short_side=32))
     monkeypatch.setattr(loader, "QUICK", replace(
         loader.QUICK, num_videos=8, num_frames=24, width=96, height=64, clip_frames=8,
         sampling_rate=2, input_size=64, teacher_sizes=(64,), batch_size=2, batches=2, rounds=1))
