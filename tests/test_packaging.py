@@ -1,4 +1,5 @@
-"""What a wheel carries. Every folder of modules is a package that setuptools finds; the built wheel
+"""What a wheel carries. Every top-level folder of modules but tests/ is in setup.cfg's include list
+and every folder of modules is a package that setuptools finds; the built wheel
 holds every module, the shipped recipes and the package data, and nothing else; installed (not
 editable) in a fresh venv and used from another folder, every module imports from the install and
 the console scripts run, ``mvd-train --config NAME`` planning a shipped recipe.
@@ -58,6 +59,13 @@ def module_folders() -> dict[str, Path]:
 
 def source_modules() -> set[str]:
     return {py.relative_to(ROOT).as_posix() for d in module_folders().values() for py in d.glob("*.py")}
+
+
+def test_every_top_level_folder_of_modules_but_tests_is_in_the_include_list():
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and p.name.isidentifier()
+               and any("__pycache__" not in py.parts for py in p.rglob("*.py"))}
+    assert folders - {"tests"} == {p.name for p in package_roots()}, \
+        "add the new top-level package to [options.packages.find] include in setup.cfg"
 
 
 def test_every_folder_of_modules_is_a_package_that_setuptools_finds():
