@@ -30,6 +30,9 @@ from dali_pipelines.masks import masked_tokens, num_to_mask, random_mask, tube_m
 from mvd.models import create_model
 from mvd.models.teachers import freeze
 
+# every test compiles (seconds each on CPU, the inductor one half a minute): the full suite's
+pytestmark = pytest.mark.slow
+
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 # the tiny recipes' shapes (configs/tiny/*.yaml): 8 frames of 32 px, patch 8, tubelet 2
 CLIP = dict(img_size=32, num_frames=8)
@@ -144,7 +147,6 @@ def test_trained_model_compiles_fullgraph_and_matches_eager(name):
     compiled_matches_eager(*TRAINED[name], backend="aot_eager")
 
 
-@pytest.mark.slow
 def test_student_compiles_fullgraph_with_inductor_and_matches_eager():
     compiled_matches_eager(student, student_inputs, backend="inductor", rtol=1e-4, atol=1e-4)
 
