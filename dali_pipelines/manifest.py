@@ -86,13 +86,16 @@ class ShardDir:
         return dict(self.manifest.get("codecs", {}))
 
 
-def read_manifest(data_dir: str | os.PathLike) -> dict:
+def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> dict | None:
     """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
     that file (the loaders, the class lists and the training's dry run all call it).
 
-    Raises ShardDirError naming the directory or the file and what is wrong.
+    Raises ShardDirError naming the directory or the file and what is wrong; with `missing_ok`,
+    a directory that holds no manifest (not sharded yet) gives None instead.
     """
     path = Path(data_dir)
+    if missing_ok and not (path / "manifest.json").is_file():
+        return None
     if not path.is_dir():
         raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
     manifest_path = path / "manifest.json"

@@ -85,6 +85,9 @@ def test_quick_step_on_cpu_writes_a_consistent_report(tmp_path):
         assert counted["value"] == pytest.approx(analytic["value"], rel=0.1)
     assert (out / "step-clips_s-vs-batch_size.png").exists()
     assert not list(out.glob("**/*.tar")), "scratch shards must not land in the report dir"
+    # the same records, written one a line as each variant ended (a run cut short keeps them)
+    lines = [json.loads(line) for line in (out / "step-records.jsonl").read_text().splitlines()]
+    assert [(r["name"], r["value"]) for r in lines] == [(r["name"], r["value"]) for r in records]
 
 
 @pytest.mark.slow

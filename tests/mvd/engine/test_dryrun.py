@@ -151,3 +151,10 @@ def test_cli_reports_every_inconsistent_key_and_exits_2(capsys):
     err = capsys.readouterr().err
     assert "train.precision" in err and "optim.implementation" in err
     assert "2 inconsistent setting(s)" in err
+
+
+def test_an_eval_of_a_detector_plans_its_forward_on_boxes_and_ava_classes():
+    plan = plan_of(ROOT / "configs/tiny/detect.yaml", "task=eval", "model.overrides.num_classes=7")
+    assert plan["task"] == "eval" and plan["lr"] is None and plan["flops_per_clip"]["forward"] > 0
+    plan = plan_of(ROOT / "configs/detect_ava_base.yaml", "task=eval")
+    assert any("planned with 80 classes" in w for w in plan["warnings"])
