@@ -15,6 +15,11 @@ Both return the shard directory (holding ``manifest.json``, ``shard-00000{0,1}.t
 for the detection loader and the detect task; each is a ``SynthAvaShards`` (``out_dir``,
 ``manifest``, ``files``: the AVA-format CSV / pbtxt files it was sharded from).
 
+``s3_store`` is a real S3-compatible server (moto's standalone server, a subprocess on 127.0.0.1),
+with the standard AWS environment pointed at it (``AWS_ENDPOINT_URL``, test credentials) for
+this process and every process it starts; ``s3_store.put(folder, "s3://bucket/prefix")``
+uploads a folder. Skipped, with the reason, where moto[server] or s3fs is not installed.
+
 Treat every one as read-only: they are shared by all tests of the session.
 """
 
@@ -71,6 +76,28 @@ def ava_no_proposals(tmp_path_factory):
 
     return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "noprop", split="val", movies=2,
                                  seconds=6, proposals=False, workers=1)
+
+
+class S3Store:
+    """The test S3 server: its endpoint, and uploads of folders to s3:// prefixes."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def put(self, folder: Path, url: str) -> str:
+        from benchmarks.storage import upload
+
+        return upload(folder, url)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory):
+    pytest.importorskip("s3fs", reason="s3:// shard directories need s3fs (the s3 / dev extras)")
+    pytest.importorskip("moto.server", reason="the S3 tests run moto's server (moto[server], dev extra)")
+    from benchmarks.storage import local_s3_server
+
+    with local_s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield S3Store(endpoint)
 
 
 def pytest_collection_modifyitems(config, items):
