@@ -39,11 +39,13 @@ def failure_group(info: DistInfo):
     return dist.new_group(backend="gloo")
 
 
-def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)):
+def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2),
+                 batch_size: int | None = None):
     """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
     boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
-    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid). Each
-    rank reads its own share of the samples.
+    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid);
+    ``batch_size``: the training loaders' per-process batch (``config.plan_batch``; default
+    data.batch_size). Each rank reads its own share of the samples.
 
     Decode failures past data.max_failure_fraction stop every rank at the same step: the
     training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
@@ -52,6 +54,7 @@ def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] 
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
     d = cfg.data
+    batch_size = batch_size or d.batch_size
     common = dict(device=loader_device(cfg, info), shard_id=info.rank,
                   num_shards=info.world_size, num_frames=d.num_frames,
                   sampling_rate=d.sampling_rate, sampling=d.sampling, input_size=d.input_size,
@@ -76,14 +79,14 @@ def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] 
     common.update(seed=cfg.seed, normalize=False, process_group=failure_group(info))
     if kind == "detect":
         common.pop("sampling")
-        return dp.DetectLoader(d.dir, d.batch_size, train=True, flip=d.flip, min_crop=x.min_crop,
+        return dp.DetectLoader(d.dir, batch_size, train=True, flip=d.flip, min_crop=x.min_crop,
                                min_visible=x.min_visible, jitter=tuple(x.jitter),
                                **{**common, **d.loader_options})
     if kind == "finetune":
-        return dp.FinetuneLoader(d.dir, d.batch_size, num_sample=d.repeated_aug, flip=d.flip,
+        return dp.FinetuneLoader(d.dir, batch_size, num_sample=d.repeated_aug, flip=d.flip,
                                  rand_augment=tuple(d.rand_augment) or None,
                                  erase_prob=d.erase_prob, **{**common, **d.loader_options})
-    return dp.PretrainLoader(d.dir, d.batch_size, teacher_input_size=d.teacher_input_size or
+    return dp.PretrainLoader(d.dir, batch_size, teacher_input_size=d.teacher_input_size or
                              d.input_size, mask_type=d.mask_type, mask_ratio=d.mask_ratio,
                              patch_size=patch[0], tubelet_size=patch[1],
                              **{**common, **d.loader_options})

@@ -37,7 +37,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from mvd.config import Config, ConfigError, derive
+from mvd.config import Config, ConfigError, derive, plan_batch
 from mvd.engine import distributed as D
 from mvd.engine.optim import IMPLEMENTATIONS, choose_implementation
 from mvd.engine.precision import plan_precision
@@ -131,10 +131,11 @@ def _manifest(path: str) -> dict | None:
     return json.loads(p.read_text()) if p is not None and p.is_file() else None
 
 
-def _fake_batch(task, cfg: Config, mode, device: torch.device) -> dict:
-    """A batch of the loader's shapes and dtypes (fake tensors: nothing is allocated)."""
+def _fake_batch(task, cfg: Config, mode, device: torch.device, per_gpu: int) -> dict:
+    """A batch of the loader's shapes and dtypes at ``per_gpu`` videos (fake tensors: nothing
+    is allocated)."""
     d = cfg.data
-    B = d.batch_size * (d.repeated_aug if cfg.task == "finetune" else 1)
+    B = per_gpu * (d.repeated_aug if cfg.task == "finetune" else 1)
     with mode:
         batch = {"video": torch.empty(B, 3, d.num_frames, d.input_size, d.input_size, device=device),
                  "label": torch.zeros(B, dtype=torch.long, device=device)}
@@ -202,7 +203,8 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     if cfg.dist.fsdp and world == 1:
         plan.warnings.append("dist.fsdp=true with one process: FSDP only shards across ranks, "
                              "so this run keeps whole copies (as DDP would)")
-    precision = plan.check(plan_precision, cfg.train.precision, device_type, fsdp=cfg.dist.fsdp)
+    precision = plan.check(plan_precision, cfg.train.precision, device_type, fsdp=cfg.dist.fsdp,
+                           teacher_weights=cfg.train.teacher_weights)
     training = cfg.task != "eval"
     impl = plan.check(choose_implementation, cfg.optim, device_type, fsdp=fsdp) if training \
         else None
@@ -254,7 +256,10 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     if training:
         from dali_pipelines.sampling import steps_per_epoch
 
-        batches = steps_per_epoch(samples, cfg.data.batch_size, world, drop_last=True)
+        split = plan.check(plan_batch, cfg, world)
+        if split is None:
+            return None, plan
+        batches = steps_per_epoch(samples, split.per_process, world, drop_last=True)
         derived = plan.check(derive, cfg, world, batches)
         if derived is None:
             return None, plan
@@ -299,7 +304,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
         _fake_process_group(world)
     try:
         flops, peak = _fake_steps(cfg, task, model, teachers, mode, fake_device, cpu_precision,
-                                  world if fsdp else 1)
+                                  world if fsdp else 1, derived.per_gpu_batch if derived else 0)
     finally:
         if fsdp:
             dist.destroy_process_group()
@@ -313,8 +318,10 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
         "params": params,
         "train_flops_per_clip": flops.get("total"),
         "flops_per_clip": flops,
-        "per_gpu_batch": cfg.data.batch_size if training else cfg.eval.batch_size,
+        "per_gpu_batch": d.per_gpu_batch if d else cfg.eval.batch_size,
+        "accum_steps": d.accum_steps if d else None,
         "global_batch": d.global_batch if d else cfg.eval.batch_size * world,
+        "clips_per_step": d.clips_per_step if d else None,
         "samples": samples,
         "lr": d.lr if d else None,
         "min_lr": d.min_lr if d else None,
@@ -337,7 +344,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
 
 
 def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], mode,
-                device: torch.device, precision, fsdp_world: int) -> tuple[dict, int]:
+                device: torch.device, precision, fsdp_world: int, per_gpu: int) -> tuple[dict, int]:
     """(FLOPs per clip, peak live bytes) of two training steps (or one eval forward) on fake
     tensors; with ``fsdp_world`` > 1 the model is first sharded with the trainer's own
     ``wrap_model`` over the fake process group."""
@@ -350,7 +357,7 @@ def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], 
             for t in [*m.parameters(), *m.buffers()]:
                 live.add(getattr(t, "_local_tensor", t))  # a DTensor's shard
         if cfg.task != "eval":
-            batch = _fake_batch(task, cfg, mode, device)
+            batch = _fake_batch(task, cfg, mode, device, per_gpu)
             model.train()
             with live:
                 optimizer = torch.optim.AdamW(
@@ -402,7 +409,9 @@ def render(plan: dict) -> str:
                      + "(" + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in p["flops_per_clip"].items()
                                       if k != "total") + ")")
     if p["lr"] is not None:
-        lines.append(f"  batch: {p['per_gpu_batch']} per GPU, {p['global_batch']} global; lr "
+        lines.append(f"  batch: {p['global_batch']} global = {p['per_gpu_batch']} per GPU x "
+                     f"{p['world_size']} GPUs x {p['accum_steps']} accumulation "
+                     f"({p['clips_per_step']} clips a step); lr "
                      f"{p['lr']:.3g} (min {p['min_lr']:.3g}); {p['samples']} samples -> "
                      f"{p['steps_per_epoch']} steps/epoch, {p['total_steps']} steps "
                      f"({p['warmup_steps']} warm-up)")
