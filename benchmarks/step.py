@@ -182,6 +182,7 @@ def build_trainer(settings: StepSettings, data_dir: Path, run_dir: Path, batch_s
         *settings.overrides,
         f"data.dir={data_dir}",
         f"data.batch_size={batch_size}",
+        "train.global_batch=0",  # one micro-batch a step: the recipe's pinned batch would accumulate
         f"data.device={device}",
         f"dist.device={'cuda' if device == 'gpu' else 'cpu'}",
         f"run.dir={run_dir}",

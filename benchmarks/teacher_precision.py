@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -127,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", type=int, default=1, help="clips per forward")
     ap.add_argument("--repeats", type=int, default=3, help="forwards timed per choice (median)")
     ap.add_argument("--commit", default="", help="the commit measured, written into the report")
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         ap.error(f"--sizes: unknown {', '.join(unknown)}; choose from {', '.join(SIZES)}")
-    meta = {"command": "python -m benchmarks.teacher_precision " + " ".join(argv or []),
+    meta = {"command": "python -m benchmarks.teacher_precision " + " ".join(argv),
             "commit": args.commit or "(not given)", "clips": args.clips,
             "env": {"cpu": env.cpu_model(), "usable_cpus": env.usable_cpus(),
                     "torch_threads": torch.get_num_threads(), **env.package_versions()},

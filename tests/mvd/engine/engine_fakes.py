@@ -78,7 +78,7 @@ class FakeLoader:
         self.epoch, self.position = state["epoch"], state["position"]
 
 
-def fake_build_loader(kind, cfg, info, patch=(16, 2)):
+def fake_build_loader(kind, cfg, info, patch=(16, 2), batch_size=None):
     d = cfg.data
     p, u = patch
     grid = (d.num_frames // u, d.input_size // p, d.input_size // p)
@@ -87,7 +87,7 @@ def fake_build_loader(kind, cfg, info, patch=(16, 2)):
     if kind == "eval":
         return FakeLoader(cfg.eval.dir or d.dir, cfg.eval.batch_size, eval=True,
                           num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops, **common)
-    return FakeLoader(d.dir, d.batch_size, mask_grid=grid if kind == "pretrain" else None,
+    return FakeLoader(d.dir, batch_size or d.batch_size, mask_grid=grid if kind == "pretrain" else None,
                       mask_ratio=d.mask_ratio, **common)
 
 
