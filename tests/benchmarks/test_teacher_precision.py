@@ -3,9 +3,12 @@ forward, on the tiny teachers (the mode's CLI, in-process)."""
 
 import json
 
+import pytest
+
 from benchmarks import teacher_precision
 
 
+@pytest.mark.slow  # eight tiny teacher forwards, a few seconds on 2 cores
 def test_tiny_run_reports_every_choice_and_fp32_weights_err_less_than_bf16(tmp_path):
     assert teacher_precision.main(["--out", str(tmp_path), "--sizes", "tiny", "--repeats", "1",
                                    "--commit", "abc123"]) == 0
