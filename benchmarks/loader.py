@@ -220,7 +220,7 @@ def decode_cpu_ms(videos: list[bytes], frames: list, decoder: str) -> float:
         for data, wanted in zip(videos, frames):
             decode_frames(data, wanted)
         return 1000 * (time.process_time() - start) / len(videos)
-    from dali_pipelines.pipeline import decode_only
+    from dali_pipelines.graph import decode_only
 
     pipe = decode_only(videos, frames, "cpu", None)
     pipe.build()
@@ -295,7 +295,7 @@ def _run(out_dir: Path, device: str, quick: bool) -> list[dict]:
         probe.close()
         # PyAV decodes in the reader workers: as many as the baseline's (all cores); DALI's
         # decoder takes the loader's default split (all cores as DALI threads, no workers)
-        loader_kw = dict(common, **({"num_workers": workers} if decoder == "pyav" else {}))
+        loader_kw = dict(common, **({"reader_workers": workers} if decoder == "pyav" else {}))
         where = dict(codec=codec, video=f"{s.width}x{s.height}x{s.num_frames}", clip=clip,
                      batch_size=s.batch_size, workers=workers, torch_threads=torch.get_num_threads(),
                      device=device)

@@ -4,21 +4,24 @@
 person boxes) read a shard directory written by mvd-shard;
 see ARCHITECTURE.md ("Loaders") for the batch contract.
 
-The names below are loaded on first use: the loaders import DALI, while `dali_pipelines.budget`
-(the per-rank CPU split) and `dali_pipelines.normalize` (the step's normalisation) are plain
-Python and torch, imported by the trainer without DALI.
+The names below are loaded on first use: the loaders import DALI, while `dali_pipelines.options`
+(the loaders' options), `dali_pipelines.manifest` (the shard directory's manifest),
+`dali_pipelines.budget` (the per-rank CPU split) and `dali_pipelines.normalize` (the step's
+normalisation) are plain Python, numpy and torch, imported by the trainer without DALI.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "PretrainLoader": "dali_pipelines.loaders",
-    "FinetuneLoader": "dali_pipelines.loaders",
-    "EvalLoader": "dali_pipelines.loaders",
-    "DetectLoader": "dali_pipelines.loaders",
+    "PretrainLoader": "dali_pipelines.pretrain_loader",
+    "FinetuneLoader": "dali_pipelines.finetune_loader",
+    "EvalLoader": "dali_pipelines.eval_loader",
+    "DetectLoader": "dali_pipelines.detect_loader",
+    "LoaderOptions": "dali_pipelines.options",
     "DecodeFailureError": "dali_pipelines.failures",
     "ShardDirError": "dali_pipelines.manifest",
     "load_shard_dir": "dali_pipelines.manifest",
+    "read_manifest": "dali_pipelines.manifest",
     "load_ava": "dali_pipelines.manifest",
 }
 

@@ -18,7 +18,8 @@ from dali_pipelines.sampling import sample_rng, steps_per_epoch
 from dali_pipelines.decode import decode_frames
 from dali_pipelines.manifest import load_shard_dir
 from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
-from dali_pipelines.reader import ClipReader, ReaderConfig
+from dali_pipelines.reader import ClipReader
+from dali_pipelines.reader_config import ReaderConfig
 
 
 class BaselinePretrainDataset(torch.utils.data.Dataset):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dali_pipelines import pipeline as dali_stage
+from dali_pipelines import graph
 from dali_pipelines.manifest import SampleTable
 from dali_pipelines.reader import NO_FAILURE, ClipReader
 
@@ -57,7 +57,8 @@ class FailureLog:
     many samples this rank reads per epoch (the base of the fraction). `group` is the
     torch.distributed process group whose ranks stop together (None: the default group, when
     torch.distributed is initialised); `vote_device` the device of the vote's tensor on a group
-    without a CPU backend (NCCL).
+    without a CPU backend (NCCL); None: the current CUDA device, asked only when such a group
+    votes (a CPU loader constructs without touching CUDA).
     """
 
     def __init__(self, table: SampleTable, split: Callable[[int], tuple[int, int]],
@@ -150,8 +151,12 @@ class FailureLog:
 
     def _vote_device(self, group) -> torch.device:
         backend = str(dist.get_backend(group))
-        if "gloo" in backend or self.vote_device is None:
+        if "gloo" in backend:
             return torch.device("cpu")
+        if self.vote_device is None:  # a CPU loader over a group without a CPU backend (NCCL):
+            # the process already uses CUDA for that group, so asking for its device now
+            # initialises nothing the group has not
+            self.vote_device = torch.device("cuda", torch.cuda.current_device())
         if not self._warned_vote:
             log.info("the decode-failure vote runs on %s over a %s group: one device sync per "
                      "batch; pass the loader a gloo process_group to keep it on the host",
@@ -173,7 +178,7 @@ def probe(reader: ClipReader, prefetch: int, bad, device: str, device_id: int | 
             if sample in bad or sample in found:
                 continue
             frames = reader.draw(sample, epoch, clip)["frames"]
-            why = dali_stage.decode_error(reader.video_bytes(sample), frames, device, device_id)
+            why = graph.decode_error(reader.video_bytes(sample), frames, device, device_id)
             if why is not None:
                 found[sample] = why
         if found:

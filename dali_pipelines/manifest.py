@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_pipelines.shard_files import close_all, read_range, read_text
+
 FORMAT = "mvd-shards/1"
 META_MEMBERS = ("cls", "json", "meta")
 META_DTYPE = np.dtype("<i4")
@@ -80,10 +82,11 @@ class ShardDir:
         return dict(self.manifest.get("codecs", {}))
 
 
-def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
-    """Read `data_dir/manifest.json`, check every listed shard and index, build the table.
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
+    that file (the loaders, the class lists and the training's dry run all call it).
 
-    Raises ShardDirError naming the missing or inconsistent file.
+    Raises ShardDirError naming the directory or the file and what is wrong.
     """
     path = Path(data_dir)
     if not path.is_dir():
@@ -94,13 +97,24 @@ def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
             f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(read_text(manifest_path))
     except json.JSONDecodeError as exc:
         raise ShardDirError(f"{manifest_path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise ShardDirError(
-            f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}"
-        )
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ShardDirError(f"{manifest_path}: format {found!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
+    """Read `data_dir/manifest.json` (`read_manifest`), check every listed shard and index,
+    build the table.
+
+    Raises ShardDirError naming the missing or inconsistent file.
+    """
+    path = Path(data_dir)
+    manifest = read_manifest(path)
+    manifest_path = path / "manifest.json"
     for field in ("samples", "classes", "shards"):
         if field not in manifest:
             raise ShardDirError(f"{manifest_path}: missing field {field!r}")
@@ -130,7 +144,7 @@ def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:
 
     Reads `v1.2` (ext offset size name, repeated) and `v1.1` (ext offset size, repeated; name None).
     """
-    lines = idx_path.read_text().splitlines()
+    lines = read_text(idx_path).splitlines()
     if not lines:
         raise ShardDirError(f"{idx_path}: empty index")
     head = lines[0].split()
@@ -164,18 +178,18 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
                 f"{idx_path}: {len(samples)} samples, manifest says {entry['samples']}"
             )
         shard_paths.append(str(tar_path.resolve()))
-        with open(tar_path, "rb") as f:
-            fd = f.fileno()
+        handles: dict = {}
+        try:
             for members in samples:
                 video = [ext for ext in members if ext not in META_MEMBERS]
-                key = _key(fd, *members[(video or list(members))[0]])
+                key = _key(str(tar_path), handles, *members[(video or list(members))[0]])
                 if len(video) != 1 or "meta" not in members:
                     raise ShardDirError(
                         f"{tar_path.name}:{key}: expected one video member and a .meta member, "
                         f"found {sorted(members)}"
                     )
                 meta_off, meta_size, _ = members["meta"]
-                raw = os.pread(fd, 16, meta_off)
+                raw = read_range(str(tar_path), meta_off, 16, handles)
                 if meta_size != 16 or len(raw) != 16:
                     raise ShardDirError(f"{tar_path.name}:{key}.meta: expected 16 bytes")
                 meta.append(np.frombuffer(raw, META_DTYPE))
@@ -185,6 +199,8 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
                 size.append(sz)
                 keys.append(key)
                 json_at.append(members.get("json", (-1, 0, None))[:2])
+        finally:
+            close_all(handles)
     meta_arr = np.stack(meta) if meta else np.zeros((0, 4), META_DTYPE)
     json_arr = np.asarray(json_at, dtype=np.int64).reshape(-1, 2)
     return SampleTable(
@@ -202,13 +218,12 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
     )
 
 
-def _key(fd: int, offset: int, size: int, name: str | None) -> str:
+def _key(tar: str, handles: dict, offset: int, size: int, name: str | None) -> str:
     """A member's sample key: its name up to the first dot (from the tar header for v1.1)."""
     if name is None:
-        header = os.pread(fd, 100, offset - 512)
+        header = read_range(tar, offset - 512, 100, handles)
         name = header.split(b"\0", 1)[0].decode("utf-8", "replace")
     return os.path.basename(name).split(".", 1)[0]
-
 
 
 def read_sample_json(table: SampleTable, index: int) -> dict:
@@ -216,8 +231,8 @@ def read_sample_json(table: SampleTable, index: int) -> dict:
     when it is missing or not a JSON object)."""
     if table.json_offset is None or table.json_offset[index] < 0:
         raise ShardDirError(f"{table.where(index)}: the sample has no .json member")
-    with open(table.shard_paths[table.shard[index]], "rb") as f:
-        raw = os.pread(f.fileno(), int(table.json_size[index]), int(table.json_offset[index]))
+    raw = read_range(table.shard_paths[table.shard[index]], int(table.json_offset[index]),
+                     int(table.json_size[index]))
     try:
         out = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -4,7 +4,7 @@ training step, and the count of masked tokens the step takes as a host int.
 A mask is (B, N) bool, True = masked, N tokens in raster (t, h, w) order. Every sample masks the
 same number of tokens (the models rely on it to keep dense (B, n, D) tensors). Randomness comes
 only from the ``generator`` passed in (it must live on ``device``), so a seed reproduces a mask.
-The loaders (``dali_pipelines.loaders``) and the model package (``mvd``) both import this module;
+The loaders (``dali_pipelines.pretrain_loader``) and the model package (``mvd``) both import it;
 what the models do with a mask (checks, gathers) is ``mvd.masking``.
 """
 

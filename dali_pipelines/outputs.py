@@ -6,7 +6,7 @@
   turn into tensors).
 
 Both are built from the `ReaderConfig` (and whether a separate teacher view is made) by
-`Outputs.of`; the reader, `pipeline.build` and the loaders look outputs up by these names and
+`Outputs.of`; the reader, `graph.build` and the loaders look outputs up by these names and
 never by position. Per-view names carry the view number: `per_view("video", 1) == "video1"`.
 
 Reader outputs (per sample): `data` (video bytes, or decoded (F, H, W, 3) frames on the PyAV
@@ -28,10 +28,9 @@ A decode-only stage (what `mvd-bench loader` times as decoding alone) returns `d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from dali_pipelines.reader import ReaderConfig
+from dali_pipelines.reader_config import ReaderConfig
 
 
 def per_view(name: str, view: int) -> str:

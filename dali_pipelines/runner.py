@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dali_pipelines import pipeline as dali_stage
+from dali_pipelines import graph
 from dali_pipelines.failures import is_decode_failure
 from dali_pipelines.manifest import SampleTable
 from dali_pipelines.outputs import Outputs
-from dali_pipelines.reader import ClipReader, ReaderConfig
+from dali_pipelines.reader import ClipReader
+from dali_pipelines.reader_config import ReaderConfig
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,13 @@ class PipelinePlan:
     positions: tuple[int, ...]
     decode: str  # "dali": the reader returns bytes and DALI decodes; "pyav": decoded frames
     decode_on: str  # where DALI decodes: "gpu" (NVDEC) or "cpu"
-    num_threads: int
-    num_workers: int
+    dali_threads: int
+    reader_workers: int
 
 
 def plan_pipelines(batch_size: int, *, device_pipelines: int, device_decode: str,
                    device_decode_on: str, host_share: float, host_decode: str,
-                   num_threads: int, num_workers: int) -> tuple[PipelinePlan, ...]:
+                   dali_threads: int, reader_workers: int) -> tuple[PipelinePlan, ...]:
     """The pipelines of a loader: round(host_share * batch_size) positions (the last ones) for
     one host pipeline decoding on the CPU with `host_decode`, the others round-robin over
     `device_pipelines` pipelines decoding with `device_decode` on `device_decode_on`. DALI
@@ -50,9 +51,9 @@ def plan_pipelines(batch_size: int, *, device_pipelines: int, device_decode: str
     if host:
         plans.append((tuple(range(batch_size - host, batch_size)), host_decode, "cpu"))
     sizes = [len(p) for p, _, _ in plans]
-    threads = _split(num_threads, sizes)
+    threads = _split(dali_threads, sizes)
     pyav = [n if decode == "pyav" else 0 for n, (_, decode, _) in zip(sizes, plans)]
-    workers = _split(num_workers, pyav if any(pyav) else sizes)
+    workers = _split(reader_workers, pyav if any(pyav) else sizes)
     return tuple(
         PipelinePlan(positions, decode, decode_on, max(1, t), w)
         for (positions, decode, decode_on), t, w in zip(plans, threads, workers)
@@ -125,7 +126,7 @@ class PipelineRunner:
         parts = []
         for pipe, reader, plan, outputs in zip(self.pipes, self._readers, self.plans, self.outputs):
             try:
-                out = pipe.run()
+                out = pipe.run()  # no stream given: the host waits here for this batch's outputs
             except Exception as exc:  # DALI reports any operator failure as a generic error
                 if not is_decode_failure(exc):  # out of memory, CUDA, the reader: not a sample
                     self.close()
@@ -145,10 +146,10 @@ class PipelineRunner:
         for plan, cfg, outputs in zip(self.plans, self._cfgs, self.outputs):
             reader = ClipReader(cfg, self.table, epoch, step, self.steps, frozenset(bad),
                                 outputs=outputs, positions=None if whole else plan.positions)
-            pipes.append(dali_stage.build(
+            pipes.append(graph.build(
                 reader, outputs, device=self.device, input_size=self.input_size,
-                teacher_input_size=self.teacher_input_size, num_threads=plan.num_threads,
-                num_workers=plan.num_workers, device_id=self.device_id, prefetch=self.prefetch,
+                teacher_input_size=self.teacher_input_size, dali_threads=plan.dali_threads,
+                reader_workers=plan.reader_workers, device_id=self.device_id, prefetch=self.prefetch,
                 normalize=self.normalize, decode_on=plan.decode_on,
             ))
             readers.append(reader)

@@ -1,9 +1,13 @@
 """DALI outputs to torch tensors on the loader's device.
 
+Where the host waits: once per pipeline per batch, in `pipe.run()` (`runner`), which is called
+without a stream and so returns host-synchronous outputs (DALI's docstring; with prefetching the
+batch it returns is usually done already). Nothing here waits again.
+
 GPU loaders: DALI crops and resizes; each view is copied once, by DALI, straight into its row of
 the batch tensor (`write_rows`): the views of a video, or the samples a pipeline decoded, land in
-their final rows without a torch.stack or a second copy, on torch's current stream (ordered with
-the training step, no host sync).
+their final rows without a torch.stack or a second copy, queued on torch's current stream
+(ordered with the training step; the copy itself adds no host wait).
 
 CPU loaders: DALI decodes (and RandAugments); the views are cropped and resized here, in torch,
 from a zero-copy view of DALI's frames (`frames`, `crop_resize`), and each is written once into
@@ -45,7 +49,7 @@ def write_rows(tl, out: torch.Tensor, rows: np.ndarray) -> None:
 
     def copy(src, dst: torch.Tensor) -> None:
         ptr = ctypes.c_void_p(dst.data_ptr())
-        if gpu:  # on torch's stream: ordered with the step, no host sync
+        if gpu:  # queued on torch's stream: ordered with the step, no further host wait
             src.copy_to_external(ptr, stream, non_blocking=True)
         else:
             src.copy_to_external(ptr)
@@ -70,7 +74,7 @@ def to_device(arrays: dict[str, np.ndarray], dtypes: dict[str, torch.dtype],
     host = torch.empty((len(names), len(arrays[names[0]])), dtype=torch.int64, pin_memory=True)
     for row, name in zip(host, names):
         row.copy_(torch.from_numpy(np.asarray(arrays[name], dtype=np.int64)))
-    rows = host.to(device, non_blocking=True)  # pinned: the copy overlaps, no host sync
+    rows = host.to(device, non_blocking=True)  # pinned: the copy overlaps, no host wait
     return {name: rows[k].to(dtypes.get(name, torch.int64)) for k, name in enumerate(names)}
 
 

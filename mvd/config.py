@@ -150,7 +150,9 @@ class DataConfig:
     reader_workers: int = F(-1, "reader worker processes per process (they decode on the PyAV "
                                 "path); -1 = from this process's share of the cores, 0 = read in "
                                 "the training process")
-    loader_options: dict = F({}, "extra keyword arguments passed to the loader as they are")
+    loader_options: dict = F({}, "loader options by name (dali_pipelines.LoaderOptions fields, "
+                                 "e.g. prefetch) over those mapped from the data keys; an "
+                                 "unknown name is an error")
     expected_samples: int = F(0, "training videos the recipe expects in data.dir (K400 train "
                                  "240436); --dry-run plans with it when data.dir has no manifest "
                                  "and warns when the manifest disagrees; 0 = unknown")
@@ -166,7 +168,8 @@ class EvalConfig:
     num_crops: int = F(3, "spatial crops per clip")
     every_epochs: int = F(0, "validate every N epochs during finetune and detect; 0 = only at "
                              "the end")
-    loader_options: dict = F({}, "extra keyword arguments passed to the eval loader")
+    loader_options: dict = F({}, "eval loader options by name (dali_pipelines.LoaderOptions "
+                                 "fields), over those mapped from the data and eval keys")
 
 
 @dataclass

@@ -11,12 +11,14 @@ mixup in the task after both). The eval loaders keep float32 clips (``mvd.engine
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from dali_pipelines.normalize import Normalize, erase_
+from dali_pipelines.options import LoaderOptions
 from mvd.config import Config
 from mvd.engine.distributed import DistInfo, all_gather_objects
 
@@ -39,13 +41,37 @@ def failure_group(info: DistInfo):
     return dist.new_group(backend="gloo")
 
 
+def loader_options(cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)) -> LoaderOptions:
+    """The config's ``data``, ``eval`` and ``detect`` fields onto the loaders' one options
+    object, field for field (the same names), with this rank and the step beside the loader;
+    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid)."""
+    d, e, x = cfg.data, cfg.eval, cfg.detect
+    return LoaderOptions(
+        device=loader_device(cfg, info), shard_id=info.rank, num_shards=info.world_size,
+        num_frames=d.num_frames, sampling_rate=d.sampling_rate, sampling=d.sampling,
+        input_size=d.input_size, teacher_input_size=d.teacher_input_size,
+        mask_type=d.mask_type, mask_ratio=d.mask_ratio, patch_size=patch[0],
+        tubelet_size=patch[1], repeated_aug=d.repeated_aug, flip=d.flip,
+        rand_augment=tuple(d.rand_augment), erase_prob=d.erase_prob,
+        num_clips=e.num_clips, num_crops=e.num_crops,
+        min_crop=x.min_crop, min_visible=x.min_visible, jitter=tuple(x.jitter),
+        eval_boxes=x.eval_boxes, proposal_min_score=x.proposal_min_score,
+        test_extend=tuple(x.test_extend),
+        gpu_decoders=d.gpu_decoders, cpu_decode_share=d.cpu_decode_share,
+        max_failure_fraction=d.max_failure_fraction, dali_threads=d.dali_threads,
+        reader_workers=d.reader_workers,
+        # the CPU split (dali_pipelines.budget.cpu_budget): this process's step beside
+        step_device=info.device.type, torch_threads=cfg.dist.cpu_threads)
+
+
 def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2),
                  batch_size: int | None = None):
     """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
     boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
-    ``patch`` = (patch_size, tubelet_size) of the trained model (the pretrain mask's grid);
-    ``batch_size``: the training loaders' per-process batch (``config.plan_batch``; default
-    data.batch_size). Each rank reads its own share of the samples.
+    options from :func:`loader_options`, then ``data.loader_options`` (``eval.loader_options``
+    for the eval loaders) by option name; ``batch_size``: the training loaders' per-process
+    batch (``config.plan_batch``; default data.batch_size). Each rank reads its own share of the
+    samples.
 
     Decode failures past data.max_failure_fraction stop every rank at the same step: the
     training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
@@ -53,43 +79,23 @@ def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] 
     eval batch, rather than a new group per validation)."""
     import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d = cfg.data
+    d, e = cfg.data, cfg.eval
     batch_size = batch_size or d.batch_size
-    common = dict(device=loader_device(cfg, info), shard_id=info.rank,
-                  num_shards=info.world_size, num_frames=d.num_frames,
-                  sampling_rate=d.sampling_rate, sampling=d.sampling, input_size=d.input_size,
-                  gpu_decoders=d.gpu_decoders or None, cpu_decode_share=d.cpu_decode_share,
-                  max_failure_fraction=d.max_failure_fraction,
-                  # the CPU split (dali_pipelines.budget.cpu_budget): this process's step beside
-                  step_device=info.device.type, torch_threads=cfg.dist.cpu_threads,
-                  num_threads=d.dali_threads or None,
-                  num_workers=None if d.reader_workers < 0 else d.reader_workers)
-    x = cfg.detect
-    if kind == "detect_eval":
-        e = cfg.eval
-        common.pop("sampling")  # the clip is centred on the keyframe
-        return dp.DetectLoader(e.dir or d.dir, e.batch_size, train=False, eval_boxes=x.eval_boxes,
-                               proposal_min_score=x.proposal_min_score,
-                               test_extend=tuple(x.test_extend), **{**common, **e.loader_options})
-    if kind == "eval":
-        e = cfg.eval
-        return dp.EvalLoader(e.dir or d.dir, e.batch_size, num_clips=e.num_clips,
-                             num_crops=e.num_crops, **{**common, **e.loader_options})
+    options = loader_options(cfg, info, patch)
+    if kind in ("eval", "detect_eval"):
+        options = LoaderOptions.of(options, e.loader_options, where="eval.loader_options")
+        if kind == "detect_eval":
+            return dp.DetectLoader(e.dir or d.dir, e.batch_size, options, train=False)
+        return dp.EvalLoader(e.dir or d.dir, e.batch_size, options)
     # uint8 clips, normalised by ModelInputs in the step (loader_options may say otherwise)
-    common.update(seed=cfg.seed, normalize=False, process_group=failure_group(info))
+    options = LoaderOptions.of(replace(options, seed=cfg.seed, normalize=False),
+                               d.loader_options, where="data.loader_options")
+    group = failure_group(info)
     if kind == "detect":
-        common.pop("sampling")
-        return dp.DetectLoader(d.dir, batch_size, train=True, flip=d.flip, min_crop=x.min_crop,
-                               min_visible=x.min_visible, jitter=tuple(x.jitter),
-                               **{**common, **d.loader_options})
+        return dp.DetectLoader(d.dir, batch_size, options, train=True, process_group=group)
     if kind == "finetune":
-        return dp.FinetuneLoader(d.dir, batch_size, num_sample=d.repeated_aug, flip=d.flip,
-                                 rand_augment=tuple(d.rand_augment) or None,
-                                 erase_prob=d.erase_prob, **{**common, **d.loader_options})
-    return dp.PretrainLoader(d.dir, batch_size, teacher_input_size=d.teacher_input_size or
-                             d.input_size, mask_type=d.mask_type, mask_ratio=d.mask_ratio,
-                             patch_size=patch[0], tubelet_size=patch[1],
-                             **{**common, **d.loader_options})
+        return dp.FinetuneLoader(d.dir, batch_size, options, process_group=group)
+    return dp.PretrainLoader(d.dir, batch_size, options, process_group=group)
 
 
 class ModelInputs:

@@ -16,8 +16,12 @@ import pytest
 
 from dali_pipelines.manifest import load_shard_dir
 
+# NVDEC's smallest frames (DALI's frames_decoder_gpu.cc checks the caps per stream and refuses
+# "Video is too small in at least one dimension"): VP9/AV1 128x128, HEVC 144x144, H.264 48x16.
+# Every shard set a cuda-marked test decodes is at least this on each side.
+GPU_MIN_SIDE = 160
 COUNTER_FRAMES = (40, 13, 70, 24, 9, 33)  # frame counts of the counter videos (some < a window)
-TINY = dict(num_frames=8, sampling_rate=2, input_size=32, teacher_input_size=32, num_workers=0)
+TINY = dict(num_frames=8, sampling_rate=2, input_size=32, teacher_input_size=32, reader_workers=0)
 
 
 def counter_value(i: int) -> int:
@@ -87,3 +91,13 @@ def corrupt_h264(h264_shards, tmp_path_factory) -> tuple[Path, str]:
     """h264_shards with one sample's video destroyed; (dir, key)."""
     key = load_shard_dir(h264_shards).table.keys[30]
     return corrupt_copy(h264_shards, tmp_path_factory.mktemp("corrupt") / "h264", [key]), key
+
+
+@pytest.fixture(scope="session")
+def ava_gpu_shards(tmp_path_factory):
+    """Synthetic AVA keyframes of GPU_MIN_SIDE x GPU_MIN_SIDE VP9 clips (NVDEC decodes them),
+    with proposals: 2 movies x 6 s."""
+    from shard_tools.synth_ava import make_synth_ava_shards
+
+    return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "gpu", split="train", movies=2,
+                                 seconds=6, width=GPU_MIN_SIDE, height=GPU_MIN_SIDE, workers=1)

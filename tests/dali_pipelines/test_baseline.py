@@ -12,8 +12,8 @@ from dali_pipelines.baseline import BaselinePretrainLoader
 
 def test_baseline_batches_match_the_dali_loader(h264_shards):
     kw = {**TINY, "teacher_input_size": 48}
-    kw.pop("num_workers")
-    dali = list(PretrainLoader(h264_shards, 8, device="cpu", seed=7, num_workers=0, **kw))
+    kw.pop("reader_workers")
+    dali = list(PretrainLoader(h264_shards, 8, device="cpu", seed=7, reader_workers=0, **kw))
     base = list(BaselinePretrainLoader(h264_shards, 8, seed=7, num_workers=1, **kw))
     assert len(dali) == len(base) == 6
     for d, b in zip(dali, base):

@@ -51,13 +51,13 @@ def test_local_world_size_comes_from_torchrun_and_explicit_values_win(monkeypatc
 
 
 def test_the_loader_takes_its_threads_and_workers_from_the_budget(synth_shards, h264_shards):
-    kw = {**TINY, "num_workers": None}
+    kw = {**TINY, "reader_workers": -1}
     loader = PretrainLoader(synth_shards, 4, device="cpu", step_device="cpu", **kw)
     want = cpu_budget(step_device="cpu")
     assert loader.budget == want
-    assert sum(p.num_threads for p in loader.pipelines) == want.dali_threads
+    assert sum(p.dali_threads for p in loader.pipelines) == want.dali_threads
     loader = PretrainLoader(h264_shards, 4, device="cpu", gpu_decoders=2, **kw)
     assert loader.budget.reader_workers == cpu_budget(decoder="pyav").reader_workers
-    assert sum(p.num_workers for p in loader.pipelines) == loader.budget.reader_workers
-    loader = PretrainLoader(synth_shards, 4, device="cpu", num_threads=3, **{**TINY, "num_workers": 1})
+    assert sum(p.reader_workers for p in loader.pipelines) == loader.budget.reader_workers
+    loader = PretrainLoader(synth_shards, 4, device="cpu", dali_threads=3, **{**TINY, "reader_workers": 1})
     assert (loader.budget.dali_threads, loader.budget.reader_workers) == (3, 1)

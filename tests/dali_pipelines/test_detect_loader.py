@@ -19,7 +19,7 @@ from dali_pipelines import DetectLoader, load_ava, load_shard_dir, sampling
 from dali_pipelines.decode import decode_frames
 from dali_pipelines.manifest import ShardDirError
 
-CLIP = dict(num_frames=8, sampling_rate=2, input_size=32, num_workers=0)
+CLIP = dict(num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +260,11 @@ def test_annotation_errors_name_the_sample_and_the_field(ava_shards, synth_shard
 
 
 @pytest.mark.cuda
-def test_gpu_loader_gives_the_cpu_loaders_boxes_and_views(ava_shards):
+def test_gpu_loader_gives_the_cpu_loaders_boxes_and_views(ava_gpu_shards):
     kw = dict(train=True, seed=4, normalize=False, **CLIP)
-    cpu = collect(DetectLoader(ava_shards.out_dir, 8, device="cpu", **kw))
-    gpu = collect(DetectLoader(ava_shards.out_dir, 8, device="gpu", **kw))
+    cpu = collect(DetectLoader(ava_gpu_shards.out_dir, 4, device="cpu", **kw))
+    gpu = collect(DetectLoader(ava_gpu_shards.out_dir, 4, device="gpu", **kw))
+    assert len(cpu) == len(gpu) > 0
     for x, y in zip(cpu, gpu):
         assert x["key"] == y["key"] and y["boxes"].is_cuda
         for name in ("boxes", "box_labels", "box_index", "index"):

@@ -34,7 +34,7 @@ def test_a_reader_error_propagates_without_probing(synth_shards, monkeypatch):
         raise AssertionError("a non-decoder error must not be probed")
 
     monkeypatch.setattr(reader.ClipReader, "video_bytes", gone)
-    monkeypatch.setattr("dali_pipelines.loaders.probe", no_probe)
+    monkeypatch.setattr("dali_pipelines.clip_loader.probe", no_probe)
     loader = PretrainLoader(synth_shards, 4, device="cpu", **TINY)
     with pytest.raises(Exception, match="the shard file went away") as err:
         next(iter(loader))

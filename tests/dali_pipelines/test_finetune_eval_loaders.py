@@ -8,17 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import frame_numbers
-from test_pretrain_loader import MEAN, STD, assert_same_batches, collect, pixels
+from test_pretrain_loader import MEAN, STD, collect, pixels
 
 from dali_pipelines import EvalLoader, FinetuneLoader, load_shard_dir
 from dali_pipelines import sampling
 from dali_pipelines.decode import decode_frames
 
-SMALL = dict(num_frames=8, sampling_rate=2, input_size=32, num_workers=0)
+SMALL = dict(num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
 
 
 def test_finetune_repeated_views_with_rand_augment_and_erasing(synth_shards):
-    loader = FinetuneLoader(synth_shards, 3, device="cpu", seed=1, num_sample=2, **SMALL)
+    loader = FinetuneLoader(synth_shards, 3, device="cpu", seed=1, repeated_aug=2, **SMALL)
     batches = collect(loader)
     assert len(batches) == 16
     batch = batches[0]
@@ -29,13 +29,13 @@ def test_finetune_repeated_views_with_rand_augment_and_erasing(synth_shards):
     assert torch.isfinite(batch["video"]).all()
     table = load_shard_dir(synth_shards).table
     assert batch["label"].tolist() == [int(table.label[i]) for i in batch["index"].tolist()]
-    again = collect(FinetuneLoader(synth_shards, 3, device="cpu", seed=1, num_sample=2, **SMALL))
+    again = collect(FinetuneLoader(synth_shards, 3, device="cpu", seed=1, repeated_aug=2, **SMALL))
     for x, y in zip(batches, again):
         assert x["key"] == y["key"] and torch.equal(x["video"], y["video"])  # bit for bit
 
 
 def test_erasing_replaces_exactly_the_drawn_boxes(synth_shards):
-    kw = dict(device="cpu", seed=4, num_sample=1, rand_augment=None, flip=False, **SMALL)
+    kw = dict(device="cpu", seed=4, repeated_aug=1, rand_augment=(), flip=False, **SMALL)
     plain = next(iter(FinetuneLoader(synth_shards, 4, erase_prob=0.0, **kw)))
     erased = next(iter(FinetuneLoader(synth_shards, 4, erase_prob=1.0, **kw)))
     table = load_shard_dir(synth_shards).table
@@ -52,8 +52,8 @@ def test_erasing_replaces_exactly_the_drawn_boxes(synth_shards):
 
 
 def test_rand_augment_changes_pixels_of_the_same_crop(synth_shards):
-    kw = dict(device="cpu", seed=4, num_sample=1, flip=False, erase_prob=0.0, **SMALL)
-    plain = next(iter(FinetuneLoader(synth_shards, 8, rand_augment=None, **kw)))
+    kw = dict(device="cpu", seed=4, repeated_aug=1, flip=False, erase_prob=0.0, **SMALL)
+    plain = next(iter(FinetuneLoader(synth_shards, 8, rand_augment=(), **kw)))
     augmented = next(iter(FinetuneLoader(synth_shards, 8, rand_augment=(4, 9.0, 0.5), **kw)))
     assert plain["key"] == augmented["key"]
     changed = [not torch.equal(p, a) for p, a in zip(plain["video"], augmented["video"])]
@@ -66,7 +66,7 @@ def test_split_merge_select_matches_dali_conditional_select():
     from nvidia.dali.auto_aug.core import select as dali_select
     from nvidia.dali.auto_aug.core import signed_bin
 
-    from dali_pipelines.pipeline import rand_augment_suite, select
+    from dali_pipelines.graph import rand_augment_suite, select
 
     suite = rand_augment_suite()
     batch = len(suite)

@@ -150,7 +150,7 @@ def assert_same_batches(a, b):
 def test_same_seed_gives_the_same_batches_bit_for_bit(synth_shards):
     kw = {**TINY, "teacher_input_size": 48}
     a = collect(PretrainLoader(synth_shards, 8, device="cpu", seed=5, **kw))
-    b = collect(PretrainLoader(synth_shards, 8, device="cpu", seed=5, **{**kw, "num_workers": 2}))
+    b = collect(PretrainLoader(synth_shards, 8, device="cpu", seed=5, **{**kw, "reader_workers": 2}))
     assert_same_batches(a, b)  # in-process and parallel readers alike
     c = next(iter(PretrainLoader(synth_shards, 8, device="cpu", seed=6, **kw)))
     assert c["key"] != a[0]["key"]
@@ -193,7 +193,7 @@ def test_next_epoch_continues_the_same_pipeline(synth_shards):
 
 
 def test_h264_shards_decode_through_the_pyav_fallback(h264_shards):
-    loader = PretrainLoader(h264_shards, 4, device="cpu", **{**TINY, "num_workers": 2})
+    loader = PretrainLoader(h264_shards, 4, device="cpu", **{**TINY, "reader_workers": 2})
     assert loader.decoder == "pyav"
     batch = next(iter(loader))
     assert batch["video"].shape == (4, 3, 8, 32, 32)

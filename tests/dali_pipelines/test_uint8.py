@@ -12,7 +12,7 @@ from conftest import TINY
 from dali_pipelines import EvalLoader, FinetuneLoader, PretrainLoader
 from dali_pipelines.normalize import Normalize, erase_
 
-SMALL = dict(num_frames=8, sampling_rate=2, input_size=32, num_workers=0)
+SMALL = dict(num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
 NORMALIZE = Normalize("cpu")
 
 
@@ -24,7 +24,7 @@ def first(loader) -> dict:
 
 LOADERS = {  # (class, batch size, keywords)
     "pretrain-teacher48": (PretrainLoader, 4, {**TINY, "teacher_input_size": 48, "seed": 3}),
-    "finetune-2views": (FinetuneLoader, 3, {**SMALL, "num_sample": 2, "erase_prob": 0.0, "seed": 3}),
+    "finetune-2views": (FinetuneLoader, 3, {**SMALL, "repeated_aug": 2, "erase_prob": 0.0, "seed": 3}),
     "eval-3crops": (EvalLoader, 6, {**SMALL, "num_clips": 2, "num_crops": 3}),
 }
 
@@ -53,7 +53,7 @@ def test_uint8_teacher_is_the_student_tensor_when_sizes_match(synth_shards):
 
 
 def test_uint8_finetune_hands_over_the_erase_boxes_the_float_path_erases(synth_shards):
-    kw = dict(device="cpu", seed=4, num_sample=2, erase_prob=1.0, **SMALL)
+    kw = dict(device="cpu", seed=4, repeated_aug=2, erase_prob=1.0, **SMALL)
     erased = first(FinetuneLoader(synth_shards, 4, **kw))
     raw = first(FinetuneLoader(synth_shards, 4, normalize=False, **kw))
     boxes = raw["erase_boxes"]

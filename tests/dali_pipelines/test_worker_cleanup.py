@@ -13,7 +13,7 @@ SCRIPT = """
 import os, sys, time
 from dali_pipelines import PretrainLoader
 loader = PretrainLoader(sys.argv[1], 2, device="cpu", num_frames=8, sampling_rate=2, input_size=32,
-                        teacher_input_size=32, patch_size=16, num_workers=2)
+                        teacher_input_size=32, patch_size=16, reader_workers=2)
 next(iter(loader))
 print("ready", flush=True)
 time.sleep(120)

@@ -3,14 +3,16 @@ float batches the models took before (normalised on the device, erased after nor
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from dali_pipelines import FinetuneLoader, PretrainLoader
+from dali_pipelines import FinetuneLoader, LoaderOptions, PretrainLoader
 from mvd.config import load_config
-from mvd.engine.data import ModelInputs, build_loader
+from mvd.engine.data import ModelInputs, build_loader, loader_options
 from mvd.engine.distributed import DistInfo
 
 TINY = Path(__file__).resolve().parents[3] / "configs" / "tiny"
@@ -34,7 +36,7 @@ def test_training_loaders_yield_uint8_and_model_inputs_normalise_them(synth_shar
 
 
 def test_model_inputs_match_the_float_loader_and_erase_after_normalising(synth_shards):
-    kw = dict(device="cpu", seed=2, num_frames=8, sampling_rate=2, input_size=32, num_workers=0)
+    kw = dict(device="cpu", seed=2, num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
     floats = next(iter(PretrainLoader(synth_shards, 4, teacher_input_size=48, **kw)))
     raw = next(iter(PretrainLoader(synth_shards, 4, teacher_input_size=48, normalize=False, **kw)))
     inputs = ModelInputs(torch.device("cpu"))(raw)
@@ -76,3 +78,33 @@ def test_torch_threads_and_the_loaders_split_come_from_one_budget(synth_shards, 
                                                          "data.dali_threads=3", "data.reader_workers=1"])
     loader = build_loader("pretrain", cfg, CPU, (8, 2))
     assert (loader.budget.dali_threads, loader.budget.reader_workers) == (3, 1)
+
+
+def test_the_config_maps_onto_the_loader_options_field_for_field(synth_shards):
+    """Every loader option the config names has the config's name and value (data, eval and
+    detect sections); the options the YAML does not name keep the loaders' defaults."""
+    overrides = [f"data.dir={synth_shards}", "data.repeated_aug=3", "data.dali_threads=2", "data.reader_workers=1",
+                 "data.gpu_decoders=2", "data.teacher_input_size=48", "data.erase_prob=0.5",
+                 "eval.num_crops=2", "eval.num_clips=4", "detect.min_crop=0.5",
+                 "detect.jitter=[0.1,0.1,0.1,0.1]", "data.rand_augment=[]"]
+    cfg = load_config(TINY / "finetune.yaml", overrides)
+    options = loader_options(cfg, CPU, (8, 2))
+    names = {f.name for f in fields(LoaderOptions)}
+    shared = 0
+    for section in (cfg.data, cfg.eval, cfg.detect):
+        for f in fields(section):
+            if f.name in names and f.name not in ("device",):
+                value = getattr(section, f.name)
+                assert getattr(options, f.name) == (tuple(value) if isinstance(value, list)
+                                                    else value), f.name
+                shared += 1
+    assert shared == 24  # every data, eval and detect field the loaders take
+    assert (options.repeated_aug, options.dali_threads, options.reader_workers) == (3, 2, 1)
+    assert (options.patch_size, options.tubelet_size, options.device) == (8, 2, "cpu")
+
+
+def test_an_unknown_loader_option_in_the_config_is_refused_naming_its_key(synth_shards):
+    cfg = load_config(TINY / "pretrain_mvd.yaml",
+                      [f"data.dir={synth_shards}", "data.loader_options={num_workers: 0}"])
+    with pytest.raises(ValueError, match="data.loader_options 'num_workers': not a loader option"):
+        build_loader("pretrain", cfg, CPU, (8, 2))

@@ -1,22 +1,41 @@
-"""The DALI stage: decode the reader's bytes (or take its PyAV frames), crop + resize every view,
-then either normalise to float C,T,H,W or keep uint8 C,T,H,W (the step normalises on its device).
-Augmentation is written as plain functions of DataNodes.
+"""The DALI graph of a loader's pipelines: decode the reader's bytes (or take its PyAV frames),
+RandAugment, crop + resize every view, then either normalise to float C,T,H,W or keep uint8
+C,T,H,W (the step normalises on its device). Augmentation is written as plain functions of
+DataNodes.
 
 Every random choice was already drawn by the reader (`dali_pipelines.reader`) and arrives as
-per-sample data, so the DALI stage itself is deterministic: no DALI random operator is used.
+per-sample data, so the graph itself is deterministic: no DALI random operator is used.
+
+No output of the (parallel) external source is returned as it is: each goes through `fn.copy`
+(`passed_through`). DALI 2.1.1's release notes list a known issue: with the dynamic executor
+(`exec_dynamic=True`), a parallel external source, an output returned directly and one
+contiguous chunk (`batch=True`, or a batch size of 1, which `gpu_decoders` gives when it splits
+a small batch) that output may be corrupted; the notes' workaround is an extra `fn.copy`. DALI
+pull request #6413 ("Fix parallel external source forwarding recycled output buffers", merged
+2026-06-30) looks like the fix, but no release note up to 2.4 says the issue is fixed, so the
+copies stay: a few bytes per sample, plus the PyAV frames where the graph returns them as is.
+
+Worker processes: a CPU loader's reader workers are forked (DALI refuses `fork` once the CUDA
+driver is initialised in the process: then the reads run in this process, never a spawned
+interpreter, and a warning says so); a GPU loader's are spawned.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import backend, fn, pipeline_def, types
 from nvidia.dali.auto_aug import augmentations
 from nvidia.dali.auto_aug.core import augmentation, signed_bin
 from nvidia.dali.auto_aug.core._args import filter_extra_accepted_kwargs
 
 from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
 from dali_pipelines.outputs import Outputs, per_view
-from dali_pipelines.reader import ClipReader, RandAugmentSpec
+from dali_pipelines.reader import ClipReader
+from dali_pipelines.reader_config import RandAugmentSpec
+
+log = logging.getLogger("dali_pipelines")
 
 
 @augmentation(
@@ -174,8 +193,8 @@ def build(
     device: str,
     input_size: int,
     teacher_input_size: int | None,
-    num_threads: int,
-    num_workers: int,
+    dali_threads: int,
+    reader_workers: int,
     device_id: int | None,
     prefetch: int = 2,
     normalize: bool = True,
@@ -187,12 +206,12 @@ def build(
     reader draws them), taking the reader's `outputs.reader`. Its batches are the reader's
     share of each planned batch (`reader.positions`); `decode_on` as in `decode`."""
     cfg = reader.cfg
-    parallel = num_workers > 0
-    start_method = "fork" if device == "cpu" and not _cuda_initialized() else "spawn"
+    start_method, reader_workers = worker_start(device, reader_workers)
+    parallel = reader_workers > 0
 
     @pipeline_def(
-        batch_size=reader.pipeline_batch_size, num_threads=num_threads, device_id=device_id,
-        prefetch_queue_depth=prefetch, py_num_workers=max(num_workers, 1),
+        batch_size=reader.pipeline_batch_size, num_threads=dali_threads, device_id=device_id,
+        prefetch_queue_depth=prefetch, py_num_workers=max(reader_workers, 1),
         py_start_method=start_method, exec_dynamic=True,
     )
     def clip_pipeline():
@@ -203,9 +222,9 @@ def build(
         )
         named = dict(zip(outputs.reader, sources))
         video = decode(named, device, decode_on)
-        out = {"info": named["info"], "error": named["error"]}
+        out = {"info": passed_through(named["info"]), "error": passed_through(named["error"])}
         if outputs.decode_only:
-            return outputs.stage_tuple({**out, "decoded": video})
+            return outputs.stage_tuple({**out, "decoded": returned(video, named)})
         for v in range(cfg.num_views):
             clip = video
             if cfg.rand_augment is not None:
@@ -215,17 +234,17 @@ def build(
                 )
             roi, flip = named[per_view("roi", v)], named.get(per_view("flip", v))
             if outputs.resize == "torch":  # the loader crops and resizes (tensors.crop_resize)
-                out[per_view("clip", v)] = clip
-                out[per_view("roi", v)] = roi
+                out[per_view("clip", v)] = returned(clip, named)
+                out[per_view("roi", v)] = passed_through(roi)
                 if flip is not None:
-                    out[per_view("flip", v)] = flip
+                    out[per_view("flip", v)] = passed_through(flip)
             else:
                 out[per_view("video", v)] = crop_resize(clip, roi, input_size, flip, normalize)
                 if outputs.teacher:
                     out[per_view("teacher", v)] = crop_resize(clip, roi, teacher_input_size,
                                                               flip, normalize)
             if cfg.erase_prob > 0:
-                out[per_view("erase", v)] = named[per_view("erase", v)]
+                out[per_view("erase", v)] = passed_through(named[per_view("erase", v)])
         return outputs.stage_tuple(out)
 
     pipe = clip_pipeline()
@@ -271,7 +290,28 @@ def _dali_reason(message: str) -> str:
     return " ".join(line for line in tail.strip().splitlines() if not line.startswith(noise)).strip()
 
 
-def _cuda_initialized() -> bool:
-    import torch
+def passed_through(node):
+    """A reader output the pipeline returns as it is, copied first (DALI 2.1.1's known issue with
+    a parallel external source's pass-through outputs; see the module docstring)."""
+    return fn.copy(node)
 
-    return torch.cuda.is_initialized()
+
+def returned(node, named: dict):
+    """`node` as the pipeline may return it: copied when it is the reader's own output (the
+    PyAV frames on the host, when no operator came between)."""
+    return passed_through(node) if any(node is source for source in named.values()) else node
+
+
+def worker_start(device: str, reader_workers: int) -> tuple[str, int]:
+    """(py_start_method, reader workers) of a pipeline on `device`: a GPU pipeline spawns its
+    workers; a CPU pipeline forks them, or, when the CUDA driver is already initialised in this
+    process (DALI then refuses to fork), reads in this process. Asks DALI's backend, never
+    torch.cuda: a CPU loader does not initialise CUDA."""
+    if device == "gpu":
+        return "spawn", reader_workers
+    if reader_workers > 0 and backend.IsDriverInitialized():
+        log.warning("the CUDA driver is initialised in this process, so a CPU loader's %d reader "
+                    "workers cannot be forked; reading in this process instead (a GPU loader, or "
+                    "a process whose step does not use CUDA, keeps its workers)", reader_workers)
+        return "fork", 0
+    return "fork", reader_workers
