@@ -250,8 +250,8 @@ class TrainConfig:
         "auto", "autocast dtype: auto = bf16 on GPU, fp32 on CPU; fp16 uses a grad scaler")
     teacher_weights: Literal["fp32", "autocast"] = F(
         "fp32", "frozen teachers' weights under autocast: fp32 (as the MVD release keeps them, "
-                "the residual stream stays fp32) or autocast (cast to bf16/fp16: faster, noisier "
-                "targets)")
+                "the residual stream stays fp32) or autocast (cast to bf16/fp16: half the weight "
+                "bytes, noisier targets; README, Teacher precision)")
     nonfinite: Literal["stop", "skip"] = F(
         "stop", "non-finite loss or grad norm: stop naming the step, or skip the step and count "
                 "it (skip costs one host sync per step)")

@@ -8,8 +8,9 @@ autocast of the student and the teachers, the teachers' weight dtype, the FSDP
   under its fp16 autocast: the matmuls still run in the autocast dtype, but the residual stream,
   the LayerNorms and the last block's unnormalised features (the targets, with their large
   outlier channels) stay fp32. ``autocast`` casts the weights to bf16 / fp16 instead, which
-  halves the teachers' weight reads and keeps the whole forward low-precision: faster, and its
-  targets carry the rounding of every block (measured in README, "Teacher precision").
+  halves the teachers' weight reads and keeps the whole forward low-precision (its GPU speed-up
+  is not measured yet), and its targets carry the rounding of every block: about twice the
+  error at 12-24 blocks (README, "Teacher precision").
 - fp16: fp16 autocast with a ``GradScaler``. Under DDP every rank sees the same all-reduced
   gradients, so the scaler's inf check agrees across ranks. Under FSDP each rank holds a shard and
   torch's plain scaler would decide per rank, so fp16 + FSDP is refused (use bf16).
