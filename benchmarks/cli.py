@@ -21,7 +21,8 @@ from pathlib import Path
 from benchmarks import env, report, targets
 
 # The keywords each mode's run() takes beside `quick` (`all` runs report.MODES in order).
-MODE_ARGS = {"shard": (), "loader": ("device",), "model": ("device",), "step": ("device",), "demo": (),
+MODE_ARGS = {"shard": (), "loader": ("device",), "model": ("device",),
+             "step": ("device", "variants", "feed", "report_dir"), "demo": (),
              "teachers": ("seeds", "report_dir"), "detect": ("seeds", "report_dir")}
 
 
@@ -54,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=_seeds, metavar="N,N,...",
                         help="teachers and detect only: the seeds to run (default 0,1,2; 0 with --quick)")
+    parser.add_argument("--variants", type=_names, metavar="NAME,NAME,...",
+                        help="step only: the variants to measure, in this order (on a GPU: "
+                        "mvd_s, mvd_b, mvd_s_compiled, mvd_b_compiled; default all)")
+    parser.add_argument("--feed", choices=("loader", "synthetic"),
+                        help="step only: 'loader' (default) feeds the step from the real "
+                        "loader; 'synthetic' (--device gpu) from one batch made on the GPU, "
+                        "torch alone (no DALI, PyAV or webdataset): compute-only figures, and "
+                        "steady-state steps under torch.cuda.set_sync_debug_mode('error')")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="report directory (report.json, report.md, plots)")
     parser.add_argument(
@@ -67,7 +76,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds is not None and "seeds" not in MODE_ARGS.get(args.mode, ()):
         parser.error(f"--seeds applies to {', '.join(m for m, a in MODE_ARGS.items() if 'seeds' in a)} only, "
                      f"not to {args.mode}")
+    for flag in ("variants", "feed"):
+        if getattr(args, flag) is not None and flag not in MODE_ARGS.get(args.mode, ()):
+            parser.error(f"--{flag} applies to step only, not to {args.mode}")
     return args
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -93,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{environment['cpu_count']} CPUs, {environment['date_utc']}")
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mvd-bench-")))
-        context = {"device": args.device, "seeds": args.seeds, "report_dir": args.out}
+        context = {"device": args.device, "seeds": args.seeds, "report_dir": args.out,
+                   "variants": args.variants, "feed": args.feed}
         results = {mode: run_mode(mode, args.quick, work / mode, context) for mode in modes}
     environment["load_average_at_end"] = env.load_average()
     summaries = {}

@@ -22,13 +22,24 @@ attention forced (`sdpa_kernel`: an error instead of a silent fallback), torch's
 eager then compiled (`model.compile`). A variant that fails is recorded as skipped with its
 error and the others still run. MFU is quoted against a ceiling measured in the same run on the
 same GPU (`bf16_matmul_ceiling`: a timed 8192^3 bf16 matmul), and also against the data sheet's
-peak.
+peak. Each variant's records are appended to `step-records.jsonl` in the report folder as soon
+as they are measured (report.json is written only when every mode has ended: a run cut short
+keeps the variants it finished).
+
+`--feed synthetic` (the GPU check's torch-only call: no DALI, PyAV or webdataset there) runs no
+loader: the trainer's step parts (the task's loss under autocast on `ModelInputs`, backward,
+foreach clipping, the fused AdamW step) on one batch made on the GPU, so only compute-only
+figures; after the timed windows, `SYNC_CHECK_STEPS` more steps run under
+`torch.cuda.set_sync_debug_mode("error")` (any host sync in the steady state raises; the record
+`steady_state_host_syncs` is 0, or the variant says which sync). `--variants` picks variants by
+name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import time
 import traceback
@@ -63,6 +74,12 @@ class StepSettings:
     attention: str = "default"  # "flash": the step runs under sdpa_kernel(FLASH_ATTENTION)
 
 
+FEEDS = ("loader", "synthetic")
+# Steady-state steps of the synthetic feed run under set_sync_debug_mode("error")
+SYNC_CHECK_STEPS = 2
+RECORDS_FILE = "step-records.jsonl"
+
+
 # Teachers are randomly initialised: their weights do not change the speed.
 RANDOM_TEACHERS = ("teachers.image.checkpoint=", "teachers.video.checkpoint=")
 
@@ -80,9 +97,10 @@ QUICK = StepSettings(
 # The reference recipe and the issue's target (ViT-B student, ViT-B image and video teachers,
 # 16x224, tube masking 0.9, bf16) and its ViT-S sibling, eager and compiled, at the recipes'
 # 32 clips per GPU, fed from short-side-240 GOP-16 H.264 clips of 80 frames (the reference
-# clip). The shards are few (64 clips, ~10 MiB) so that they travel to a GPU machine without an
-# encoder (benchmarks/gpu/pack.py); the loader cycles through them epoch after epoch.
-GPU_SHARDS = {"num_videos": 64, "num_frames": 80, "width": 320, "height": 240, "codec": "h264",
+# clip). The shards are few (32 clips, ~3 MiB) so that they travel to a GPU machine without an
+# encoder beside the DALI runtime (benchmarks/gpu/pack.py); the loader cycles through them
+# epoch after epoch.
+GPU_SHARDS = {"num_videos": 32, "num_frames": 80, "width": 320, "height": 240, "codec": "h264",
               "gop": 16}
 _GPU_OVERRIDES = (*RANDOM_TEACHERS, "train.precision=bf16", "optim.implementation=fused")
 
@@ -120,46 +138,188 @@ FULL_CPU = StepSettings(
 )
 
 
-def settings_for(device: str, quick: bool) -> tuple[StepSettings, ...]:
-    """The variants to measure, in order."""
+def settings_for(device: str, quick: bool, variants: tuple[str, ...] = ()
+                 ) -> tuple[StepSettings, ...]:
+    """The variants to measure, in order (`variants`: those names only, in that order)."""
     if quick:
-        return (QUICK,)
-    return FULL_GPU if device == "gpu" else (FULL_CPU,)
+        found = (QUICK,)
+    else:
+        found = FULL_GPU if device == "gpu" else (FULL_CPU,)
+    if not variants:
+        return found
+    by_name = {s.name: s for s in found}
+    unknown = [v for v in variants if v not in by_name]
+    if unknown:
+        raise ValueError(f"unknown step variant(s) {', '.join(unknown)} for --device {device}"
+                         f"{' --quick' if quick else ''}; choose from "
+                         f"{', '.join(n for n in by_name if n) or '(none: the one default)'}")
+    return tuple(by_name[v] for v in variants)
 
 
-def run(out_dir: Path, *, device: str, quick: bool) -> list[dict]:
-    """Measure the MVD step for each variant and batch size; returns benchmark records.
+def run(out_dir: Path, *, device: str, quick: bool, variants: tuple[str, ...] = (),
+        feed: str = "loader", report_dir: Path | None = None) -> list[dict]:
+    """Measure the MVD step for each variant and batch size; returns benchmark records, each
+    variant's also appended to `report_dir/step-records.jsonl` as soon as it is measured.
 
     A variant or batch size that fails (out of memory, a compile error, a kernel flash attention
     cannot run) becomes a skipped record with the error, and the rest still run; when nothing
     could be measured the error is raised."""
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
+    if feed == "synthetic" and device != "gpu":
+        raise ValueError("--feed synthetic measures the step on a GPU; use --device gpu")
+    chosen = settings_for(device, quick, variants)
     records, errors, ceiling = [], [], None
+    progress = Path(report_dir or out_dir) / RECORDS_FILE
+
+    def keep(new: list[dict]) -> None:
+        records.extend(new)
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        with open(progress, "a") as f:  # one line a record, written as each variant ends
+            f.writelines(json.dumps(r) + "\n" for r in new)
+
     if device == "gpu":
-        records.append(matmul_ceiling(torch.device("cuda", torch.cuda.current_device())))
+        keep([matmul_ceiling(torch.device("cuda", torch.cuda.current_device()))])
         ceiling = records[-1]["value"]
         print(f"[step] bf16 matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
-    for settings in settings_for(device, quick):
-        data_dir = synth_shards(out_dir / "shards", settings)
+    main_figure = "end_to_end" if feed == "loader" else "compute_only"
+    for settings in chosen:
+        data_dir = synth_shards(out_dir / "shards", settings) if feed == "loader" else None
         for batch_size in settings.batch_sizes:
             run_dir = out_dir / f"run-{settings.name + '-' if settings.name else ''}b{batch_size}"
             try:
-                records += measure(settings, data_dir, run_dir, batch_size, device, ceiling)
+                if feed == "loader":
+                    keep(measure(settings, data_dir, run_dir, batch_size, device, ceiling))
+                else:
+                    keep(measure_synthetic(settings, batch_size, ceiling))
             except Exception as exc:  # recorded with its error; the other variants still run
                 traceback.print_exc()
                 first = (str(exc).splitlines() or [""])[0][:200]
                 why = "out of memory" if isinstance(exc, torch.OutOfMemoryError) else "failed"
                 # only the text is kept: the exception's traceback holds the variant's models
                 errors.append(f"{why}: {type(exc).__name__}: {first}")
-                records.append({"name": "end_to_end", "skipped": errors[-1],
-                                "variant": settings.name, "batch_size": batch_size})
+                keep([{"name": main_figure, "skipped": errors[-1], "variant": settings.name,
+                       "batch_size": batch_size}])
                 print(f"[step] {settings.name or 'step'} b{batch_size}: {errors[-1]}", flush=True)
             finally:
                 gc.collect()  # the trainer's models and loader go before the next variant's
                 if device == "gpu":
                     torch.cuda.empty_cache()
-    if errors and not any(r["name"] == "end_to_end" and "value" in r for r in records):
+    if errors and not any(r["name"] == main_figure and "value" in r for r in records):
         raise RuntimeError(f"no step could be measured: {'; '.join(errors)}")
     return records
+
+
+def step_config(settings: StepSettings, batch_size: int, device: str, *extra: str):
+    """The variant's pretrain_mvd config at `batch_size` per GPU."""
+    from mvd.config import load_config
+
+    return load_config(settings.config, [
+        "task=pretrain_mvd", *settings.overrides, f"data.batch_size={batch_size}",
+        "train.global_batch=0",  # one micro-batch a step: the recipe's pinned batch would accumulate
+        f"data.device={device}", f"dist.device={'cuda' if device == 'gpu' else 'cpu'}",
+        "run.progress=false", "checkpoint.resume=none", *extra])
+
+
+def measure_synthetic(settings: StepSettings, batch_size: int, ceiling: float | None,
+                      device: str = "gpu") -> list[dict]:
+    """Compute-only rate of one variant on one batch made on the device (no loader: torch
+    alone), its peak memory, and SYNC_CHECK_STEPS steady-state steps under
+    set_sync_debug_mode("error") (on CUDA; `device="cpu"` runs the same step for the tests)."""
+    from mvd.engine import distributed as D
+    from mvd.engine.data import ModelInputs
+    from mvd.engine.optim import build_optimizer
+    from mvd.engine.precision import plan_precision
+    from mvd.engine.tasks import build_task
+    from mvd.models.flops import mvd_step_flops
+    from mvd.models.teachers import unwrap
+    from dali_pipelines.masks import tube_mask
+
+    cfg = step_config(settings, batch_size, device, "data.dir=unused", "run.dir=unused")
+    info = D.init_distributed(cfg.dist)
+    dev = info.device
+    cuda = dev.type == "cuda"
+    precision = plan_precision(cfg.train.precision, dev.type)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    task = build_task(cfg, dev, precision=precision, load=False)
+    if cfg.model.compile:
+        for teacher in task.teachers:
+            D.compile_teacher(teacher)
+    model = D.wrap_model(task.model.train(), info, fsdp=False, precision=precision,
+                         compile=cfg.model.compile, find_unused=task.find_unused_parameters)
+    optimizer, _ = build_optimizer(task.model, cfg.optim, dev, lr=1e-4)
+    inputs = ModelInputs(dev)
+    d = cfg.data
+    g = torch.Generator(device=dev).manual_seed(0)
+    batch = {"video": torch.randn(batch_size, 3, d.num_frames, d.input_size, d.input_size,
+                                  device=dev, generator=g),  # what the float loader yields
+             "mask": tube_mask(batch_size, unwrap(task.model).grid, d.mask_ratio, generator=g,
+                               device=dev)}
+    params = list(task.model.parameters())
+
+    def step() -> None:  # Trainer.train_step with one micro-batch, no schedule: no host sync
+        with attention_backend(settings.attention), precision.autocast():
+            loss, _ = task.loss(model, inputs(batch), 0)
+        loss.backward()
+        if cfg.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                           cfg.optim.clip_grad, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(settings.warmup_steps):
+        step()
+    clips = settings.steps * batch_size
+    rate = median(clips / timed(step, settings.steps, dev) for _ in range(settings.rounds))
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(dev)
+        syncs = steady_state_syncs(step, dev)
+    else:
+        peak, syncs = None, {"name": "steady_state_host_syncs", "skipped": "no CUDA"}
+    flops = mvd_step_flops(unwrap(task.model), task.image_teacher, task.video_teacher,
+                           mask_ratio=d.mask_ratio)["total"]
+    common = {"variant": settings.name, "feed": "synthetic (one batch on the device, no loader)",
+              "model": _named(task.model, bool(cfg.model.overrides)), "batch_size": batch_size,
+              "clip": f"{d.num_frames}x{d.input_size}", "mask": f"{d.mask_type} {d.mask_ratio}",
+              "precision": precision.name, "attention": settings.attention,
+              "optimizer": _optimizer_name(optimizer),
+              "compile": "on" if cfg.model.compile else "off"}
+    records = [
+        {"name": "compute_only", "value": rate, "unit": "clips/s"},
+        {"name": "flops_per_clip", "value": flops / 1e9, "unit": "GFLOP"},
+        {"name": "achieved_compute_only", "value": flops * rate / 1e12, "unit": "TFLOP/s"},
+        *([{"name": "peak_memory", "value": peak / 2**20, "unit": "MiB",
+            "note": "torch.cuda.max_memory_allocated over build, warm-up and timed steps"}]
+          if peak is not None else []),
+        syncs,
+    ]
+    if ceiling:
+        records.append({"name": "mfu_compute_only", "unit": "%",
+                        "note": "against this run's bf16_matmul_ceiling",
+                        "value": 100.0 * flops * rate / 1e12 / ceiling})
+    records = [{**rec, **common} for rec in records]
+    print(f"[step] {settings.name or 'step'} b{batch_size} (synthetic feed): " + ", ".join(
+        f"{r['name']} {r['value']:.4g} {r['unit']}" for r in records if "value" in r)
+        + ("" if "value" in syncs else f"; host syncs: {syncs['skipped']}"), flush=True)
+    return records
+
+
+def steady_state_syncs(step: Callable[[], None], dev: torch.device) -> dict:
+    """SYNC_CHECK_STEPS more steps under set_sync_debug_mode("error"): the record says 0 host
+    syncs, or (skipped) the first line of the error naming the synchronising call."""
+    torch.cuda.synchronize(dev)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(SYNC_CHECK_STEPS):
+            step()
+        return {"name": "steady_state_host_syncs", "value": 0, "unit": "syncs",
+                "note": f"{SYNC_CHECK_STEPS} steps under set_sync_debug_mode('error')"}
+    except RuntimeError as exc:  # the mode's error names the synchronising call
+        return {"name": "steady_state_host_syncs", "skipped": "a host sync in the step: "
+                + (str(exc).splitlines() or [""])[0][:300]}
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 def synth_shards(data_dir: Path, settings: StepSettings) -> Path:
@@ -174,21 +334,9 @@ def synth_shards(data_dir: Path, settings: StepSettings) -> Path:
 def build_trainer(settings: StepSettings, data_dir: Path, run_dir: Path, batch_size: int,
                   device: str):
     """The trainer of a pretrain_mvd run on `data_dir`, nothing written but its run dir."""
-    from mvd.config import load_config
     from mvd.engine.trainer import Trainer
 
-    cfg = load_config(settings.config, [
-        "task=pretrain_mvd",
-        *settings.overrides,
-        f"data.dir={data_dir}",
-        f"data.batch_size={batch_size}",
-        "train.global_batch=0",  # one micro-batch a step: the recipe's pinned batch would accumulate
-        f"data.device={device}",
-        f"dist.device={'cuda' if device == 'gpu' else 'cpu'}",
-        f"run.dir={run_dir}",
-        "run.progress=false",
-        "checkpoint.resume=none",
-    ])
+    cfg = step_config(settings, batch_size, device, f"data.dir={data_dir}", f"run.dir={run_dir}")
     with _quiet("mvd.train"):  # the loud warning about randomly initialised teachers
         return Trainer(cfg)
 

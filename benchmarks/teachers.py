@@ -218,9 +218,9 @@ def probe(out: Path, heldout: Path) -> dict[str, torch.Tensor]:
     (`student_<arm>`) and, for reference, of the two teachers (`teacher_<kind>`, loaded by the
     co-taught student's run)."""
     from mvd.config import load_config
-    from mvd.engine.data import build_loader
     from mvd.engine.distributed import init_distributed
     from mvd.engine.tasks import build_task
+    from mvd.engine.tasks.finetune import eval_loader
     from mvd.engine.weights import load_weights
 
     sums: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (similarity summed over clips, clips)
@@ -232,7 +232,7 @@ def probe(out: Path, heldout: Path) -> dict[str, torch.Tensor]:
         task = build_task(cfg, info.device)  # the teachers load their stage-1 checkpoints
         load_weights(task.model, str(run), what=str(run))
         student = task.model.eval()
-        loader = build_loader("eval", cfg, info)
+        loader = eval_loader(cfg, info)
         try:
             for batch in loader:
                 video = batch["video"][batch["valid"]]  # the last batch's padding repeats left out

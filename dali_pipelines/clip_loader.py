@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from dali_pipelines.failures import probe
 from dali_pipelines.parts import LoaderParts
 from dali_pipelines.runner import BatchFailed, Part, PipelinePlan, PipelineRunner
 
@@ -149,9 +148,8 @@ class ClipLoader:
                 return self._runner.run(self.epoch, self.step, self.failures.bad)
             except BatchFailed as failed:
                 device_id = self.parts.device.index if failed.decode_on == "gpu" else None
-                found = probe(failed.reader, self.options.prefetch, self.failures.bad,
-                              failed.decode_on, device_id, failed.cause)
-                self.failures.mark(found)
+                self.failures.probe(failed.reader, self.options.prefetch, failed.decode_on,
+                                    device_id, failed.cause)
 
     # -- the batch -----------------------------------------------------------------------------
 

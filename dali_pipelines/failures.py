@@ -8,6 +8,15 @@ of memory or a CUDA error, propagates at once), `probe` decodes that pipeline's 
 one with DALI to find the culprit, which is marked bad (`FailureLog.mark`) so the rebuilt
 pipeline's reader replaces it.
 
+Not every error of the video decoder is a sample's: NVDEC refusing the stream's configuration
+(codec, chroma format, bit depth), a size outside NVDEC's range, or a driver without its video
+library fail every sample alike. The probe stops at the first of those with
+DecoderUnsupportedError, naming the error, the stream (codec, chroma, bit depth, size) and the
+sample. Nor does a probe run on unchecked: when no batch succeeds, `FailureLog.check` is never
+reached, so the probe applies the limit itself (`FailureLog.probe_limit`): the epoch's limit, the
+share of failed samples among those seen once enough were seen, and a run of failed probes with
+the same message.
+
 The stop: after every batch each rank calls `FailureLog.check`, which all-reduces "this rank is
 past max_failure_fraction" over the process group (one int, torch.distributed directly: the data
 package needs nothing from mvd) and, when any rank is, raises DecodeFailureError on every rank,
@@ -17,7 +26,10 @@ stopped, whatever launched them.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -37,6 +49,26 @@ NOT_THE_SAMPLE = ("out of memory", "OUT_OF_MEMORY", "cudaErrorMemoryAllocation",
                   "illegal memory access", "ILLEGAL_ADDRESS", "cudaErrorIllegalAddress",
                   "unspecified launch failure", "LAUNCH_FAILED", "ECC error")
 
+# The video decoder's own errors that no sample causes: the GPU, its driver or the stream's
+# format (DALI 2.4, dali/operators/video/frames_decoder_gpu.cc: NVDEC's caps per stream; the
+# driver's libnvcuvid is loaded on first use)
+NOT_A_SAMPLE = ("Codec configuration not supported on this GPU",
+                "Video is too small in at least one dimension",
+                "Video is too large in at least one dimension", "libnvcuvid")
+# Probing without a successful batch: the share of failed samples is judged once this many
+# samples were seen (delivered or probed) and at least 1 / max_failure_fraction * FAIR_SHARE,
+# so that a rate below the limit is not stopped by the first unlucky batches ...
+MIN_SEEN = 64
+FAIR_SHARE = 10
+# ... and this many failed probes in a row with the same message stop the run: one cause
+SAME_MESSAGE_RUN = 8
+
+
+class DecoderUnsupportedError(RuntimeError):
+    """The video decoder failed for a reason no sample causes (the stream's configuration on
+    this GPU, a size outside the decoder's range, a missing driver library): raised at once,
+    naming the error, the stream and the sample."""
+
 
 class DecodeFailureError(RuntimeError):
     """More samples failed to decode than the loader's max_failure_fraction allows (raised on
@@ -48,6 +80,57 @@ def is_decode_failure(exc: BaseException) -> bool:
     sample to find and replace) rather than anything else (to propagate at once)."""
     text = str(exc)
     return DECODER_OPERATOR in text and not any(marker in text for marker in NOT_THE_SAMPLE)
+
+
+def not_a_sample(why: str) -> bool:
+    """Whether a decoder error is one that no sample causes (see NOT_A_SAMPLE)."""
+    return any(marker in why for marker in NOT_A_SAMPLE)
+
+
+def describe_stream(data: bytes, table: SampleTable, sample: int) -> str:
+    """The stream's codec, chroma, bit depth and size, for a message: PyAV's reading of the
+    bytes where PyAV is installed (the GPU check machine has none), else the shard dir's
+    manifest (codecs) and the sample table (size)."""
+    try:
+        import av  # heavy optional dependency, only for this message
+    except ImportError:
+        codecs = _manifest_codecs(table, sample)
+        return (f"codec {codecs or 'unknown'} (shard manifest), "
+                f"{int(table.width[sample])}x{int(table.height[sample])} (sample table), chroma "
+                "and bit depth as the decoder's message gives them (PyAV is not installed)")
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            pix_fmt = stream.codec_context.pix_fmt or "unknown"
+            return (f"codec {stream.codec_context.name}, pixel format {pix_fmt} "
+                    f"(chroma {_chroma(pix_fmt)}, {_bit_depth(pix_fmt)}-bit), "
+                    f"{stream.codec_context.width}x{stream.codec_context.height}")
+    except Exception as exc:  # the bytes themselves may be what is wrong: say so, go on
+        return (f"{int(table.width[sample])}x{int(table.height[sample])} (sample table); PyAV "
+                f"cannot read the stream: {type(exc).__name__}: {exc}")
+
+
+def _chroma(pix_fmt: str) -> str:
+    for tag, chroma in (("420", "4:2:0"), ("422", "4:2:2"), ("444", "4:4:4"), ("gray", "4:0:0"),
+                        ("nv12", "4:2:0"), ("p010", "4:2:0")):
+        if tag in pix_fmt:
+            return chroma
+    return "unknown"
+
+
+def _bit_depth(pix_fmt: str) -> int:
+    for depth in (16, 14, 12, 10, 9):
+        if f"p{depth}" in pix_fmt or pix_fmt.startswith(f"p0{depth}"):
+            return depth
+    return 8
+
+
+def _manifest_codecs(table: SampleTable, sample: int) -> str:
+    path = Path(table.shard_paths[int(table.shard[sample])]).parent / "manifest.json"
+    try:
+        return ", ".join(sorted(json.loads(path.read_text()).get("codecs", {})))
+    except (OSError, ValueError):
+        return ""
 
 
 class FailureLog:
@@ -72,6 +155,8 @@ class FailureLog:
         self.vote_device = vote_device
         self.bad: dict[int, str] = {}
         self.num_failures = 0  # replacement events (a bad sample seen twice counts twice)
+        self.num_seen = 0  # samples delivered in batches, and samples probed
+        self._run_message, self._run_length = None, 0  # the current run of failed probes
         self._warned_vote = False
 
     @property
@@ -87,6 +172,7 @@ class FailureLog:
     def note(self, info: np.ndarray, errors) -> None:
         """Count the replacements the reader reports: info (B, 3) rows [sample, failed item or
         -1, clip]; errors[j] the failure message of row j as uint8."""
+        self.num_seen += len(info)
         for j in np.nonzero(info[:, 1] != NO_FAILURE)[0]:
             item = int(info[j, 1])
             sample = self.split(item)[0]
@@ -107,8 +193,76 @@ class FailureLog:
     def check(self, epoch: int, step: int) -> None:
         """Raise DecodeFailureError on every rank when any rank is past the limit. Called once
         per batch by every rank (a collective when a process group is initialised)."""
+        self._stop(epoch, step, self.over_limit, "")
+
+    def probe_limit(self) -> str | None:
+        """Why probing must stop now although no batch may have succeeded (None: go on): past
+        the epoch's limit; a share of failed samples past max_failure_fraction once enough were
+        seen; or SAME_MESSAGE_RUN failed probes in a row with the same message."""
+        if self.over_limit:
+            return (f"{len(self.bad)} bad sample(s), more than max_failure_fraction="
+                    f"{self.max_failure_fraction} of the {self.samples_per_rank:g} this rank reads")
+        enough = max(MIN_SEEN, FAIR_SHARE / max(self.max_failure_fraction, 1e-9))
+        if self.num_seen >= enough and len(self.bad) > self.max_failure_fraction * self.num_seen:
+            return (f"{len(self.bad)} of the {self.num_seen} samples seen failed to decode, more "
+                    f"than max_failure_fraction={self.max_failure_fraction}")
+        if self._run_length >= SAME_MESSAGE_RUN:
+            return (f"{self._run_length} samples in a row failed to decode with the same message "
+                    f"({self._run_message}): one cause, not {self._run_length} bad samples "
+                    f"(max_failure_fraction={self.max_failure_fraction})")
+        return None
+
+    def probe(self, reader: ClipReader, prefetch: int, device: str, device_id: int | None,
+              exc: Exception) -> None:
+        """Find and mark the samples of a failed batch that DALI's decoder on `device` cannot
+        decode alone: the batch the failing pipeline (`reader`) was asked for, then the
+        `prefetch` batches it may already have been decoding. Raises DecoderUnsupportedError at
+        the first error no sample causes; DecodeFailureError (every rank, as `check` does) when,
+        after the batch holding bad samples is probed, `probe_limit` says so; RuntimeError (from
+        `exc`) when the batch's samples decode one by one."""
+        found, known = {}, 0
+        for ahead in range(prefetch + 1):
+            epoch, step = reader.position(ahead)
+            for item in reader.own_items(epoch, step):
+                sample, clip = reader.cfg.split(int(item))
+                if sample in self.bad or sample in found:
+                    known += 1
+                    continue
+                frames = reader.draw(sample, epoch, clip)["frames"]
+                data = reader.video_bytes(sample)
+                why = graph.decode_error(data, frames, device, device_id)
+                self.num_seen += 1
+                if why is None:
+                    self._run_message, self._run_length = None, 0
+                    continue
+                if not_a_sample(why):
+                    raise DecoderUnsupportedError(
+                        f"the {device} video decoder cannot decode this stream, whatever the "
+                        f"sample: {why}; stream: {describe_stream(data, self.table, sample)}; "
+                        f"sample {self.table.where(sample)}") from exc
+                found[sample] = why
+                self.mark({sample: why})
+                same = why == self._run_message
+                self._run_message, self._run_length = why, self._run_length + 1 if same else 1
+            if found:  # the limit once per probed batch: the message names all of its bad ones
+                stop = self.probe_limit()
+                if stop is not None:
+                    self._stop(epoch, step, True, f"while probing a failed batch: {stop}")
+                return
+        epoch, step = reader.position(0)
+        if known:  # the reader had no good sample left to put in their place
+            self._stop(epoch, step, True, f"while probing a failed batch: {known} of its samples "
+                       "are known bad and the reader found no sample to replace them")
+        raise RuntimeError(
+            f"DALI failed at epoch {epoch} step {step}, but every sample of the batch decodes on "
+            f"its own: {exc}"
+        ) from exc
+
+    def _stop(self, epoch: int, step: int, over: bool, why: str) -> None:
+        """The vote: raise DecodeFailureError on every rank when any rank is `over` (a
+        collective when a process group is initialised; a rank that stops while probing takes
+        part in the same vote as the ranks that reached `check`)."""
         group = self._group()
-        over = self.over_limit
         if group is not None:
             # one int per batch; on a CPU (gloo) group it reads nothing back from a device
             flag = torch.tensor([int(over)], dtype=torch.int32, device=self._vote_device(group))
@@ -116,18 +270,21 @@ class FailureLog:
             if not int(flag.item()):  # host value (a sync only on an NCCL-only group)
                 return
             reports = [None] * dist.get_world_size(group)
-            dist.all_gather_object(reports, (dist.get_rank(), self.report()), group=group)
+            dist.all_gather_object(reports, (dist.get_rank(), (over, *self.report()), why),
+                                   group=group)
         elif over:
-            reports = [(None, self.report())]
+            reports = [(None, (over, *self.report()), why)]
         else:
             return
-        limit = self.max_failure_fraction * self.samples_per_rank
-        failing = [rank for rank, (n, _, _) in reports if n > limit]
+        failing = [rank for rank, (stopped, *_), _ in reports if stopped]
+        reasons = "; ".join(f"{'this rank' if rank is None else f'rank {rank}'} {reason}"
+                            for rank, _, reason in reports if reason)
         raise DecodeFailureError(
             f"decoding failures past max_failure_fraction={self.max_failure_fraction} at epoch "
             f"{epoch} step {step}" + (f" on rank(s) {', '.join(map(str, failing))}"
                                       if group is not None else "") + "; "
-            + "; ".join(self._describe(rank, report) for rank, report in reports)
+            + "; ".join(self._describe(rank, report[1:]) for rank, report, _ in reports)
+            + (f" (stopped {reasons})" if reasons else "")
         )
 
     def report(self) -> tuple[int, list[str], list[str]]:
@@ -163,28 +320,3 @@ class FailureLog:
                      self.vote_device, backend)
             self._warned_vote = True
         return self.vote_device
-
-
-def probe(reader: ClipReader, prefetch: int, bad, device: str, device_id: int | None,
-          exc: Exception) -> dict[int, str]:
-    """The samples of a failed batch that DALI's decoder on `device` cannot decode alone: the
-    batch the failing pipeline (`reader`) was asked for, then the `prefetch` batches it may
-    already have been decoding. Raises RuntimeError (from `exc`) when every one decodes."""
-    found = {}
-    for ahead in range(prefetch + 1):
-        epoch, step = reader.position(ahead)
-        for item in reader.own_items(epoch, step):
-            sample, clip = reader.cfg.split(int(item))
-            if sample in bad or sample in found:
-                continue
-            frames = reader.draw(sample, epoch, clip)["frames"]
-            why = graph.decode_error(reader.video_bytes(sample), frames, device, device_id)
-            if why is not None:
-                found[sample] = why
-        if found:
-            return found
-    epoch, step = reader.position(0)
-    raise RuntimeError(
-        f"DALI failed at epoch {epoch} step {step}, but every sample of the batch decodes on "
-        f"its own: {exc}"
-    ) from exc

@@ -13,6 +13,7 @@ member (found through the same `.idx` offsets) holds its `ava` record, the manif
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from dali_pipelines.shard_files import close_all, read_range, read_text
+from video_caps.decoders import DECODERS, folder_refusal
 
 FORMAT = "mvd-shards/1"
 META_MEMBERS = ("cls", "json", "meta")
 META_DTYPE = np.dtype("<i4")
 BOX_TOLERANCE = 1e-3  # normalised box coordinates may overshoot [0, 1] by float noise, not more
 
-# PyAV codec names each DALI video decoder backend handles (DALI 2.4 documentation).
+# PyAV codec names each DALI video decoder backend handles (video_caps.decoders owns the table:
+# the CPU decoder's codecs, and those of NVDEC on any GPU family)
 DALI_CODECS = {
-    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
-    "gpu": frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "mpeg4"}),
+    "cpu": frozenset(DECODERS["cpu-dali"].codecs),
+    "gpu": frozenset(c for name, d in DECODERS.items() if name.startswith("gpu-") for c in d.codecs),
 }
+log = logging.getLogger("dali_pipelines")
 
 
 class ShardDirError(ValueError):
@@ -82,13 +86,16 @@ class ShardDir:
         return dict(self.manifest.get("codecs", {}))
 
 
-def read_manifest(data_dir: str | os.PathLike) -> dict:
+def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> dict | None:
     """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
     that file (the loaders, the class lists and the training's dry run all call it).
 
-    Raises ShardDirError naming the directory or the file and what is wrong.
+    Raises ShardDirError naming the directory or the file and what is wrong; with `missing_ok`,
+    a directory that holds no manifest (not sharded yet) gives None instead.
     """
     path = Path(data_dir)
+    if missing_ok and not (path / "manifest.json").is_file():
+        return None
     if not path.is_dir():
         raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
     manifest_path = path / "manifest.json"
@@ -137,6 +144,25 @@ def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
             f"{manifest_path}: says {manifest['samples']} samples, the shard indexes hold {len(table)}"
         )
     return ShardDir(path, manifest, table)
+
+
+def check_gpu_decodable(shards: ShardDir, target: str) -> None:
+    """Refuse, before the first step, a folder some of whose samples the GPU decoder (NVDEC of the
+    ``target`` family, see video_caps.decoders) cannot take: DALI would fail on them mid-epoch.
+
+    Raises ShardDirError naming how many and why, and the fixes (the command from
+    `mvd-shard verify`, or decoding on the CPU); logs a caveat for folders made before stream
+    facts were recorded (only their codecs can be checked without probing).
+    """
+    refused, caveat = folder_refusal(shards.manifest, target)
+    if caveat:
+        log.warning("%s: %s", shards.path, caveat)
+    if refused:
+        raise ShardDirError(
+            f"{shards.path}: the GPU decoder ({DECODERS[target].label}) cannot read this folder: {refused}. "
+            f"`mvd-shard verify {shards.path} --target {target}` prints the mvd-shard command that re-encodes "
+            f"them into a folder it takes; or decode on the CPU (decoder='pyav' or device='cpu')"
+        )
 
 
 def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:

@@ -19,11 +19,12 @@ from dali_pipelines import sampling
 from dali_pipelines.batches import BatchBuilder
 from dali_pipelines.budget import CpuBudget, cpu_budget, nvdec_engines
 from dali_pipelines.failures import FailureLog
-from dali_pipelines.manifest import DALI_CODECS, SampleTable, ShardDir
+from dali_pipelines.manifest import DALI_CODECS, SampleTable, ShardDir, check_gpu_decodable
 from dali_pipelines.options import LoaderOptions
 from dali_pipelines.reader import ClipReader
 from dali_pipelines.reader_config import ReaderConfig
 from dali_pipelines.runner import PipelineRunner, plan_pipelines
+from video_caps.decoders import gpu_target
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def check_videos(shards: ShardDir) -> None:
 
 def choose_decoder(shards: ShardDir, device: str, decoder: str) -> str:
     """"dali" or "pyav" for `decoder` ("auto" | "dali" | "pyav") on `device`, given the codecs
-    the manifest counts (DALI_CODECS); "dali" for a codec DALI cannot decode there is an error."""
+    the manifest counts (DALI_CODECS); "dali" for a codec DALI cannot decode there is an error,
+    and so is DALI on the GPU for a folder NVDEC cannot read every sample of (before step one)."""
     unsupported = {c for c, n in shards.codecs.items() if n and c not in DALI_CODECS[device]}
     if decoder == "dali" and unsupported:
         raise ValueError(
@@ -119,6 +121,7 @@ def choose_decoder(shards: ShardDir, device: str, decoder: str) -> str:
             f"(it decodes {sorted(DALI_CODECS[device])}); use decoder='auto' or 'pyav' for the "
             f"PyAV fallback"
         )
-    if decoder == "auto":
-        return "pyav" if unsupported else "dali"
-    return decoder
+    chosen = ("pyav" if unsupported else "dali") if decoder == "auto" else decoder
+    if device == "gpu" and chosen == "dali":  # NVDEC's limits, checked before the first step
+        check_gpu_decodable(shards, gpu_target(torch.cuda.get_device_capability()))
+    return chosen

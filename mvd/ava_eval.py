@@ -56,6 +56,22 @@ Key = tuple[str, int]
 Entry = tuple[float, int, float, float, float, float]  # score, action_id, y1, x1, y2, x2 (official order)
 
 
+def _keep(heap: list, entry: Entry, capacity: int, counts: dict) -> None:
+    """The official reader's cap on one keyframe's heap: push while under ``capacity`` (< 1: no
+    cap); past it a row replaces the heap's minimum only with a strictly higher score."""
+    if capacity < 1 or len(heap) < capacity:
+        heapq.heappush(heap, entry)
+    else:
+        counts["detections_dropped_capacity"] += 1  # this row or the heap's minimum goes
+        if entry[0] > heap[0][0]:
+            heapq.heapreplace(heap, entry)
+
+
+def _entry(row: BoxRow) -> Entry:
+    x1, y1, x2, y2 = row.box
+    return (1.0 if row.score is None else float(row.score), row.action_id, y1, x1, y2, x2)
+
+
 def _read_entries(rows: Iterable[BoxRow], label_map: dict[int, str], capacity: int, what: str,
                   counts: dict) -> dict[Key, list[Entry]]:
     """Rows -> per keyframe, the kept entries in descending score (the official ``read_csv``)."""
@@ -66,17 +82,34 @@ def _read_entries(rows: Iterable[BoxRow], label_map: dict[int, str], capacity: i
         if row.action_id not in label_map:
             counts[f"skipped_unknown_class_{what}"] += 1
             continue
-        x1, y1, x2, y2 = row.box
-        score = 1.0 if row.score is None else float(row.score)
-        entry = (score, row.action_id, y1, x1, y2, x2)
-        heap = heaps.setdefault((row.video_id, row.timestamp), [])
-        if capacity < 1 or len(heap) < capacity:
-            heapq.heappush(heap, entry)
-        else:
-            counts["detections_dropped_capacity"] += 1  # this row or the heap's minimum goes
-            if score > heap[0][0]:
-                heapq.heapreplace(heap, entry)
+        _keep(heaps.setdefault((row.video_id, row.timestamp), []), _entry(row), capacity, counts)
     return {key: sorted(heap, key=lambda e: -e[0]) for key, heap in heaps.items()}
+
+
+class _Numbered(tuple):
+    """An entry that remembers its row's position; it compares as the plain entry does."""
+
+
+def capped_rows(rows: list[BoxRow], label_map: dict[int, str], capacity: int = CAPACITY
+                ) -> tuple[list[int], int]:
+    """(positions in ``rows`` of the detections the official reader would keep, how many it would
+    drop for capacity): at most ``capacity`` per keyframe, chosen by the same heap as
+    :func:`evaluate_frame_map`. The kept rows come keyframe by keyframe (in order of first
+    appearance), each keyframe's in that heap's array order, so that evaluating the kept rows in
+    this order rebuilds the very same heaps (a heap's array pushed in order never moves) and gives
+    the same result, ties included. Rows of classes outside the label map are kept (the evaluator
+    skips and counts them)."""
+    heaps: dict[Key, list[_Numbered]] = {}
+    others, counts = [], defaultdict(int)
+    for i, row in enumerate(rows):
+        if row.action_id not in label_map:
+            others.append(i)
+            continue
+        entry = _Numbered(_entry(row))
+        entry.row = i
+        _keep(heaps.setdefault((row.video_id, row.timestamp), []), entry, capacity, counts)
+    kept = [e.row for heap in heaps.values() for e in heap]
+    return kept + others, counts["detections_dropped_capacity"]
 
 
 def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:

@@ -4,7 +4,9 @@ The only command line is ``--config FILE`` plus dotted overrides ``key.sub=value
 are parsed with YAML typing (``optim.base_lr=1e-3``, ``train.max_steps=10``, ``resume=auto``).
 Every field has a default and a one-line meaning (``help`` in its metadata); unknown keys, wrong
 types and bad choices raise :class:`ConfigError` naming the full dotted key and how to fix it,
-before any work starts. ``mvd-train --config FILE --help-config`` lists every key.
+before any work starts (the YAML typing and the key checks are ``mvd.yaml_config``'s; the checks
+that hold for one task only are that task's, run when ``mvd.engine.tasks.task_class`` looks it
+up). ``mvd-train --config FILE --help-config`` lists every key.
 
 Derived values (global batch, scaled learning rates, steps per epoch, ...) are computed by
 :func:`derive` once the world size and the loader length are known; the trainer prints them and
@@ -14,9 +16,6 @@ saves them as ``run.dir/derived.yaml`` beside the resolved ``run.dir/config.yaml
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,30 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from mvd.global_batch import BatchSplit, nearest_world_sizes, split_global_batch
-
-TASKS = ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval", "detect")
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 safe loader that also reads ``1e-3`` (no dot) as a float, as people write it."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the dotted key and how to fix it."""
+from mvd.yaml_config import ConfigError, apply_override, from_dict, yaml_load
 
 
 def F(default: Any, help: str) -> Any:
@@ -299,7 +275,8 @@ class DistConfig:
 class Config:
     """One training or evaluation run."""
 
-    task: Literal[TASKS] = F("pretrain_mvd", "one of: " + ", ".join(TASKS))
+    task: str = F("pretrain_mvd", "what the run does: a task of mvd.engine.tasks (pretrain_mvd, "
+                                  "finetune, eval, ...; mvd-train --help lists them)")
     seed: int = F(0, "base seed; rank r seeds its RNGs with seed + r")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "trained model"})
     teachers: TeachersConfig = field(default_factory=TeachersConfig,
@@ -339,116 +316,23 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got "
                               f"{type(raw).__name__}")
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     source = " + ".join(([str(path)] if path else []) + (["overrides"] if overrides else []))
     cfg = from_dict(Config, raw, source=source)
     validate(cfg)
     return cfg
 
 
-def _apply_override(raw: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form dotted.key=value "
-                          f"(e.g. train.max_steps=10)")
-    key, _, text = item.partition("=")
-    key = key.strip().removeprefix("--")
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {item!r}: empty key part in {key!r}")
-    try:
-        value = yaml_load(text) if text.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
-    node = raw
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            head = ".".join(parts[:i + 1])
-            raise ConfigError(f"override {item!r}: '{head}' is a value, not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def from_dict(cls: type, raw: Any, source: str = "", prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and types; errors name the key."""
-    where = f" (in {source})" if source else ""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"'{prefix.rstrip('.') or '<top>'}'{where} must be a mapping of keys, "
-                          f"got {type(raw).__name__} {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key '{prefix}{key}'{where}{hint}. Known keys under "
-                              f"'{prefix.rstrip('.') or '<top>'}': {', '.join(fields)}")
-    kwargs = {}
-    for name, value in raw.items():
-        tp = hints[name]
-        key = prefix + name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value if value is not None else {}, source, key + ".")
-        else:
-            kwargs[name] = _check_type(value, tp, key, where)
-    return cls(**kwargs)
-
-
-def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    bad = None
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if len(choices) == 1 and isinstance(choices[0], tuple):
-            choices = choices[0]
-        if value not in choices:
-            raise ConfigError(f"config key '{key}'{where} is {value!r}; it must be one of: "
-                              f"{', '.join(map(str, choices))}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            bad = "a number"
-        else:
-            value = float(value)
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            bad = "an integer"
-    elif tp is bool:
-        if not isinstance(value, bool):
-            bad = "true or false"
-    elif tp is str:
-        if value is None:
-            value = ""
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # e.g. resume=none stays str; a numeric path is still a path
-        elif not isinstance(value, str):
-            bad = "a string"
-    elif tp is list or origin is list:
-        if not isinstance(value, (list, tuple)):
-            bad = "a list"
-        else:
-            value = list(value)
-    elif tp is dict or origin is dict:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            bad = "a mapping"
-    if bad:
-        raise ConfigError(f"config key '{key}'{where} must be {bad}, got "
-                          f"{type(value).__name__} {value!r}; fix it in the YAML or override it "
-                          f"as {key}=VALUE")
-    return value
+def need(ok: bool, key: str, msg: str) -> None:
+    """Raise ConfigError naming ``key`` unless ``ok`` (the form of every cross-field check)."""
+    if not ok:
+        raise ConfigError(f"config key '{key}' {msg}")
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"config key '{key}' {msg}")
-
+    """Cross-field checks that types alone cannot express and that hold for every task; each task
+    adds its own (``check_config`` of its class in mvd.engine.tasks, run when the task is looked
+    up, before any work)."""
     need(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
     need(cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1")
     need(cfg.train.global_batch >= 0, "train.global_batch", "must be >= 0 (0 = not pinned)")
@@ -457,7 +341,6 @@ def validate(cfg: Config) -> None:
          f"accumulation from the world size; leave train.accum_steps at 1 (or set "
          f"train.global_batch=0 to choose it by hand)")
     need(cfg.train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = whole schedule)")
-    need(cfg.schedule.epochs >= 1 or cfg.task == "eval", "schedule.epochs", "must be >= 1")
     need(0.0 <= cfg.data.mask_ratio < 1.0, "data.mask_ratio", "must be in [0, 1)")
     need(len(cfg.optim.betas) == 2 and all(isinstance(b, (int, float)) for b in cfg.optim.betas),
          "optim.betas", "must be a list of two numbers, e.g. [0.9, 0.95]")
@@ -469,28 +352,6 @@ def validate(cfg: Config) -> None:
     need(cfg.data.expected_samples >= 0, "data.expected_samples", "must be >= 0 (0 = unknown)")
     need(cfg.dist.cpu_threads >= 0, "dist.cpu_threads", "must be >= 0 (0 = half the cores per process)")
     need(bool(cfg.run.dir), "run.dir", "must name a directory")
-    if cfg.task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "detect"):
-        need(bool(cfg.data.dir), "data.dir", "must name a shard directory (data.dir=PATH)")
-    if cfg.task == "pretrain_mvd":
-        need(bool(cfg.teachers.image.name or cfg.teachers.video.name), "teachers",
-             "must name at least one teacher (teachers.image.name or teachers.video.name)")
-    if cfg.task == "eval":
-        need(bool(cfg.eval.dir or cfg.data.dir), "eval.dir",
-             "must name the held-out shard directory (eval.dir=PATH)")
-    if cfg.task == "detect":
-        x = cfg.detect
-        need(0.0 < x.min_crop <= 1.0, "detect.min_crop", "must be in (0, 1]")
-        need(0.0 <= x.min_visible <= 1.0, "detect.min_visible", "must be in [0, 1]")
-        need(len(x.jitter) in (0, 4) and all(isinstance(j, (int, float)) and j >= 0 for j in x.jitter),
-             "detect.jitter", "must be [] or four shares >= 0 [x_out, x_in, y_out, y_in], e.g. "
-             "[0.2, 0.1, 0.1, 0.05]")
-        need(len(x.test_extend) == 2 and all(isinstance(e, (int, float)) and e >= 0
-                                             for e in x.test_extend),
-             "detect.test_extend", "must be two shares >= 0 [x, y], e.g. [0.1, 0.05]")
-        need(0.0 <= x.proposal_min_score <= 1.0, "detect.proposal_min_score", "must be in [0, 1]")
-    if cfg.task == "finetune" and cfg.finetune.mixup + cfg.finetune.cutmix > 0:
-        need(cfg.data.batch_size % 2 == 0, "data.batch_size",
-             "must be even when mixup/cutmix is on (or set finetune.mixup=0 finetune.cutmix=0)")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -546,32 +407,34 @@ def plan_batch(cfg: Config, world_size: int) -> BatchSplit:
     d, t = cfg.data, cfg.train
     if not t.global_batch:
         return BatchSplit(d.batch_size * world_size * t.accum_steps, d.batch_size, t.accum_steps)
-    # mixup / cutmix pair the clips of a micro-batch: an odd count needs an even video batch
-    views = d.repeated_aug if cfg.task == "finetune" else 1
-    mixing = cfg.task == "finetune" and cfg.finetune.mixup + cfg.finetune.cutmix > 0
-    multiple = 2 if mixing and views % 2 else 1
-    split = split_global_batch(t.global_batch, world_size, d.batch_size, multiple)
+    split = split_global_batch(t.global_batch, world_size, d.batch_size)
     if split is None:
-        near = nearest_world_sizes(t.global_batch, world_size, d.batch_size, multiple)
+        near = nearest_world_sizes(t.global_batch, world_size, d.batch_size)
         raise ConfigError(
             f"config key 'train.global_batch' is {t.global_batch}, which {world_size} processes "
             f"cannot reach exactly with at most data.batch_size={d.batch_size} each"
-            + (" (an even number, for mixup)" if multiple == 2 else "")
-            + f"; run on {' or '.join(map(str, near)) or 'another number of'} processes, or "
+            f"; run on {' or '.join(map(str, near)) or 'another number of'} processes, or "
               f"change train.global_batch (0 = data.batch_size x processes x train.accum_steps)")
     return split
 
 
-def derive(cfg: Config, world_size: int, batches_per_epoch: int) -> Derived:
+def per_process_config(cfg: Config, split: BatchSplit) -> Config:
+    """``cfg`` with ``data.batch_size`` set to the planned per-process batch, for the parts that
+    build the loader and its batches (the trainer and the dry run give this to the task).
+    Planning it again gives the same split: the per-process batch divides its share."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=split.per_process))
+
+
+def derive(cfg: Config, world_size: int, batches_per_epoch: int, views: int = 1) -> Derived:
     """Global batch (:func:`plan_batch`), lr scaling (x global_batch / 256) and step counts;
-    ``batches_per_epoch`` is the loader's length at the planned per-process batch.
+    ``batches_per_epoch`` is the loader's length at the planned per-process batch, ``views``
+    the clips each video gives per step (the task's ``clip_views``).
 
     The global batch counts videos, as both MVD release scripts do: pretraining's
     ``batch_size x update_freq x GPUs`` (one clip per video), and fine-tuning's too, although
     each video there brings ``data.repeated_aug`` augmented views (run_class_finetuning.py
     scales lr by ``batch_size x update_freq x world_size / 256``, without ``num_sample``)."""
     split = plan_batch(cfg, world_size)
-    views = cfg.data.repeated_aug if cfg.task == "finetune" else 1
     gb = split.global_batch
     scale = gb / 256.0
     spe = batches_per_epoch // split.accum_steps

@@ -17,7 +17,7 @@ USAGE = """usage: mvd-train --config FILE [dotted.key=value ...]
                                     last line is JSON; exit 2 naming every inconsistent key)
        mvd-train --help-config     (every key, its default and meaning)
 
-tasks: pretrain_mvd, pretrain_videomae, pretrain_mae, finetune, eval, detect (AVA)
+tasks: {tasks}
 exit status: 0 done; 2 config error; 3 non-finite loss; 4 more videos failed to decode than
              data.max_failure_fraction allows (every rank stops at the same step, the log names
              the shards and keys); 130 interrupted (a checkpoint was written)
@@ -25,12 +25,18 @@ examples: mvd-train --config configs/tiny/pretrain_mvd.yaml data.dir=shards run.
           train.max_steps=10 checkpoint.every_steps=5 seed=1 checkpoint.resume=auto"""
 
 
+def usage() -> str:
+    from mvd.engine.tasks import TASKS  # the registry imports torch and the models: only for help
+
+    return USAGE.format(tasks=", ".join(TASKS))
+
+
 def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
     """(config file, overrides, dry run?)"""
     config, overrides, dry_run, it = None, [], False, iter(argv)
     for arg in it:
         if arg in ("-h", "--help"):
-            print(USAGE)
+            print(usage())
             raise SystemExit(0)
         if arg == "--help-config":
             from mvd.config import describe
@@ -42,12 +48,12 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
         elif arg == "--config":
             config = next(it, None)
             if config is None:
-                raise SystemExit("mvd-train: --config needs a file\n" + USAGE)
+                raise SystemExit("mvd-train: --config needs a file\n" + usage())
         elif arg.startswith("--config="):
             config = arg.split("=", 1)[1]
         elif arg.startswith("-") and "=" not in arg:
             raise SystemExit(f"mvd-train: unknown option {arg}; the only options are --config, "
-                             f"--dry-run and dotted.key=value overrides\n{USAGE}")
+                             f"--dry-run and dotted.key=value overrides\n{usage()}")
         else:
             overrides.append(arg)
     return config, overrides, dry_run
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(int(os.environ.get("RANK", "0")))
     log = logging.getLogger("mvd.train")
     if config is None:
-        print("mvd-train: --config FILE is required\n" + USAGE, file=sys.stderr)
+        print("mvd-train: --config FILE is required\n" + usage(), file=sys.stderr)
         return 2
     try:
         cfg = load_config(config, overrides)
@@ -83,16 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvd-train: config error: {e}", file=sys.stderr)
         return 2
     if dry_run:
-        return dry_run_main(cfg, config)
+        return dry_run_main(cfg, config)  # (the plan collects the task's own checks)
     from dali_pipelines.failures import DecodeFailureError
     from mvd.engine import distributed as D
+    from mvd.engine.tasks import task_class
     from mvd.engine.trainer import NonFiniteLoss, Trainer, run_eval
 
     try:
-        if cfg.task == "eval":
-            result = run_eval(cfg)
-        else:
-            result = Trainer(cfg).train()
+        task = task_class(cfg)  # the task's own checks, before any work
+    except ConfigError as e:
+        print(f"mvd-train: config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = Trainer(cfg).train() if task.trains else run_eval(cfg)
     except ConfigError as e:
         print(f"mvd-train: config error: {e}", file=sys.stderr)
         return 2

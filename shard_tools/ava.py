@@ -3,11 +3,15 @@ its movie.
 
 The ground-truth CSV's rows are grouped by keyframe ``(video_id, timestamp)``, and within it by
 box: rows with the same coordinates and person id are one box with several actions. Each kept
-keyframe becomes a :class:`~shard_tools.sources.SourceRecord` whose ``prepare``
-(:class:`KeyframeClip`) seeks the movie with PyAV to just before the window, decodes only the
-window's frames and encodes them with :mod:`shard_tools.encode`, so ``build_shards`` packs AVA
-with its usual workers, resume and rejections. The window is ``clip_frames`` frames centred on
-the keyframe's frame ``k = round((timestamp - movie_start) * fps)``: ``k - clip_frames // 2 ..
+keyframe becomes a :class:`~shard_tools.sources.SourceRecord`, so ``build_shards`` packs AVA
+with its usual workers, resume and rejections. Before packing, the sources' ``prepare_all``
+(:func:`cut_all_clips`) decodes each movie once, in order, from the key frame before its first
+window, and cuts every keyframe's clip still to pack from that pass (:func:`cut_movie_clips`:
+each frame resized once and held by the clips whose windows hold it, a clip encoded once its
+window is complete); the record's ``prepare`` (:class:`KeyframeClip`) then takes that clip, or,
+when it is missing, seeks the movie to just before the window and decodes only the window's
+frames (:func:`cut_clip`, the same frames). The window is ``clip_frames`` frames centred on the
+keyframe's frame ``k = round((timestamp - movie_start) * fps)``: ``k - clip_frames // 2 ..
 k + clip_frames // 2 - 1``, the first (last) decoded frame repeated where the movie starts (ends)
 inside it. ``movie_start`` is 0 for the full movies AVA serves and 900 for movies cut to the
 annotated 15-minute segment (seconds 900-1800).
@@ -40,9 +44,11 @@ from shard_tools import ava_files
 from shard_tools import rejections as rj
 from shard_tools.build import BuildOptions, build_shards, work_dir
 from shard_tools.encode import VideoWriter, codec_by_name
+from shard_tools.parts import Part
 from shard_tools.reencode import scaled_size
 from shard_tools.rejections import Rejected, Rejection
 from shard_tools.sources import SourceError, SourceRecord, SourceSet, _display_path, _index_videos
+from video_caps.decoders import DEFAULT_TARGET, StreamFacts, decoder, refusal
 
 CLIP_CODECS = ("h264", "hevc", "vp9", "mjpeg")
 BEYOND_END = "keyframe beyond the movie's end"
@@ -182,16 +188,192 @@ def _before_start(timestamp: int, movie_start: float) -> str:
     return rj.reason(BEFORE_START, f"t={timestamp} s, the movie starts at {movie_start:g} s")
 
 
+class _Clip:
+    """One keyframe's clip gathered during a movie's single decoding pass.
+
+    Holds, for every frame of its window, the nearest decoded frame at or before it, else the
+    first decoded one (what :func:`cut_clip` writes), fed frame by frame in display order, and
+    encodes them once the window is complete: one encoder at a time, and at most the frames of
+    the windows overlapping the current frame held (references to shared resized frames).
+    """
+
+    def __init__(self, keyframe: int, timestamp: int, dst: Path, options: ClipOptions):
+        self.keyframe, self.timestamp, self.dst = keyframe, timestamp, dst
+        self.window = clip_window(keyframe, options.clip_frames)
+        self.options = options
+        self.frames: list = []  # the window's frames so far, in order
+        self.last_index: int | None = None  # the latest decoded frame inside the window
+
+    def feed(self, index: int, image) -> None:
+        """A decoded (resized) frame at movie frame ``index`` (in the window)."""
+        if index < self.window.start + len(self.frames):
+            return  # out of display order (not met in practice): dropped
+        fill = image if not self.frames else self.frames[-1]
+        self.frames += [fill] * (index - self.window.start - len(self.frames)) + [image]
+        self.last_index = index
+
+    def finish(self, size: tuple[int, int], fps: Fraction) -> str | None:
+        """Encode the clip (the last frame repeated to the window's end); the rejection reason
+        (and no file) when the movie has no frame at or after the keyframe in the window."""
+        if self.last_index is None or self.last_index < self.keyframe:
+            where = f"ends at frame {self.last_index}" if self.last_index is not None else \
+                "has no frame in the clip's window"
+            return rj.reason(BEYOND_END, f"keyframe frame {self.keyframe} (t={self.timestamp} s at "
+                                         f"{float(fps):g} fps); the movie {where}")
+        self.frames += [self.frames[-1]] * (len(self.window) - len(self.frames))
+        try:
+            with VideoWriter(self.dst, self.options.codec, size[0], size[1], fps, gop=self.options.gop) as writer:
+                for frame in self.frames:
+                    writer.write(frame)
+        except _DECODE_ERRORS as err:
+            self.dst.unlink(missing_ok=True)
+            return rj.reason(rj.REENCODE_FAILED, f"{type(err).__name__}: {err}"[:200])
+        finally:
+            self.frames = []
+        return None
+
+
+def cut_movie_clips(movie: Path, keyframes: list[tuple[int, Path]],
+                    options: ClipOptions) -> tuple[dict[Path, str | None], int]:
+    """Cut the clip of every ``(timestamp, dst)`` of ``movie`` from one decoding pass, in order.
+
+    The pass starts at the key frame before the first window (a seek) and stops after the last;
+    each decoded frame is resized once and held by every clip whose window holds it, and a clip
+    is encoded as soon as its window is complete, so at most the frames of the windows overlapping
+    the current frame are held (a bounded sliding buffer: about ``clip_frames`` plus the keyframe
+    spacing of frames at the clip's size, e.g. ~0.3 GB at 1080p without a short side). Returns
+    dst -> None (written) or the rejection reason (what :func:`cut_clip` would raise), and the
+    number of frames decoded. The clips are the frames :func:`cut_clip` writes.
+    """
+    results: dict[Path, str | None] = {}
+    decoded = 0
+    clips: list[_Clip] = []
+    try:
+        with av.open(str(movie), "r") as container:
+            if not container.streams.video:
+                return {dst: rj.NO_VIDEO for _, dst in keyframes}, 0
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # the worker pool is the parallelism
+            fps = _stream_rate(stream)
+            size = scaled_size(stream.codec_context.width, stream.codec_context.height, options.short_side)
+            for timestamp, dst in keyframes:
+                keyframe = keyframe_frame(timestamp, fps, options.movie_start)
+                if keyframe < 0:
+                    results[dst] = _before_start(timestamp, options.movie_start)
+                else:
+                    clips.append(_Clip(keyframe, timestamp, dst, options))
+            clips.sort(key=lambda c: c.window.start)
+            waiting, active = list(reversed(clips)), []  # waiting: by window start, the next last
+            held = None  # (index, frame): a frame is used once the next one's index is larger
+
+            def deliver(index: int, frame) -> None:
+                while waiting and waiting[-1].window.start <= index:
+                    active.append(waiting.pop())
+                image = None
+                for clip in list(active):
+                    if index >= clip.window.stop:
+                        results[clip.dst] = clip.finish(size, fps)
+                        active.remove(clip)
+                        continue
+                    if image is None:  # resized once for every clip that holds it
+                        image = frame.reformat(width=size[0], height=size[1])
+                    clip.feed(index, image)
+
+            first = max(clips[0].window.start, 0) if clips else 0
+            for index, frame in _decode_from(container, stream, fps, first):
+                decoded += 1
+                if held is not None and index != held[0]:
+                    deliver(*held)
+                held = (index, frame)
+                if not waiting and not active:
+                    break
+            if held is not None:
+                deliver(*held)
+            for clip in active + waiting:
+                results[clip.dst] = clip.finish(size, fps)
+    except Rejected as err:
+        _abort_all(clips, results, str(err))
+    except _DECODE_ERRORS as err:
+        _abort_all(clips, results, rj.reason(rj.UNDECODABLE, f"{type(err).__name__}: {err}"[:200]))
+    return results, decoded
+
+
+def _decode_from(container, stream, fps: Fraction, first: int):
+    """(movie frame index, frame) in display order from the key frame before frame ``first``
+    (from the movie's start when the demuxer's seek lands after it)."""
+    start_pts, time_base = stream.start_time or 0, stream.time_base
+    seek = first / fps > 1
+    if seek:
+        container.seek(start_pts + int((first / fps - 1) / time_base), stream=stream, backward=True)
+    for n, frame in enumerate(container.decode(stream)):
+        index = _frame_index(frame, start_pts, time_base, fps)
+        if n == 0 and seek and index > first:
+            break  # landed after the window
+        yield index, frame
+    else:
+        return
+    container.seek(start_pts, stream=stream, backward=True)
+    for frame in container.decode(stream):
+        yield _frame_index(frame, start_pts, time_base, fps), frame
+
+
+def _abort_all(clips: list[_Clip], results: dict, reason: str) -> None:
+    for clip in clips:
+        if clip.dst not in results:
+            clip.dst.unlink(missing_ok=True)
+            results[clip.dst] = reason
+
+
 @dataclass(frozen=True)
 class KeyframeClip:
-    """Picklable ``prepare`` of one keyframe: calling it with a path writes the clip there."""
+    """Picklable ``prepare`` of one keyframe: calling it with a path writes the clip there, or
+    takes the clip the movie's single pass (:func:`cut_movie_clips`, run by :func:`cut_all_clips`
+    before packing) already wrote there, or raises the reason that pass recorded."""
 
     movie: Path
     timestamp: int
     options: ClipOptions
 
     def __call__(self, path: Path) -> None:
+        marker = rejected_marker(path)
+        if marker.exists():
+            reason = marker.read_text()
+            marker.unlink()
+            raise Rejected(reason)
+        if path.is_file() and path.stat().st_size:
+            return
         cut_clip(self.movie, self.timestamp, path, self.options)
+
+
+def rejected_marker(clip: Path) -> Path:
+    """Where the one-pass cutter records why a keyframe's clip could not be cut."""
+    return clip.with_name(clip.name + ".rejected")
+
+
+def _cut_movie(job: tuple[Path, list[tuple[int, Path]], ClipOptions]) -> int:
+    """Worker: one movie's pass; writes the clips and the rejection markers; frames decoded."""
+    movie, keyframes, options = job
+    results, decoded = cut_movie_clips(movie, keyframes, options)
+    for dst, reason in results.items():
+        if reason is not None:
+            rejected_marker(dst).write_text(reason)
+    return decoded
+
+
+def cut_all_clips(records: list[SourceRecord], mapper) -> None:
+    """The ``prepare_all`` of AVA sources: cut the clips of ``records`` movie by movie, one pass
+    per movie (movies in parallel through ``mapper``, build_shards' worker pool)."""
+    by_movie: dict[Path, list[tuple[int, Path]]] = defaultdict(list)
+    options = None
+    for record in records:
+        clip = record.prepare
+        if isinstance(clip, KeyframeClip):
+            rejected_marker(record.path).unlink(missing_ok=True)
+            by_movie[clip.movie].append((clip.timestamp, record.path))
+            options = clip.options
+    jobs = [(movie, sorted(cuts), options) for movie, cuts in sorted(by_movie.items())]
+    for _ in mapper(_cut_movie, jobs):
+        pass
 
 
 @dataclass(frozen=True)
@@ -201,6 +383,7 @@ class _Movie:
     fps: Fraction | None = None
     frames: int | None = None  # from the header, when it says
     problem: str | None = None  # why none of its keyframes can be packed
+    size: tuple[int, int] | None = None  # width, height
 
 
 def _probe_movie(path: Path, where: str) -> _Movie:
@@ -219,11 +402,29 @@ def _probe_movie(path: Path, where: str) -> _Movie:
                 frames = int(container.duration / av.time_base * fps)
             else:
                 frames = None
-            return _Movie(path, where, fps, frames)
+            return _Movie(path, where, fps, frames, size=(stream.codec_context.width, stream.codec_context.height))
     except Rejected as err:
         return _Movie(path, where, problem=str(err))
     except _DECODE_ERRORS as err:
         return _Movie(path, where, problem=rj.reason(rj.UNDECODABLE, f"cannot open: {err}"[:200]))
+
+
+def _clips_not_taken(clip: ClipOptions, movies: list[_Movie]) -> str | None:
+    """Advice when the clips (8-bit 4:2:0 in ``clip.codec``, at the movies' scaled sizes) are
+    not taken by the default GPU decoder, whose loader would then refuse the folder."""
+    gpu = decoder(DEFAULT_TARGET)
+    refused = []
+    for movie in movies:
+        w, h = scaled_size(*movie.size, clip.short_side)
+        facts = StreamFacts(clip.codec, None, codec_by_name(clip.codec).pix_fmt, "4:2:0", 8, w, h, w, h,
+                            float(movie.fps), clip.clip_frames, clip.gop, False, False)
+        found = refusal(gpu, facts)
+        if found is not None:
+            refused.append(found.text)
+    if not refused:
+        return None
+    return (f"the clips of {len(refused)} movies are not taken by {gpu.label} (e.g. {refused[0]}): the GPU "
+            f"loader will refuse the folder; use --codec h264 or a larger --short-side, or decode them on the CPU")
 
 
 def _read(reader, *args, **kwargs):
@@ -263,6 +464,22 @@ class AvaSources:
             "boxes": sum(len(a["boxes"]) for a in annotations),
             "proposals": sum(len(a["proposals"]) for a in annotations),
         }}
+
+
+# the detection fields counted over the packed keyframes (summed over the parts of an array job)
+_COUNTED = ("keyframes", "boxes", "proposals")
+
+
+def merge_detection(parts: list[dict]) -> dict:
+    """The ``"detection"`` field of a folder from its parts' (:func:`AvaSources.detection` each):
+    the counts add up, the rest is the same in every part."""
+    first = parts[0]["detection"]
+    for n, part in enumerate(parts[1:], start=1):
+        differ = sorted(k for k in first if k not in _COUNTED and part["detection"].get(k) != first[k])
+        if differ:
+            raise ValueError(f"AVA part {n}: detection fields {differ} differ from part 0's")
+    return {"detection": {k: sum(p["detection"][k] for p in parts) if k in _COUNTED else v
+                          for k, v in first.items()}}
 
 
 def _eval_ids(label_map: dict[int, str], labels: Path, eval_labels: Path | None) -> list[int]:
@@ -368,8 +585,12 @@ def ava_sources(videos_dir: Path, annotations: Path, labels: Path, *, clip_dir: 
         notes.append(f"action ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''} of {annotations.name} are "
                      f"not in {labels.name}: their rows are rejected (give the full label map with --labels and "
                      "the evaluated subset with --eval-labels)")
+    not_taken = _clips_not_taken(clip, [m for m in movies.values() if m.size])
+    if not_taken:
+        notes.append(not_taken)
     provenance = {"source": "pbtxt", "file": str(labels.resolve()), "sha256": _sha256(labels)}
-    sources = SourceSet("ava", [label_map[i] for i in action_ids], records, rejected, provenance, notes)
+    sources = SourceSet("ava", [label_map[i] for i in action_ids], records, rejected, provenance, notes,
+                        prepare_all=cut_all_clips)
     return AvaSources(sources, action_ids, eval_action_ids, excluded_set, skipped)
 
 
@@ -377,7 +598,7 @@ def shard_ava(out_dir: Path, *, videos: Path, annotations: Path, labels: Path, e
               excluded: Path | None = None, proposals: Path | None = None, clip: ClipOptions = ClipOptions(),
               seed: int = 0, shard_size_mb: float = 1024.0, shard_samples: int | None = None,
               workers: int | None = None, progress: bool = True, overwrite: bool = False,
-              on_note: Callable[[str], None] | None = None) -> dict:
+              on_note: Callable[[str], None] | None = None, part: Part | None = None) -> dict:
     """Pack AVA into ``out_dir`` (``mvd-shard ava``) and return the manifest; re-running resumes.
 
     ``on_note`` is told the advice for the user (excluded keyframes skipped, unknown action ids).
@@ -390,6 +611,7 @@ def shard_ava(out_dir: Path, *, videos: Path, annotations: Path, labels: Path, e
              "excluded": excluded, "proposals": proposals}
     command = {k: str(Path(v).resolve()) if v is not None else None for k, v in paths.items()}
     command.update(asdict(clip))
-    options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers)
+    options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers,
+                           part=part)
     return build_shards(found.sources, out_dir, options, command=command, progress=progress, overwrite=overwrite,
                         manifest_fields=found.detection)

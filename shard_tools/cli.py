@@ -10,7 +10,8 @@
                    --clip-frames 64 --short-side N --codec vp9 --movie-start 0] --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
                           --spatial-cue shape|colour]
-    mvd-shard verify DIR
+    mvd-shard merge DIR      (after every --part I/N of an array job)
+    mvd-shard verify DIR [--target gpu-ampere-hopper|gpu-hopper|cpu-dali|pyav|...]
 
 Re-running a command into the same ``--out`` resumes it. This module only parses and calls.
 """
@@ -29,9 +30,12 @@ from shard_tools.ava import CLIP_CODECS, ClipOptions, shard_ava
 from shard_tools.build import BuildOptions, ShardDirError, build_shards
 from shard_tools.class_lists import SHIPPED, read_class_list
 from shard_tools.encode import CODECS
+from shard_tools.merge import MergeError, merge_parts
+from shard_tools.parts import Part
 from shard_tools.reencode import ReencodeOptions
 from shard_tools.synth import CLASS_GRID, SPATIAL_CUES, make_synth_dataset
 from shard_tools.verify import verify_shards
+from video_caps.decoders import DECODERS, DEFAULT_TARGET
 
 REENCODE_CODECS = ("h264", "hevc", "vp9", "mjpeg")
 CLASSES_HELP = (f"class names, one per line in index order, or a list shipped with mvd-shard "
@@ -47,12 +51,25 @@ def _common(parser: argparse.ArgumentParser, *, reencode: bool) -> None:
     g.add_argument("--seed", type=int, default=0, help="shuffle seed (default: %(default)s)")
     g.add_argument("--overwrite", action="store_true", help="delete shards of another command in --out first")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    g.add_argument("--part", type=Part.parse, default=None, metavar="I/N",
+                   help="pack only part I (0-based) of N, into an --out the parts share (an array job; then "
+                        "`mvd-shard merge DIR`); re-running a part resumes it")
     if reencode:
         r = parser.add_argument_group("re-encoding (off unless --reencode)")
         r.add_argument("--reencode", action="store_true", help="re-encode every video instead of copying its bytes")
         r.add_argument("--short-side", type=int, default=None, help="scale so the short side is this (default: keep)")
         r.add_argument("--codec", choices=REENCODE_CODECS, default=None, help="codec (default: h264)")
         r.add_argument("--gop", type=int, default=None, help="key frame every N frames (default: 16)")
+        t = parser.add_argument_group("the decoder the shards are made for")
+        t.add_argument("--target", choices=sorted(DECODERS), default=DEFAULT_TARGET,
+                       help="a stream this decoder does not take is re-encoded into one it takes (8-bit 4:2:0 "
+                            "H.264, VP9 for cpu-dali, even sizes within its limits); others are copied byte for "
+                            "byte; pyav takes whatever FFmpeg decodes (default: %(default)s, what NVDEC on "
+                            "Ampere and Hopper both take)")
+        t.add_argument("--reject-unsupported", action="store_true",
+                       help="reject such a stream (with the reason) instead of re-encoding it")
+        t.add_argument("--max-gop", type=int, default=None,
+                       help="also re-encode streams whose key frames lie more than N frames apart (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what tells the classes apart besides the motion direction (default: %(default)s)")
     _common(p, reencode=False)
 
-    p = sub.add_parser("verify", help="check a shard directory against its manifest")
+    p = sub.add_parser("merge", help="write the manifest of a folder the parts of an array job (--part) wrote")
     p.add_argument("dir", type=Path)
+
+    p = sub.add_parser("verify", help="check a shard directory against its manifest, and count the samples a "
+                                      "decoder cannot take")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--target", choices=sorted(DECODERS), default=None,
+                   help=f"the decoder to check the samples against (default: {DEFAULT_TARGET}, reported only); "
+                        "given, samples it cannot take fail the check")
     return parser
 
 
@@ -170,18 +194,43 @@ def _class_option(value: str | None) -> str | None:
     return str(Path(value).resolve())
 
 
+def _verify(args: argparse.Namespace, console: Console) -> int:
+    report = verify_shards(args.dir, args.target or DEFAULT_TARGET)
+    for problem in report.problems:
+        console.print(f"[red]FAIL[/red] {problem}", highlight=False)
+    if not report.ok:
+        console.print(f"[red]{args.dir}: {len(report.problems)} problem(s)[/red]")
+        return 1
+    print(f"OK {args.dir}: {report.samples} samples in {report.shards} shards match the manifest")
+    probed = f" ({report.probed} without recorded stream facts, probed)" if report.probed else ""
+    if not report.not_taken:
+        print(f"OK {args.dir}: {DECODERS[report.target].label} takes every sample{probed}")
+        return 0
+    count = sum(report.not_taken.values())
+    by = ", ".join(f"{n} {what}" for what, n in sorted(report.not_taken.items()))
+    colour = "red" if args.target else "yellow"
+    console.print(f"[{colour}]{args.dir}: {count} of {report.samples} samples are not taken by "
+                  f"{DECODERS[report.target].label} ({by}){probed}[/{colour}]", highlight=False)
+    for example in report.not_taken_examples:
+        console.print(f"  {example}", highlight=False)
+    print(f"fix: {report.fix}")  # plain, unwrapped: a command to copy
+    return 1 if args.target else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     if args.command == "verify":
-        report = verify_shards(args.dir)
-        for problem in report.problems:
-            console.print(f"[red]FAIL[/red] {problem}", highlight=False)
-        if not report.ok:
-            console.print(f"[red]{args.dir}: {len(report.problems)} problem(s)[/red]")
+        return _verify(args, console)
+    if args.command == "merge":
+        try:
+            manifest = merge_parts(args.dir)
+        except MergeError as err:
+            console.print(f"[red]mvd-shard merge: {err}[/red]", highlight=False)
             return 1
-        print(f"OK {args.dir}: {report.samples} samples in {report.shards} shards match the manifest")
+        print(f"OK {args.dir}: {manifest['samples']} samples in {len(manifest['shards'])} shards, "
+              f"{len(manifest['rejected'])} rejected; manifest written")
         return 0
     try:
         if args.command == "synth":
@@ -190,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                                gop=args.gop, seed=args.seed, split=args.split, spatial_cue=args.spatial_cue,
                                shard_size_mb=args.shard_size_mb,
                                shard_samples=args.shard_samples, workers=args.workers,
-                               progress=not args.no_progress, overwrite=args.overwrite)
+                               progress=not args.no_progress, overwrite=args.overwrite, part=args.part)
             return 0
         if args.command == "ava":
             clip = ClipOptions(clip_frames=args.clip_frames, short_side=args.short_side, codec=args.codec,
@@ -199,14 +248,16 @@ def main(argv: list[str] | None = None) -> int:
                       eval_labels=args.eval_labels, excluded=args.excluded, proposals=args.proposals, clip=clip,
                       seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
                       workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite,
-                      on_note=lambda note: console.print(f"[yellow]note: {note}[/yellow]", highlight=False))
+                      on_note=lambda note: console.print(f"[yellow]note: {note}[/yellow]", highlight=False),
+                      part=args.part)
             return 0
         reencode = _reencode_options(args, parser)
         sources, paths = _sources(args)
         for note in sources.notes:
             console.print(f"[yellow]note: {note}[/yellow]", highlight=False)
         options = BuildOptions(seed=args.seed, shard_size_mb=args.shard_size_mb, shard_samples=args.shard_samples,
-                               workers=args.workers, reencode=reencode)
+                               workers=args.workers, reencode=reencode, target=args.target,
+                               reject_unsupported=args.reject_unsupported, max_gop=args.max_gop, part=args.part)
         build_shards(sources, args.out, options, command=paths, progress=not args.no_progress,
                      overwrite=args.overwrite)
         return 0

@@ -74,6 +74,11 @@ def print_summary(manifest: dict, *, processed: int, packed_bytes: int, elapsed:
     table.add_row("shards", str(len(manifest["shards"])))
     table.add_row("MB", f"{sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f}")
     table.add_row("codecs", ", ".join(f"{c}: {n}" for c, n in manifest["codecs"].items()) or "-")
+    streams = manifest.get("streams", {})
+    reencoded = streams.get("reencoded", {})
+    table.add_row(f"re-encoded for {streams.get('target', 'the target')}", str(sum(reencoded.values())))
+    for why, n in reencoded.items():
+        table.add_row(f"  {why}", str(n))
     table.add_row("rejected", str(len(manifest["rejected"])))
     for category, n in count_by_category(manifest["rejected"]).items():
         table.add_row(f"  {category}", str(n))

@@ -39,12 +39,14 @@ def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, i
     return max(2, width - width % 2), max(2, height - height % 2)
 
 
-def reencode_video(src: Path, dst: Path, options: ReencodeOptions) -> None:
-    """Decode ``src`` and write ``dst`` with ``options``; raises av.FFmpegError/ValueError on failure."""
+def reencode_video(src: Path, dst: Path, options: ReencodeOptions, *, size: tuple[int, int] | None = None) -> None:
+    """Decode ``src`` and write ``dst`` with ``options`` (at ``size`` = (width, height) when given,
+    which overrides the short side); raises av.FFmpegError/ValueError on failure."""
     with av.open(str(src), "r") as inp:
         stream = inp.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or 25
-        width, height = scaled_size(stream.codec_context.width, stream.codec_context.height, options.short_side)
+        width, height = size or scaled_size(stream.codec_context.width, stream.codec_context.height,
+                                            options.short_side)
         with VideoWriter(dst, options.codec, width, height, rate, gop=options.gop) as out:
             for frame in inp.decode(stream):
                 out.write(frame)

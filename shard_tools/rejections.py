@@ -15,6 +15,7 @@ NO_VIDEO = "no video stream"
 UNKNOWN_LABEL = "unknown label"
 MALFORMED = "malformed entry"
 REENCODE_FAILED = "re-encode failed"
+NOT_TAKEN = "not taken by the target decoder"  # with --reject-unsupported
 
 
 class Rejected(Exception):

@@ -5,7 +5,8 @@ Members of a sample share its key (no dot in it):
 - ``<key>.<ext>``  the video bytes (``ext`` = the file's own extension, lowercased);
 - ``<key>.cls``    class index as ASCII text;
 - ``<key>.json``   ``{"num_frames", "fps", "width", "height", "codec", "label", "label_name", "source"}``
-                   plus any dataset fields (AVA: ``"ava"``);
+                   plus ``"stream"`` (the stream's facts, see :class:`video_caps.decoders.StreamFacts`;
+                   absent in folders made before it) and any dataset fields (AVA: ``"ava"``);
 - ``<key>.meta``   16 bytes, little-endian int32 ``num_frames, width, height, label``.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+
+from video_caps.decoders import StreamFacts
 
 FORMAT = "mvd-shards/1"
 META = struct.Struct("<4i")  # num_frames, width, height, label
@@ -29,6 +32,7 @@ class VideoInfo:
     width: int
     height: int
     codec: str  # PyAV canonical codec name: h264, hevc, vp9, vp8, mjpeg, ...
+    stream: StreamFacts | None = None  # what decides which decoders take it
 
 
 def pack_meta(num_frames: int, width: int, height: int, label: int) -> bytes:
@@ -41,7 +45,8 @@ def unpack_meta(data: bytes) -> tuple[int, int, int, int]:
 
 
 def sample_json(info: VideoInfo, label: int, label_name: str, source: str) -> dict:
-    return {
+    stream = {"stream": info.stream.to_json()} if info.stream is not None else {}
+    return {**stream,
         "num_frames": info.num_frames,
         "fps": info.fps,
         "width": info.width,

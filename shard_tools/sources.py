@@ -54,6 +54,9 @@ class SourceSet:
     rejected: list[Rejection] = field(default_factory=list)
     class_list: dict = field(default_factory=dict)  # where ``classes`` came from (manifest "class_list")
     notes: list[str] = field(default_factory=list)  # advice for the user, printed by the CLI
+    # prepares many records at once before packing (AVA: one decoding pass per movie), given the
+    # records still to pack and build_shards' ordered map over its worker pool
+    prepare_all: Callable[[list[SourceRecord], Callable], None] | None = None
 
 
 def _display_path(path: Path, root: Path) -> str:

@@ -29,6 +29,7 @@ class FinishedShard:
     next_source: int  # position in the shuffled order where the next shard starts
     codecs: dict[str, int]
     rejected: list[dict]  # probe-time rejections met while filling this shard
+    streams: dict = field(default_factory=dict)  # its samples' stream summary (shard_tools.streams)
 
 
 @dataclass
@@ -42,13 +43,14 @@ class RunState:
     def next_source(self) -> int:
         return self.shards[-1].next_source if self.shards else 0
 
-    def save(self, out_dir: Path) -> None:
+    def save(self, out_dir: Path, name: str = STATE_NAME) -> None:
+        """Write the state as ``out_dir/name`` (a part of an array job has its own name)."""
         data = {"format": FORMAT, **asdict(self)}
-        atomic_write_bytes(Path(out_dir) / STATE_NAME, (json.dumps(data, indent=1) + "\n").encode())
+        atomic_write_bytes(Path(out_dir) / name, (json.dumps(data, indent=1) + "\n").encode())
 
 
-def load_state(out_dir: Path) -> RunState | None:
-    path = Path(out_dir) / STATE_NAME
+def load_state(out_dir: Path, name: str = STATE_NAME) -> RunState | None:
+    path = Path(out_dir) / name
     if not path.exists():
         return None
     try:

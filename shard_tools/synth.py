@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from shard_tools.build import BuildOptions, build_shards, work_dir
+from shard_tools.parts import Part
 from shard_tools.encode import VideoWriter, codec_by_name
 from shard_tools.sources import SourceRecord, SourceSet
 
@@ -210,7 +211,7 @@ def make_synth_dataset(out_dir: Path, *, num_videos: int = 400, num_frames: int 
                        gop: int = 16, seed: int = 0, split: str = "train", spatial_cue: str = "shape",
                        label_by: str = "both", shard_size_mb: float = 1024.0,
                        shard_samples: int | None = None, workers: int | None = None,
-                       progress: bool = False, overwrite: bool = False) -> dict:
+                       progress: bool = False, overwrite: bool = False, part: Part | None = None) -> dict:
     """Write a sharded synthetic dataset to ``out_dir``; returns the manifest.
 
     The defaults make a quick CPU demo set (400 clips of 40 frames at 96x64, 12 fps, VP9 in
@@ -225,5 +226,6 @@ def make_synth_dataset(out_dir: Path, *, num_videos: int = 400, num_frames: int 
     if label_by != "both":  # recorded only when set: the default's manifest is unchanged
         synth_options["label_by"] = label_by
     sources = synth_sources(work_dir(out_dir), seed=seed, **synth_options)
-    options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers)
+    options = BuildOptions(seed=seed, shard_size_mb=shard_size_mb, shard_samples=shard_samples, workers=workers,
+                           part=part)
     return build_shards(sources, out_dir, options, command=synth_options, progress=progress, overwrite=overwrite)

@@ -20,6 +20,7 @@ import torch
 from dali_pipelines.sampling import steps_per_epoch
 from mvd.config import ConfigError, derive, load_config, plan_batch
 from mvd.engine.precision import plan_precision
+from mvd.engine.tasks import task_class
 from mvd.models.registry import model_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def plan(name: str, world: int):
     cfg = load_config(ROOT / "configs" / name)
     split = plan_batch(cfg, world)
     batches = steps_per_epoch(cfg.data.expected_samples, split.per_process, world, drop_last=True)
-    return cfg, derive(cfg, world, batches)
+    return cfg, derive(cfg, world, batches, views=task_class(cfg).clip_views(cfg))
 
 
 def test_every_recipe_has_a_release_row_an_eval_source_or_a_reason():

@@ -4,11 +4,12 @@ A pack is a set of files (wheels, shard tars). A file travels whole, or, above t
 pieces `NAME.part00`, `NAME.part01`, ... that `cat` in order gives back. The pieces are grouped
 into batches, each small enough for one call of the device tool. MANIFEST.json says it all:
 
-    {"format": "mvd-gpu-pack/1", "part_bytes": 52428800, "batch_bytes": 62914560,
-     "files": [{"name": "x.whl", "kind": "wheel" | "shards", "bytes": 123, "sha256": "...",
+    {"format": "mvd-gpu-pack/1", "part_bytes": 62652416,
+     "files": [{"name": "x.whl", "kind": "wheel" | "wheel-xz" | "shards", "bytes": 123,
+                "sha256": "...",
                 "parts": [{"name": "x.whl.part00", "bytes": 50, "sha256": "..."}, ...]}],
                                                                # parts: [] when it travels whole
-     "batches": [{"name": "batch-1", "bytes": 60, "pieces": ["x.whl.part00", "y.whl"]}, ...]}
+     "batches": [{"name": "dali-part-1", "bytes": 60, "pieces": ["x.whl.part00", "y.whl"]}]}
 
 Only the standard library is used here: on the GPU machine this runs before anything is
 installed (`benchmarks/gpu/run.sh` calls it):
@@ -33,11 +34,9 @@ from pathlib import Path
 FORMAT = "mvd-gpu-pack/1"
 MANIFEST = "MANIFEST.json"
 MiB = 2**20
-PART_BYTES = 50 * MiB  # shared/GPU.md: parts of at most 50 MiB
-BATCH_BYTES = 60 * MiB  # one device call carries 64 MiB in all, the working tree included
 # Names travel through shell word splitting in run.sh: no spaces or shell metacharacters.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-KINDS = ("wheel", "shards")
+KINDS = ("wheel", "wheel-xz", "shards")
 
 
 class ManifestError(ValueError):
@@ -69,8 +68,8 @@ def load(path: Path) -> dict:
     once."""
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"{path} does not exist: copy a batch in with `run.sh --receive DIR` "
-                            "(every batch carries the manifest)")
+        raise ManifestError(f"{path} does not exist: carry a part with its DALI call "
+                            "(benchmarks/gpu/PLAN.md; every part carries the manifest)")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise ManifestError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")

@@ -1,72 +1,88 @@
-"""`python -m benchmarks.gpu.pack --out DIR`: pack what the GPU check needs into batches.
+"""`python -m benchmarks.gpu.pack`: what the GPU check's DALI calls carry, in parts.
 
-The GPU machine (shared/GPU.md) has torch but lacks:
+The GPU machine (shared/GPU.md) has torch but no DALI, PyAV, webdataset, encoder or network. Its
+DALI calls (benchmarks/gpu/plan.py) carry:
 
-- DALI and its small dependencies (`WHEELS`), pinned to constraints.txt's versions, as wheels
-  for CPython 3.12 on manylinux_2_28 x86_64;
-- PyAV (`dali_pipelines.decode` imports it, so `import dali_pipelines` needs it; it is the CPU
-  decode path of H.264 / HEVC and the loader benchmark's baseline), webdataset and braceexpand
-  (tests/shard_tools import webdataset, and `pytest -m cuda` collects every test module), and
-  pytest-timeout (setup.cfg's per-test timeout);
-- an encoder for shards, so the shard sets are made here (`SHARD_SETS`): `check`, H.264, HEVC
-  and VP9 at 320x240, GOP 16, for the decode check; `loader` and `step`, the shards
-  `mvd-bench loader / step --device gpu --work DIR` look for under DIR, made by those modules'
-  own `synth_shards` so that names and options match.
+- the DALI wheel slimmed to what CPython 3.12 loads (`slim_wheel`: no headers, no other
+  Pythons' extension modules, no bytecode; the shared libraries stripped of their static symbol
+  tables with `strip --strip-unneeded`, which the dynamic loader never reads), stored
+  uncompressed and then compressed with xz, since xz finds far more in the raw libraries than in
+  a deflated zip;
+- the small wheels DALI imports that the machine lacks (`WHEELS`), cp312 manylinux;
+- the shard sets, made here (`SHARD_SETS`): `check`, H.264, HEVC and VP9 at 192x160 (>= 160 px a
+  side: NVDEC refuses VP9 below 128x128 and HEVC below 144x144), GOP 16, for the NVDEC probe, the
+  decode check and the loader sweep, with the CPU decode of each codec's first batches
+  (`references`, made here with the CPU loader: the machine has no PyAV to decode H.264 or HEVC
+  on the host); `step`, the shards `mvd-bench step --feed loader --work W` reads from W/step.
 
-Files above 50 MiB are split into `NAME.partNN` pieces; the pieces are grouped into batches of at
-most 60 MiB (a device call carries 64 MiB with the working tree); DIR/MANIFEST.json
-(`benchmarks.gpu.manifest`) records files, sha256s, parts, batches and the calls that carry
-them. DIR/batches/batch-N/ hold the pieces, each with a copy of the manifest.
+Files above the part size are split into `NAME.partNN` pieces; the pieces are grouped into as
+few parts as fit beside the working tree (64 MiB a call, TREE_BUDGET of it for the tree), each
+`.gpu-pack/dali-part-N/` with a copy of MANIFEST.json (`benchmarks.gpu.manifest`).
+benchmarks/gpu/pack-sizes.json (committed) records each part's bytes and sha256, from which the
+plan renders its calls.
 
-    python -m benchmarks.gpu.pack --download --wheels /tmp/mvd-gpu-wheels --out /tmp/x  # network
-    python -m benchmarks.gpu.pack --wheels /tmp/mvd-gpu-wheels                  # -> .gpu-pack/
+    python -m benchmarks.gpu.pack --download --wheels /tmp/mvd-gpu-wheels     # network: pip
+    python -m benchmarks.gpu.pack --wheels /tmp/mvd-gpu-wheels --dali-from-site  # offline
 
-Without `--download` nothing is fetched: the wheels must already be in --wheels.
+`--dali-from-site` builds the slim wheel from the DALI installed here (the same files as the
+wheel: `nvidia-dali-cuda130` is `py3-none`); else the DALI wheel must be in --wheels.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
 import datetime as _dt
+import hashlib
+import io
 import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from benchmarks import loader as loader_bench
 from benchmarks import step as step_bench
-from benchmarks.gpu.manifest import (BATCH_BYTES, FORMAT, MANIFEST, PART_BYTES, SAFE_NAME, MiB,
-                                     part_name, sha256_file)
+from benchmarks.gpu import decode_check, plan
+from benchmarks.gpu.manifest import (FORMAT, MANIFEST, SAFE_NAME, MiB, part_name, sha256_file)
 from shard_tools.synth import make_synth_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO / "constraints.txt"
-DEFAULT_OUT = REPO / ".gpu-pack"
-# What the GPU machine lacks (see the module docstring), by distribution name.
-WHEELS = ("nvidia-dali-cuda130", "astunparse", "gast", "six", "optree", "makefun", "libcst",
-          "nvtx", "av", "webdataset", "braceexpand", "pytest-timeout")
+DEFAULT_OUT = REPO / plan.PACK_DIR
+DALI = "nvidia-dali-cuda130"
+# What the GPU machine lacks of DALI's imports (shared/GPU.md), by distribution name. DALI also
+# declares libcst and nvtx (5 MiB as cp312 wheels): its pipelines ran here with both made
+# unimportable, so they stay behind (the env stage names any module DALI fails to import).
+WHEELS = ("astunparse", "gast", "optree", "makefun")
 # The GPU machine: CPython 3.12, glibc 2.28 or newer (its torch 2.11 wheels are manylinux_2_28).
 PYTHON = (3, 12)
 PLATFORMS = tuple(f"manylinux_2_{m}_x86_64" for m in range(28, 16, -1)) + ("manylinux2014_x86_64",)
-SHARD_SETS = ("check", "loader", "step")
-# A shard set past this size is refused before encoding: it would cost a batch of its own.
-MAX_SET_BYTES = 40 * MiB
+SHARD_SETS = ("check", "step")
+# A shard set past this size is refused before encoding: it would cost a part of its own.
+MAX_SET_BYTES = 8 * MiB
 # Encoded bytes per pixel-frame of the synthetic clips (noisy on purpose), measured at 320x240,
 # GOP 16: H.264 CRF 23 0.031, VP9 0.026, HEVC 0.011; the estimate takes the largest, rounded up.
 BYTES_PER_PIXEL_FRAME = 0.035
-# Kept free in every batch for its copy of MANIFEST.json.
+# Kept free in every part for its copy of MANIFEST.json.
 MANIFEST_RESERVE = 256 * 1024
-DEVICE_CALL_BYTES = 64 * MiB  # what one call of the device tool carries, working tree included
-PARTS_DIR = "/tmp/mvd-gpu-parts"  # where run.sh --receive gathers the batches on the GPU machine
+# One part: a call's 64 MiB less the working tree's budget and the manifest.
+PART_BYTES = plan.PART_LIMIT - MANIFEST_RESERVE
+# In a slimmed wheel: the extension modules of CPython 3.12 only, no headers, no bytecode.
+EXTENSION = re.compile(r"\.cpython-(\d+t?)-[^/]*\.so$")
+DROPPED_DIRS = ("include/", "__pycache__/")
 
 
 class PackError(RuntimeError):
@@ -139,95 +155,155 @@ def find_wheels(wheels_dir: Path, reqs: list[tuple[str, str]]) -> list[Path]:
     return [paths[0] for paths in found.values()]
 
 
+# ---------------------------------------------------------------------------- the slim wheel
+
+
+def kept(path: str) -> bool:
+    """Whether a file of the DALI wheel is part of the CPython 3.12 runtime (an installed
+    dist's RECORD also lists its scripts, outside site-packages as `../../../bin/...`: DALI's
+    command-line tools, left out; pip refuses a wheel path that leaves its target)."""
+    if path.startswith("../") or ".data/scripts/" in path:
+        return False
+    if any(f"/{d}" in f"/{path}" for d in DROPPED_DIRS) or path.endswith(".pyc"):
+        return False
+    m = EXTENSION.search(path)
+    return m is None or m.group(1) == f"{PYTHON[0]}{PYTHON[1]}"
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def dali_files(wheels_dir: Path | None, from_site: bool) -> tuple[str, list[tuple[str, Callable[[], bytes]]]]:
+    """(the wheel's file name, [(path in the wheel, read)]) of the DALI wheel in `wheels_dir`,
+    or, `from_site`, of the DALI installed here (its RECORD lists the wheel's files)."""
+    version = dict(requirements(wanted=(DALI,)))[DALI]
+    name = f"{DALI.replace('-', '_')}-{version}-py3-none-manylinux_2_28_x86_64.whl"
+    if from_site:
+        dist = metadata.distribution(DALI)
+        if dist.version != version:
+            raise PackError(f"{DALI} {dist.version} is installed here; constraints.txt pins "
+                            f"{version}")
+        files = [(str(f), (lambda f=f: Path(dist.locate_file(f)).read_bytes()))
+                 for f in dist.files or () if Path(dist.locate_file(f)).is_file()]
+        return name, files
+    wheel = Path(wheels_dir or ".") / name
+    if not wheel.is_file():
+        raise PackError(f"{wheel} is missing: download it (--download) or build from the DALI "
+                        f"installed here (--dali-from-site)")
+    z = zipfile.ZipFile(wheel)
+    return name, [(i.filename, (lambda i=i: z.read(i))) for i in z.infolist() if not i.is_dir()]
+
+
+def strip_library(data: bytes, scratch: Path) -> bytes:
+    """The shared library without its static symbol table (`strip --strip-unneeded`): what the
+    dynamic loader reads (.dynsym, .dynstr, the CUDA fat binaries) stays."""
+    path = scratch / "lib.so"
+    path.write_bytes(data)
+    subprocess.run(["strip", "--strip-unneeded", str(path)], check=True)
+    return path.read_bytes()
+
+
+def slim_wheel(out_dir: Path, wheels_dir: Path | None = None, *, from_site: bool = False,
+               strip: bool = True, reuse: bool = False, xz_preset: str = "-9e"
+               ) -> tuple[Path, dict]:
+    """Write the slimmed DALI wheel, xz-compressed, into `out_dir`; returns (its path, what was
+    kept and dropped). The wheel is stored (no deflate) so that xz sees the raw bytes; RECORD is
+    rewritten for the files kept. `reuse`: keep an earlier run's .whl.xz and its record (xz -9e
+    of ~340 MiB takes minutes)."""
+    name, files = dali_files(wheels_dir, from_site)
+    packed, record_file = out_dir / f"{name}.xz", out_dir / f"{name}.xz.json"
+    if reuse and packed.is_file() and record_file.is_file():
+        return packed, json.loads(record_file.read_text())
+    dist_info = next(f.split("/")[0] for f, _ in files if f.split("/")[0].endswith(".dist-info"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = out_dir / "strip-scratch"
+    scratch.mkdir(exist_ok=True)
+    wheel = out_dir / name
+    record, kept_bytes, dropped, dropped_bytes = [], 0, 0, 0
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as z:
+        for path, read in sorted(files):
+            if path == f"{dist_info}/RECORD" or not kept(path):
+                dropped += path != f"{dist_info}/RECORD"
+                dropped_bytes += len(read()) if path != f"{dist_info}/RECORD" else 0
+                continue
+            data = read()
+            if strip and (path.endswith(".so") or ".so." in path):
+                data = strip_library(data, scratch)
+            z.writestr(path, data)
+            record.append((path, _record_hash(data), str(len(data))))
+            kept_bytes += len(data)
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows([*record, (f"{dist_info}/RECORD", "", "")])
+        z.writestr(f"{dist_info}/RECORD", text.getvalue())
+    shutil.rmtree(scratch)
+    print(f"[pack] xz {xz_preset} {name} ({wheel.stat().st_size / MiB:.0f} MiB) ...", flush=True)
+    subprocess.run(["xz", xz_preset, "-T2", "-f", "-k", str(wheel)], check=True)
+    wheel.unlink()
+    slimmed = {"files_kept": len(record), "bytes_kept": kept_bytes, "files_dropped": dropped,
+               "bytes_dropped": dropped_bytes, "stripped": strip, "xz": xz_preset}
+    record_file.write_text(json.dumps(slimmed) + "\n")
+    return packed, slimmed
+
+
 # --------------------------------------------------------------------------------- shard sets
 
 
 @dataclass(frozen=True)
 class CheckSet:
-    """The decode check's shards: per codec what
+    """The check set's shards: per codec what
     `mvd-shard synth --out DIR --codec C --gop G --width W --height H --num-frames T
-    --num-videos N` makes (synth encodes straight into --codec; --reencode is for real videos)."""
+    --num-videos N` makes (synth encodes straight into --codec)."""
 
     codecs: tuple[str, ...] = ("h264", "hevc", "vp9")
-    num_videos: int = 16
-    num_frames: int = 80
-    width: int = 320
-    height: int = 240
+    num_videos: int = 8
+    num_frames: int = 48
+    width: int = 192
+    height: int = 160  # >= 160 px a side (NVDEC's minimum: VP9 128, HEVC 144)
     gop: int = 16
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """One shard directory of a set: its estimated size, and how to make it (returns the dir)."""
-
-    what: str
-    estimated_bytes: float
-    make: Callable[[], Path]
 
 
 def estimate_bytes(num_videos: int, width: int, height: int, num_frames: int) -> float:
     return num_videos * width * height * num_frames * BYTES_PER_PIXEL_FRAME
 
 
-def shard_jobs(name: str, build: Path, check: CheckSet, workers: int | None) -> list[ShardJob]:
-    """The shard directories of set `name` ("check", "loader" or "step"), under `build` as the
-    GPU machine will find them under its work folder."""
+def shard_dirs(name: str, build: Path, check: CheckSet, workers: int | None) -> list[Path]:
+    """Make the shard directories of set `name` under `build` (as the machine unpacks them under
+    /tmp/mvd-gpu/shards)."""
     if name == "check":
-        def make(codec: str) -> Callable[[], Path]:
-            def run() -> Path:
-                out = build / "check" / codec
-                make_synth_dataset(out, num_videos=check.num_videos, num_frames=check.num_frames,
-                                   width=check.width, height=check.height, codec=codec,
-                                   gop=check.gop, workers=workers)
-                return out
-            return run
+        shutil.rmtree(build / "check", ignore_errors=True)  # synth refuses a non-empty dir
         size = estimate_bytes(check.num_videos, check.width, check.height, check.num_frames)
-        return [ShardJob(f"check/{c} ({check.num_videos} x {check.width}x{check.height}x"
-                         f"{check.num_frames})", size, make(c)) for c in check.codecs]
-    if name == "loader":  # what `mvd-bench loader --device gpu --work W` reads from W/loader
-        s = loader_bench.settings_for("gpu", False)
-        root = build / "bench" / "loader" / "shards"
-        size = estimate_bytes(s.num_videos, s.width, s.height, s.num_frames)
-        return [ShardJob(f"loader/{c} ({s.num_videos} x {s.width}x{s.height}x{s.num_frames}, "
-                         "benchmarks/loader.py FULL_GPU)", size,
-                         lambda c=c: loader_bench.synth_shards(root, s, c)) for c in s.codecs]
-    if name == "step":  # what `mvd-bench step --device gpu --work W` reads from W/step
-        variants = step_bench.settings_for("gpu", False)
-        synths = {json.dumps(v.synth, sort_keys=True): v for v in variants}
-        if len(synths) != 1:
-            raise PackError("benchmarks/step.py: the GPU variants must share one synth dict "
-                            "(they read one shard directory)")
-        (settings,) = synths.values()
+        if size * len(check.codecs) > MAX_SET_BYTES:
+            raise PackError(f"the check set would be about {size * len(check.codecs) / MiB:.1f} "
+                            f"MiB, over {MAX_SET_BYTES / MiB:.0f} MiB: fewer or smaller videos")
+        out = []
+        for codec in check.codecs:
+            print(f"[pack] shards check/{codec} ...", flush=True)
+            out.append(build / "check" / codec)
+            make_synth_dataset(out[-1], num_videos=check.num_videos, num_frames=check.num_frames,
+                               width=check.width, height=check.height, codec=codec,
+                               gop=check.gop, workers=workers)
+            decode_check.reference(out[-1])  # the CPU side of the decode check, made here
+        return out
+    if name == "step":  # what `mvd-bench step --feed loader --work W` reads from W/step/shards
+        (settings,) = {json.dumps(v.synth, sort_keys=True): v
+                       for v in step_bench.settings_for("gpu", False)}.values()
         sy = settings.synth
-        size = estimate_bytes(sy["num_videos"], sy["width"], sy["height"], sy["num_frames"])
-        return [ShardJob(f"step ({sy['num_videos']} x {sy['width']}x{sy['height']}x"
-                         f"{sy['num_frames']} {sy['codec']}, benchmarks/step.py FULL_GPU)", size,
-                         lambda: step_bench.synth_shards(build / "bench" / "step" / "shards",
-                                                         settings))]
+        if estimate_bytes(sy["num_videos"], sy["width"], sy["height"], sy["num_frames"]) \
+                > MAX_SET_BYTES:
+            raise PackError(f"benchmarks/step.py GPU_SHARDS would be over "
+                            f"{MAX_SET_BYTES / MiB:.0f} MiB: fewer or smaller videos")
+        print("[pack] shards step ...", flush=True)
+        return [step_bench.synth_shards(build / "bench" / "step" / "shards", settings)]
     raise PackError(f"unknown shard set {name!r}; choose from {', '.join(SHARD_SETS)}")
 
 
-def make_shard_set(name: str, build: Path, check: CheckSet, workers: int | None,
-                   max_bytes: float) -> tuple[Path, list[str]]:
-    """Make set `name` and tar it (paths relative to `build`); returns (tar, shard dirs)."""
-    jobs = shard_jobs(name, build, check, workers)
-    estimate = sum(j.estimated_bytes for j in jobs)
-    if estimate > max_bytes:
-        raise PackError(
-            f"shard set {name!r} would be about {estimate / MiB:.0f} MiB "
-            f"({'; '.join(j.what for j in jobs)}), over {max_bytes / MiB:.0f} MiB: shrink those "
-            f"settings (e.g. 48 videos at 320x240x80 per codec is ~8 MiB), or leave the set out "
-            f"with --skip {name} (the GPU machine then encodes it with the travelled PyAV)")
-    dirs = []
-    for job in jobs:
-        print(f"[pack] shards {job.what} ...", flush=True)
-        dirs.append(job.make())
-    tar_path = build / f"shards-{name}.tar"
+def tar_dirs(dirs: list[Path], build: Path, tar_path: Path) -> Path:
     with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
         for d in dirs:
             for path in sorted(p for p in d.rglob("*") if p.is_file()):
                 tar.add(path, arcname=str(path.relative_to(build)), filter=_plain)
-    return tar_path, [str(d.relative_to(build)) for d in dirs]
+    return tar_path
 
 
 def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -276,7 +352,7 @@ def write_piece(piece: Piece, dest_dir: Path) -> str:
     return sha256_file(out)
 
 
-def plan_batches(pieces: list[Piece], batch_bytes: int = BATCH_BYTES) -> list[list[Piece]]:
+def plan_batches(pieces: list[Piece], batch_bytes: int = PART_BYTES) -> list[list[Piece]]:
     """Group the pieces into as few batches of at most `batch_bytes` as first-fit decreasing
     finds (largest piece first, each into the first batch it fits)."""
     batches: list[list[Piece]] = []
@@ -296,94 +372,90 @@ def plan_batches(pieces: list[Piece], batch_bytes: int = BATCH_BYTES) -> list[li
 # ----------------------------------------------------------------------------------- the pack
 
 
-def pack(out: Path, wheels_dir: Path, *, sets: tuple[str, ...] = SHARD_SETS,
-         check: CheckSet = CheckSet(), reqs: list[tuple[str, str]] | None = None,
-         download: bool = False, part_bytes: int = PART_BYTES, batch_bytes: int = BATCH_BYTES,
-         max_set_bytes: float = MAX_SET_BYTES, workers: int | None = None,
+def pack(out: Path, wheels_dir: Path | None, *, from_site: bool = False, strip: bool = True,
+         reuse_dali: bool = False, xz_preset: str = "-9e",
+         sets: tuple[str, ...] = SHARD_SETS, check: CheckSet = CheckSet(),
+         reqs: list[tuple[str, str]] | None = None, download: bool = False,
+         part_bytes: int = PART_BYTES, workers: int | None = None, dali: bool = True,
          command: str = "") -> dict:
-    """Make the pack in `out` (MANIFEST.json, batches/batch-N/, build/ scratch); returns the
-    manifest."""
-    out, wheels_dir = Path(out), Path(wheels_dir)
+    """Make the pack in `out` (MANIFEST.json, dali-part-N/, build/ scratch); returns the
+    manifest. `dali=False` leaves the DALI wheel out (the tests' small packs)."""
+    out = Path(out)
     reqs = requirements() if reqs is None else reqs
     if download:
-        download_wheels(wheels_dir, reqs)
-    files = [(w, "wheel", {}) for w in find_wheels(wheels_dir, reqs)]
+        download_wheels(Path(wheels_dir), reqs + ([] if from_site or not dali else
+                                                  requirements(wanted=(DALI,))))
     build = out / "build"
     build.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[Path, str, dict]] = []
+    if dali:
+        wheel, slimmed = slim_wheel(build, wheels_dir, from_site=from_site, strip=strip,
+                                    reuse=reuse_dali, xz_preset=xz_preset)
+        files.append((wheel, "wheel-xz", {"slimmed": slimmed}))
+    files += [(w, "wheel", {}) for w in find_wheels(Path(wheels_dir), reqs)] if reqs else []
     shard_sets = {}
     for name in sets:
-        tar_path, dirs = make_shard_set(name, build, check, workers, max_set_bytes)
+        dirs = shard_dirs(name, build, check, workers)
+        tar_path = tar_dirs(dirs, build, build / f"shards-{name}.tar")
         files.append((tar_path, "shards", {"set": name}))
-        shard_sets[name] = {"file": tar_path.name, "dirs": dirs}
+        shard_sets[name] = {"file": tar_path.name, "dirs": [str(d.relative_to(build))
+                                                             for d in dirs]}
 
     entries, pieces = [], []
     for path, kind, extra in files:
         if not SAFE_NAME.match(path.name):
             raise PackError(f"{path}: the name must match {SAFE_NAME.pattern} to travel")
-        print(f"[pack] sha256 {path.name} ...", flush=True)
         mine = split_file(path, part_bytes)
         entries.append({"name": path.name, "kind": kind, **extra, "bytes": path.stat().st_size,
                         "sha256": sha256_file(path), "parts": [] if len(mine) == 1 else mine})
         pieces += mine
-    batches = plan_batches(pieces, batch_bytes - MANIFEST_RESERVE)
-
-    batch_root = out / "batches"
-    if batch_root.exists():
-        shutil.rmtree(batch_root)
+    batches = plan_batches(pieces, part_bytes)
+    for old in out.glob("dali-part-*"):
+        shutil.rmtree(old)
     digests = {}
     for i, batch in enumerate(batches, 1):
-        d = batch_root / f"batch-{i}"
+        d = out / f"dali-part-{i}"
         d.mkdir(parents=True)
         for piece in batch:
             digests[piece.name] = write_piece(piece, d)
     for entry in entries:
         entry["parts"] = [{"name": p.name, "bytes": p.size, "sha256": digests[p.name]}
                           for p in entry["parts"]]
-    whole = {e["name"]: e["sha256"] for e in entries if not e["parts"]}
-    for name, digest in whole.items():
-        if digests[name] != digest:
-            raise PackError(f"{name} changed while packing (sha256 {digests[name]} != {digest})")
-
     manifest = {
         "format": FORMAT,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
         "git": git_state(),
         "part_bytes": part_bytes,
-        "batch_bytes": batch_bytes,
         "requirements": [f"{n}=={v}" for n, v in reqs],
         "shard_sets": shard_sets,
         "files": entries,
-        "batches": [{"name": f"batch-{i}", "bytes": sum(p.size for p in b),
+        "batches": [{"name": f"dali-part-{i}", "bytes": sum(p.size for p in b),
                      "pieces": [p.name for p in b]} for i, b in enumerate(batches, 1)],
-        "transfer": transfer_calls(batch_root, len(batches)),
     }
     text = json.dumps(manifest, indent=1) + "\n"
     if len(text.encode()) > MANIFEST_RESERVE:
         raise PackError(f"MANIFEST.json is {len(text)} bytes, more than the {MANIFEST_RESERVE} "
-                        "kept free for it in each batch")
+                        "kept free for it in each part")
     (out / MANIFEST).write_text(text)
     for i in range(1, len(batches) + 1):
-        (batch_root / f"batch-{i}" / MANIFEST).write_text(text)
+        (out / f"dali-part-{i}" / MANIFEST).write_text(text)
     return manifest
 
 
-def transfer_calls(batch_root: Path, n: int) -> dict:
-    """The device-tool calls that carry the batches: one per batch, the last one also runs."""
-    try:
-        root = str(batch_root.resolve().relative_to(REPO))
-    except ValueError:  # a pack outside the repository cannot be carried as it is
-        root = str(batch_root.resolve())
-    calls = []
-    for i in range(1, n + 1):
-        carry = f"{root}/batch-{i}"
-        command = f"bash benchmarks/gpu/run.sh --receive {carry}"
-        if i == n:
-            command += " && bash benchmarks/gpu/run.sh"
-        calls.append({"carry": [carry], "command": command})
-    return {"parts_dir": PARTS_DIR,
-            "note": "calls back to back: the machine goes back when idle, and the parts with it",
-            "calls": calls}
+def sizes(manifest: dict, out: Path) -> dict:
+    """What pack-sizes.json records: each carried part folder's bytes and pieces' sha256."""
+    carry = {}
+    for b in manifest["batches"]:
+        folder = out / b["name"]
+        carry[f"{plan.PACK_DIR}/{b['name']}"] = {
+            "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+            "pieces": {n: sha256_file(folder / n) for n in b["pieces"]}}
+    return {"created_utc": manifest["created_utc"], "command": manifest["command"],
+            "files": {f["name"]: {"bytes": f["bytes"], "sha256": f["sha256"],
+                                  **({"slimmed": f["slimmed"]} if "slimmed" in f else {})}
+                      for f in manifest["files"]},
+            "carry": carry}
 
 
 def git_state() -> dict:
@@ -397,62 +469,45 @@ def git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
-def worktree_bytes() -> int | None:
-    """Bytes of the files a device call copies besides the carried batch: tracked files and
-    untracked ones git does not ignore."""
-    try:
-        listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                                 "--exclude-standard"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    paths = (REPO / p.decode() for p in listed.split(b"\0") if p)
-    return sum(p.stat().st_size for p in paths if p.is_file())
-
-
-def describe(manifest: dict) -> list[str]:
-    lines = [f"{len(manifest['files'])} files, {len(manifest['batches'])} batches:"]
-    for f in manifest["files"]:
-        parts = f" in {len(f['parts'])} parts" if f["parts"] else ""
-        lines.append(f"  {f['name']}: {f['bytes'] / MiB:.2f} MiB{parts}")
-    for b in manifest["batches"]:
-        lines.append(f"  {b['name']}: {b['bytes'] / MiB:.1f} MiB ({len(b['pieces'])} pieces)")
-    tree = worktree_bytes()
-    if tree is not None:
-        largest = max(b["bytes"] for b in manifest["batches"]) + MANIFEST_RESERVE
-        total = tree + largest
-        verdict = "fits" if total <= DEVICE_CALL_BYTES else "DOES NOT FIT: trim the working tree"
-        lines.append(f"per call: working tree {tree / MiB:.1f} MiB + largest batch "
-                     f"{largest / MiB:.1f} MiB = {total / MiB:.1f} of 64 MiB ({verdict})")
-    lines.append("device calls, back to back:")
-    lines += [f"  carry={c['carry']}  command: {c['command']}"
-              for c in manifest["transfer"]["calls"]]
-    return lines
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu.pack",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="pack directory (default: .gpu-pack in the repo, git-ignored)")
-    parser.add_argument("--wheels", type=Path, default=None,
-                        help="folder holding the downloaded wheels (default: OUT/downloads)")
+                        help=f"pack directory (default: {plan.PACK_DIR} in the repo, git-ignored)")
+    parser.add_argument("--wheels", type=Path, required=True,
+                        help="folder holding the downloaded wheels")
     parser.add_argument("--download", action="store_true",
                         help="first pip-download the pinned wheels into --wheels (network)")
-    parser.add_argument("--skip", action="append", default=[], choices=SHARD_SETS,
-                        help="leave a shard set out (repeatable)")
+    parser.add_argument("--dali-from-site", action="store_true",
+                        help="build the slim DALI wheel from the DALI installed here")
+    parser.add_argument("--no-strip", action="store_true",
+                        help="keep the libraries' static symbol tables")
+    parser.add_argument("--xz", default="-9e", metavar="PRESET",
+                        help="xz's preset for the slim wheel (default -9e: smallest, slowest)")
+    parser.add_argument("--reuse-dali", action="store_true",
+                        help="keep the slim DALI wheel an earlier pack made in OUT/build")
     parser.add_argument("--workers", type=int, default=None, help="encoder processes")
+    parser.add_argument("--record", action="store_true",
+                        help=f"write {plan.PACK_SIZES.name} (what the plan renders from)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "benchmarks.gpu.pack",
                           *(sys.argv[1:] if argv is None else argv)])
-    sets = tuple(s for s in SHARD_SETS if s not in args.skip)
     try:
-        manifest = pack(args.out, args.wheels or args.out / "downloads", sets=sets,
-                        download=args.download, workers=args.workers, command=command)
-    except PackError as err:
+        manifest = pack(args.out, args.wheels, from_site=args.dali_from_site,
+                        strip=not args.no_strip, reuse_dali=args.reuse_dali, xz_preset=args.xz,
+                        download=args.download, workers=args.workers,
+                        command=command)
+    except (PackError, subprocess.CalledProcessError) as err:
         print(f"mvd-gpu-pack: {err}", file=sys.stderr)
         return 2
-    print("\n".join(describe(manifest)))
-    print(f"wrote {args.out / MANIFEST}")
+    for f in manifest["files"]:
+        print(f"  {f['name']}: {f['bytes'] / MiB:.2f} MiB"
+              + (f" in {len(f['parts'])} pieces" if f["parts"] else ""))
+    for b in manifest["batches"]:
+        print(f"  {b['name']}: {b['bytes'] / MiB:.1f} MiB ({len(b['pieces'])} pieces)")
+    if args.record:
+        plan.PACK_SIZES.write_text(json.dumps(sizes(manifest, args.out), indent=1) + "\n")
+        print(f"wrote {plan.PACK_SIZES}; now: python3 -m benchmarks.gpu.plan --write")
     return 0
 
 

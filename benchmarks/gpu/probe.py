@@ -4,7 +4,11 @@ error, whether the driver's NVDEC library loads, and where the `nvidia` package 
 `nvidia/dali` has to merge with the `nvidia/*` folders of torch's CUDA wheels), and the output
 of `nvidia-smi -q`, `nvidia-smi` and `pip list`.
 
-    python3 -m benchmarks.gpu.probe --out OUT/env      # exit 1 when a needed module is missing
+    python3 -m benchmarks.gpu.probe --out OUT/env --needs torch,numpy
+                                             # exit 1 when a needed module is missing
+
+Every call of the GPU check runs it first: `--needs` names what that call's later stages import
+(call 1 needs no DALI, PyAV or webdataset; they are reported either way).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from pathlib import Path
 
 from benchmarks import env
 
-# Needed by the stages after this one; the rest is reported only.
-NEEDED = ("torch", "nvidia.dali", "av", "webdataset", "timm", "numpy", "yaml", "pytest")
-REPORTED = ("triton", "pytest_timeout", "safetensors", "PIL", "cv2", "matplotlib", "rich",
-            "optree", "libcst", "nvtx")
+# Every module the check may import, reported with its version or its import error; the
+# caller's --needs says which of them its stages cannot do without
+REPORTED = ("torch", "nvidia.dali", "av", "webdataset", "timm", "numpy", "yaml", "pytest",
+            "triton", "pytest_timeout", "safetensors", "PIL", "cv2", "matplotlib", "rich",
+            "optree", "libcst", "nvtx", "astunparse", "gast", "makefun")
 NVDEC_LIBRARY = "libnvcuvid.so.1"
 COMMANDS = {"nvidia-smi-q.txt": ["nvidia-smi", "-q"], "nvidia-smi.txt": ["nvidia-smi"],
             "pip-list.txt": [sys.executable, "-m", "pip", "list"]}
@@ -49,13 +54,14 @@ def nvdec_library() -> dict:
     return {"library": NVDEC_LIBRARY, "loaded": True}
 
 
-def probe() -> dict:
-    modules = {name: import_status(name) for name in (*NEEDED, *REPORTED)}
+def probe(needed: tuple[str, ...]) -> dict:
+    modules = {name: import_status(name) for name in dict.fromkeys((*needed, *REPORTED))}
     nvidia = sys.modules.get("nvidia")
     return {
         "environment": env.collect("gpu"),
         "modules": modules,
-        "missing": [n for n in NEEDED if "error" in modules[n]],
+        "needed": list(needed),
+        "missing": [n for n in needed if "error" in modules[n]],
         "nvdec": nvdec_library(),
         "nvidia_package_path": list(getattr(nvidia, "__path__", [])) if nvidia else None,
         "env_vars": {k: os.environ.get(k) for k in ("NVIDIA_DRIVER_CAPABILITIES",
@@ -78,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.gpu.probe",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--needs", default="torch",
+                        help="comma-separated modules this call's stages need (default torch)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, command in COMMANDS.items():
         save_output(command, args.out / name)
-    result = probe()
+    result = probe(tuple(n for n in args.needs.split(",") if n))
     (args.out / "versions.json").write_text(json.dumps(result, indent=1) + "\n")
     gpu = result["environment"]["gpu"] or {}
     print(f"probe: {gpu.get('name', 'no GPU')}, torch {result['modules']['torch'].get('version')}"

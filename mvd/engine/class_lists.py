@@ -10,10 +10,9 @@ sources and the first difference.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
+from dali_pipelines.manifest import ShardDirError, read_manifest
 from mvd.config import ConfigError
 
 
@@ -25,17 +24,23 @@ class ClassSource:
     where: str
 
 
-def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:
-    """The class list of a shard directory (its manifest.json), e.g. ``what="eval.dir"``."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise ConfigError(f"{what}={data_dir}: no manifest.json there (is it a shard directory "
-                          f"written by mvd-shard?)")
+def shard_manifest(data_dir: str, what: str = "data.dir") -> dict:
+    """The manifest of a shard directory (``dali_pipelines.manifest.read_manifest``), its errors
+    as ConfigErrors naming the config key, e.g. ``what="eval.dir"``."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return read_manifest(data_dir)
+    except ShardDirError as e:
+        raise ConfigError(f"config key '{what}': {e}") from None
+
+
+def shard_classes(data_dir: str, what: str = "data.dir") -> ClassSource:
+    """The class list of a shard directory (its manifest's ``classes``)."""
+    manifest = shard_manifest(data_dir, what)
+    try:
         names = [str(n) for n in manifest["classes"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{what}={data_dir}: {path} has no readable 'classes' ({e})") from None
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"config key '{what}': {data_dir}/manifest.json has no readable 'classes' "
+                          f"({e!r})") from None
     origin = manifest.get("class_list") or {}
     how = origin.get("source", "not recorded")
     if origin.get("file"):

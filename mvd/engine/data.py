@@ -1,5 +1,12 @@
-"""Building the dali_pipelines loaders from the data config and the process's rank, and turning
-their batches into the models' inputs on the device.
+"""What the dali_pipelines loaders take from the config and the process's rank (each task module
+builds its own loaders from these options), and turning their batches into the models' inputs on
+the device.
+
+Each rank reads its own share of the samples. Decode failures past data.max_failure_fraction
+stop every rank at the same step: a training loader votes over a gloo group
+(:func:`failure_group`, one per trainer); an eval loader, built at every validation, over the
+default group (on NCCL a small device tensor per eval batch, rather than a new group per
+validation).
 
 The training loaders yield uint8 clips (``normalize=False``: a quarter of the bytes of float32
 to copy and move); :class:`ModelInputs` normalises them on the device inside the step and then
@@ -64,38 +71,18 @@ def loader_options(cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)
         step_device=info.device.type, torch_threads=cfg.dist.cpu_threads)
 
 
-def build_loader(kind: str, cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2),
-                 batch_size: int | None = None):
-    """kind: 'pretrain' | 'finetune' | 'eval' | 'detect' | 'detect_eval' (AVA keyframes with their
-    boxes: training views of data.dir, or the eval.dir keyframes scored on their proposals);
-    options from :func:`loader_options`, then ``data.loader_options`` (``eval.loader_options``
-    for the eval loaders) by option name; ``batch_size``: the training loaders' per-process
-    batch (``config.plan_batch``; default data.batch_size). Each rank reads its own share of the
-    samples.
+def train_options(cfg: Config, info: DistInfo, patch: tuple[int, int] = (16, 2)) -> LoaderOptions:
+    """:func:`loader_options` of a training loader: seeded, uint8 clips (normalised by
+    :class:`ModelInputs` in the step), then ``data.loader_options`` by option name."""
+    return LoaderOptions.of(replace(loader_options(cfg, info, patch), seed=cfg.seed, normalize=False),
+                            cfg.data.loader_options, where="data.loader_options")
 
-    Decode failures past data.max_failure_fraction stop every rank at the same step: the
-    training loader votes over a gloo group (:func:`failure_group`, one per trainer); the eval
-    loader, built at every validation, over the default group (on NCCL a small device tensor per
-    eval batch, rather than a new group per validation)."""
-    import dali_pipelines as dp  # DALI: loaded only when a loader is built
 
-    d, e = cfg.data, cfg.eval
-    batch_size = batch_size or d.batch_size
-    options = loader_options(cfg, info, patch)
-    if kind in ("eval", "detect_eval"):
-        options = LoaderOptions.of(options, e.loader_options, where="eval.loader_options")
-        if kind == "detect_eval":
-            return dp.DetectLoader(e.dir or d.dir, e.batch_size, options, train=False)
-        return dp.EvalLoader(e.dir or d.dir, e.batch_size, options)
-    # uint8 clips, normalised by ModelInputs in the step (loader_options may say otherwise)
-    options = LoaderOptions.of(replace(options, seed=cfg.seed, normalize=False),
-                               d.loader_options, where="data.loader_options")
-    group = failure_group(info)
-    if kind == "detect":
-        return dp.DetectLoader(d.dir, batch_size, options, train=True, process_group=group)
-    if kind == "finetune":
-        return dp.FinetuneLoader(d.dir, batch_size, options, process_group=group)
-    return dp.PretrainLoader(d.dir, batch_size, options, process_group=group)
+def eval_options(cfg: Config, info: DistInfo) -> LoaderOptions:
+    """:func:`loader_options` of an eval loader (float clips, fixed views), then
+    ``eval.loader_options`` by option name."""
+    return LoaderOptions.of(loader_options(cfg, info), cfg.eval.loader_options,
+                            where="eval.loader_options")
 
 
 class ModelInputs:

@@ -25,7 +25,6 @@ and the command exits 2; otherwise the last stdout line is one JSON object (the 
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from pathlib import Path
@@ -37,18 +36,15 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from mvd.config import Config, ConfigError, derive, plan_batch
+from dali_pipelines.manifest import ShardDirError, read_manifest
+from mvd.config import Config, ConfigError, derive, per_process_config, plan_batch
 from mvd.engine import distributed as D
 from mvd.engine.optim import IMPLEMENTATIONS, choose_implementation
 from mvd.engine.precision import plan_precision
-from mvd.engine.tasks import build_task
-from mvd.models.flops import count_flops, mvd_step_flops
+from mvd.engine.tasks import Task, task_class
+from mvd.models.flops import count_flops
 
 GIB = 2**30
-DEFAULT_CLASSES = 400  # planned with when neither the shards nor model.overrides say
-DEFAULT_DETECT_CLASSES = 80  # AVA v2.2's action list, for task detect
-PLAN_BOXES_PER_CLIP = 8  # detect: boxes per training clip planned with (AVA keyframes hold a few
-# people, each box and its jittered copy; a fake batch holds no values, only this shape)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -126,32 +122,6 @@ def _fake_process_group(world: int) -> None:
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
 
 
-def _manifest(path: str) -> dict | None:
-    p = Path(path) / "manifest.json" if path else None
-    return json.loads(p.read_text()) if p is not None and p.is_file() else None
-
-
-def _fake_batch(task, cfg: Config, mode, device: torch.device, per_gpu: int) -> dict:
-    """A batch of the loader's shapes and dtypes at ``per_gpu`` videos (fake tensors: nothing
-    is allocated)."""
-    d = cfg.data
-    B = per_gpu * (d.repeated_aug if cfg.task == "finetune" else 1)
-    with mode:
-        batch = {"video": torch.empty(B, 3, d.num_frames, d.input_size, d.input_size, device=device),
-                 "label": torch.zeros(B, dtype=torch.long, device=device)}
-        if cfg.task == "detect":
-            k = B * PLAN_BOXES_PER_CLIP
-            batch["boxes"] = torch.zeros(k, 5, device=device)
-            batch["box_labels"] = torch.zeros(k, len(task.classes), device=device)
-        if cfg.task in ("pretrain_mvd", "pretrain_videomae"):
-            n = task.model.num_patches
-            batch["mask"] = torch.zeros(B, n, dtype=torch.bool, device=device)
-            s = d.teacher_input_size or d.input_size
-            if cfg.task == "pretrain_mvd" and s != d.input_size:
-                batch["teacher_video"] = torch.empty(B, 3, d.num_frames, s, s, device=device)
-    return batch
-
-
 class Plan:
     """Collects the plan's errors (each naming its key) and warnings while it is made."""
 
@@ -169,34 +139,13 @@ class Plan:
         return None
 
 
-def _check_grids(cfg: Config, task, plan: Plan) -> None:
-    """The teachers' token grids must be the student's: image teacher per frame (H', W'), video
-    teacher (T', H', W')."""
-    from mvd.models.teachers import unwrap
-
-    student = task.model
-    if task.image_teacher is not None:
-        got = unwrap(task.image_teacher).grid
-        if tuple(got) != tuple(student.grid[1:]):
-            plan.errors.append(
-                f"config keys 'data.teacher_input_size' / 'teachers.image': the image teacher "
-                f"{cfg.teachers.image.name} gives a {got[0]}x{got[1]} token grid per frame at "
-                f"{cfg.data.teacher_input_size or cfg.data.input_size} px but the student's is "
-                f"{student.grid[1]}x{student.grid[2]}; set data.teacher_input_size to "
-                f"{student.grid[1]} x the teacher's patch size")
-    if task.video_teacher is not None:
-        got = unwrap(task.video_teacher).grid
-        if tuple(got) != tuple(student.grid):
-            plan.errors.append(
-                f"config key 'teachers.video': the video teacher {cfg.teachers.video.name} gives a "
-                f"{'x'.join(map(str, got))} token grid but the student's is "
-                f"{'x'.join(map(str, student.grid))}; give both the same patch and tubelet size")
-
-
 def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Plan]:
     """(the plan as a JSON-able dict, or None when errors stop it; the Plan with messages)."""
     environ = os.environ if environ is None else environ
     plan = Plan()
+    cls = plan.check(task_class, cfg)  # the task's own config checks
+    if cls is None:
+        return None, plan
     world = int(environ.get("WORLD_SIZE") or cfg.dist.world_size_hint)
     device_type = "cpu" if cfg.dist.device == "cpu" else "cuda"
     fsdp = cfg.dist.fsdp and world > 1
@@ -205,31 +154,18 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
                              "so this run keeps whole copies (as DDP would)")
     precision = plan.check(plan_precision, cfg.train.precision, device_type, fsdp=cfg.dist.fsdp,
                            teacher_weights=cfg.train.teacher_weights)
-    training = cfg.task != "eval"
+    training = cls.trains
     impl = plan.check(choose_implementation, cfg.optim, device_type, fsdp=fsdp) if training \
         else None
-    if cfg.task == "eval" and cfg.eval.batch_size % cfg.eval.num_crops:
-        plan.errors.append(f"config key 'eval.batch_size' is {cfg.eval.batch_size}; it must be a "
-                           f"multiple of eval.num_crops={cfg.eval.num_crops} (each batch holds "
-                           f"whole clips)")
 
     # What must exist by the time the run starts.
-    paths = {"data.dir": cfg.data.dir if training else "", "eval.dir": cfg.eval.dir,
-             "model.init": cfg.model.init}
-    if cfg.task == "pretrain_mvd":
-        for kind in ("image", "video"):
-            tc = getattr(cfg.teachers, kind)
-            if tc.name:
-                paths[f"teachers.{kind}.checkpoint"] = tc.checkpoint
-                if not tc.checkpoint:
-                    plan.warnings.append(f"teachers.{kind}.checkpoint is empty: the {kind} "
-                                         f"teacher would be randomly initialised")
-    for key, path in paths.items():
+    plan.warnings += cls.plan_warnings(cfg)
+    for key, path in cls.inputs(cfg).items():
         if path and not Path(path).exists():
             plan.warnings.append(f"{key}={path} does not exist yet")
 
-    data_dir = cfg.data.dir if training else (cfg.eval.dir or cfg.data.dir)
-    manifest = _manifest(data_dir)
+    key, data_dir = cls.shard_dir(cfg)
+    manifest = plan.check(_manifest, data_dir, key)
     samples = manifest["samples"] if manifest else cfg.data.expected_samples
     if manifest and cfg.data.expected_samples and manifest["samples"] != cfg.data.expected_samples:
         plan.warnings.append(f"{data_dir} holds {manifest['samples']} samples, the recipe expects "
@@ -238,17 +174,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
         plan.errors.append(f"config key 'data.expected_samples': data.dir={data_dir or '(empty)'} "
                            f"has no manifest.json, so the plan needs the number of training "
                            f"videos: set data.expected_samples=N")
-    classes = None
-    if cfg.task in ("finetune", "eval", "detect"):
-        default = DEFAULT_DETECT_CLASSES if cfg.task == "detect" else DEFAULT_CLASSES
-        if manifest:
-            classes = list(manifest["classes"])
-        elif "num_classes" in cfg.model.overrides:
-            classes = [str(i) for i in range(int(cfg.model.overrides["num_classes"]))]
-        else:
-            classes = [str(i) for i in range(default)]
-            plan.warnings.append(f"no shards to read the class list from: planned with "
-                                 f"{default} classes")
+    classes = plan.check(cls.plan_classes, cfg, manifest, plan.warnings)
     if plan.errors:
         return None, plan
 
@@ -259,8 +185,9 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
         split = plan.check(plan_batch, cfg, world)
         if split is None:
             return None, plan
-        batches = steps_per_epoch(samples, split.per_process, world, drop_last=True)
-        derived = plan.check(derive, cfg, world, batches)
+        cfg = per_process_config(cfg, split)  # the task's loader and fake batch at the plan's batch
+        batches = steps_per_epoch(samples, cfg.data.batch_size, world, drop_last=True)
+        derived = plan.check(derive, cfg, world, batches, views=cls.clip_views(cfg))
         if derived is None:
             return None, plan
 
@@ -270,41 +197,27 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     mode = FakeTensorMode()
     fake_device = torch.device("cpu")  # fake tensors need no memory; CPU autocast casts alike
     with torch.device("meta"):
-        if cfg.task == "eval":
-            from mvd.models import create_model
-
-            model = plan.check(create_model, cfg.model.name, img_size=cfg.data.input_size,
-                               num_frames=cfg.data.num_frames, num_classes=len(classes),
-                               **cfg.model.overrides)
-            task = None
-        else:
-            kw = {"classes": classes} if cfg.task in ("finetune", "detect") else {}
-            task = plan.check(build_task, cfg, torch.device("meta"), 0, precision=precision,
-                              load=False, **kw)
-            model = task.model if task is not None else None
-    if model is None:
+        task = plan.check(cls.build, cfg, torch.device("meta"), 0, precision=precision, load=False,
+                          classes=classes)
+    if task is None:
         return None, plan
-    if cfg.task == "pretrain_mvd":
-        _check_grids(cfg, task, plan)
-        if plan.errors:
-            return None, plan
-    teachers = task.teachers if task is not None else []
+    plan.errors += task.plan_errors()
+    if plan.errors:
+        return None, plan
+    model, teachers = task.model, task.teachers
     for m in [model, *teachers]:
         _to_fake(m, mode, fake_device)
 
     params = {"model": sum(p.numel() for p in model.parameters())}
-    if task is not None:
-        for kind in ("image", "video"):
-            t = getattr(task, f"{kind}_teacher", None)
-            if t is not None:
-                params[f"{kind}_teacher"] = sum(p.numel() for p in t.parameters())
+    for name, t in task.named_teachers.items():
+        params[name] = sum(p.numel() for p in t.parameters())
 
-    cpu_precision = type(precision)(precision.name, fake_device.type)
+    cpu_precision = type(precision)(precision.name, fake_device.type, precision.teacher_weights)
     if fsdp:  # shard for real: FSDP2 over a process group that moves no data
         _fake_process_group(world)
     try:
-        flops, peak = _fake_steps(cfg, task, model, teachers, mode, fake_device, cpu_precision,
-                                  world if fsdp else 1, derived.per_gpu_batch if derived else 0)
+        flops, peak = _fake_steps(task, model, mode, fake_device, cpu_precision,
+                                  world if fsdp else 1)
     finally:
         if fsdp:
             dist.destroy_process_group()
@@ -343,8 +256,22 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     return result, plan
 
 
-def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], mode,
-                device: torch.device, precision, fsdp_world: int, per_gpu: int) -> tuple[dict, int]:
+def _manifest(path: str, key: str) -> dict | None:
+    """The shards' manifest (``dali_pipelines.manifest``), None where there is none yet."""
+    if not path:
+        return None
+    try:
+        manifest = read_manifest(path, missing_ok=True)
+    except ShardDirError as e:
+        raise ConfigError(f"config key '{key}': {e}") from None
+    missing = [f for f in ("samples", "classes") if manifest is not None and f not in manifest]
+    if missing:
+        raise ConfigError(f"config key '{key}': {path}/manifest.json has no {' or '.join(missing)}")
+    return manifest
+
+
+def _fake_steps(task: Task, model: nn.Module, mode, device: torch.device, precision,
+                fsdp_world: int) -> tuple[dict, int]:
     """(FLOPs per clip, peak live bytes) of two training steps (or one eval forward) on fake
     tensors; with ``fsdp_world`` > 1 the model is first sharded with the trainer's own
     ``wrap_model`` over the fake process group."""
@@ -353,11 +280,11 @@ def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], 
         model = D.wrap_model(model, info, fsdp=True, precision=precision)  # (mesh: real tensors)
     live = LiveBytes()
     with mode:
-        for m in [model, *teachers]:
+        for m in [model, *task.teachers]:
             for t in [*m.parameters(), *m.buffers()]:
                 live.add(getattr(t, "_local_tensor", t))  # a DTensor's shard
-        if cfg.task != "eval":
-            batch = _fake_batch(task, cfg, mode, device, per_gpu)
+        batch = task.fake_batch(mode, device)
+        if task.trains:
             model.train()
             with live:
                 optimizer = torch.optim.AdamW(
@@ -369,34 +296,15 @@ def _fake_steps(cfg: Config, task, model: nn.Module, teachers: list[nn.Module], 
                     loss.backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-            flops = _train_flops(cfg, task, batch)
+            flops = task.train_flops(batch)
         else:
             with torch.no_grad():
-                video = torch.empty(cfg.eval.batch_size, 3, cfg.data.num_frames,
-                                    cfg.data.input_size, cfg.data.input_size, device=device)
                 model.eval()
                 with live, precision.autocast():
-                    model(video)
-                flops = {"forward": count_flops(lambda: model(video[:1]))}
+                    task.scores(model, batch)
+                one = task.clips(batch, 1)
+                flops = {"forward": count_flops(lambda: task.scores(model, one))}
     return flops, live.peak
-
-
-
-def _train_flops(cfg: Config, task, batch: dict) -> dict:
-    """Per clip: 3 x the trained model's forward (forward + backward at 2x) + the teachers'
-    forward; analytical for MVD (``mvd.models.flops``, pinned to torch's counter by the tests),
-    torch's counter on one fake forward for the other tasks."""
-    if cfg.task == "pretrain_mvd":  # (random masking hides about as many tokens as tube)
-        f = mvd_step_flops(task.model, task.image_teacher, task.video_teacher, cfg.data.mask_ratio)
-        return {"student_forward": f["student_forward"], "teachers_forward": f["teachers_forward"],
-                "total": f["total"]}
-    one = {k: v[:2] for k, v in batch.items()}  # two clips: mixup pairs clips
-    if cfg.task == "detect":  # the boxes of those two clips
-        one["boxes"] = batch["boxes"][: 2 * PLAN_BOXES_PER_CLIP]
-        one["box_labels"] = batch["box_labels"][: 2 * PLAN_BOXES_PER_CLIP]
-    with torch.no_grad():
-        fwd = count_flops(lambda: task.loss(task.model, one, 0)) // 2
-    return {"forward": fwd, "total": 3 * fwd}
 
 
 def render(plan: dict) -> str:

@@ -1,9 +1,9 @@
-"""The training loop: ``Trainer(cfg).train()`` for every training task, ``run_eval(cfg)`` for eval.
+"""The training loop: ``Trainer(cfg).train()`` for every training task, ``run_eval(cfg)`` for a
+task that only evaluates.
 
-The trainer owns the loop only; the task (``mvd.engine.tasks``) owns models and loss, the
-checkpointer owns saving and resuming, the metrics logger owns the one marked host sync per
-``run.log_every`` steps, and ``mvd.engine.evaluate`` (classification) and ``mvd.engine.detect_eval``
-(AVA detection) own validation.
+The trainer owns the loop only; the task (``mvd.engine.tasks``) owns models, loaders, loss and
+validation, the checkpointer owns saving and resuming, and the metrics logger owns the one marked
+host sync per ``run.log_every`` steps.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvd.config import Config, Derived, derive, dump_yaml, plan_batch, to_dict
+from mvd.config import Config, Derived, derive, dump_yaml, per_process_config, plan_batch, to_dict
 from mvd.engine import distributed as D
 from mvd.engine.checkpoint import Checkpointer, atomic_write
-from mvd.engine.class_lists import ClassSource, check_same_classes, shard_classes
-from mvd.engine.data import ModelInputs, build_loader, log_cpu_budgets
-from mvd.engine.detect_eval import evaluate_detections
-from mvd.engine.evaluate import evaluate
+from mvd.engine.data import ModelInputs, log_cpu_budgets
 from mvd.engine.metrics import MetricsLogger
 from mvd.engine.optim import CosineSchedule, build_optimizer
 from mvd.engine.precision import plan_precision
-from mvd.engine.tasks import Detect, Finetune, build_task
-from mvd.engine.weights import EXPORT_NAME, load_weights
+from mvd.engine.tasks import build_task
+from mvd.engine.weights import EXPORT_NAME
 from mvd.models import model_metadata
 
 log = logging.getLogger("mvd.train")
@@ -78,16 +75,18 @@ class Trainer:
         self.info = info = D.init_distributed(cfg.dist)
         self.run_dir = Path(cfg.run.dir)
         self.fsdp = cfg.dist.fsdp and info.distributed
-        batch = plan_batch(cfg, info.world_size)  # before any work: the world must reach it
+        # before any work: the world must reach train.global_batch; the task and its loader then
+        # see the planned per-process batch as data.batch_size
+        cfg = self.cfg = per_process_config(cfg, plan_batch(cfg, info.world_size))
         self.precision = plan_precision(cfg.train.precision, info.device.type, fsdp=cfg.dist.fsdp,
                                         teacher_weights=cfg.train.teacher_weights)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)
         self.task = build_task(cfg, info.device, info.rank, precision=self.precision)
-        self.loader = build_loader(self.task.loader_kind, cfg, info, self.task.patch,
-                                   batch_size=batch.per_process)
+        self.loader = self.task.train_loader(info)
         self.inputs = ModelInputs(info.device)  # uint8 clips -> normalised, in the step
         log_cpu_budgets(self.loader, info)
-        self.derived: Derived = derive(cfg, info.world_size, len(self.loader))
+        self.derived: Derived = derive(cfg, info.world_size, len(self.loader),
+                                       views=self.task.clip_views(cfg))
         seed_everything(cfg.seed + info.rank)  # then per-rank streams (drop path, mixup)
         self.model = self._wrap(self.task.model)
         self.optimizer, impl = build_optimizer(self.task.model, cfg.optim, info.device,
@@ -172,7 +171,7 @@ class Trainer:
                         self.save()
                     if status == "interrupted":
                         break
-                    if cfg.eval.every_epochs and self._validates and \
+                    if cfg.eval.every_epochs and self.task.validates and \
                             self.step % (d.steps_per_epoch * cfg.eval.every_epochs) == 0:
                         self.validate()
             self._sync(False)
@@ -182,15 +181,10 @@ class Trainer:
         result = {"status": status, "step": self.step, "skipped": self.counters["skipped"]}
         if status == "finished":
             self.export()
-            if self._validates and cfg.eval.dir:
+            if self.task.validates and cfg.eval.dir:
                 result["eval"] = self.last_eval if self.last_eval.get("step") == self.step \
                     else self.validate()
         return result
-
-    @property
-    def _validates(self) -> bool:
-        """Whether this task validates on eval.dir (classification and detection do)."""
-        return isinstance(self.task, (Finetune, Detect))
 
     def _epoch(self) -> int:
         return (self.step - 1) // self.derived.steps_per_epoch
@@ -331,25 +325,13 @@ class Trainer:
         return path
 
     def validate(self) -> dict:
-        if isinstance(self.task, Detect):
-            result = run_detect_validation(self.cfg, self.info, self.model, self.precision, self.run_dir)
-        else:
-            result = run_validation(self.cfg, self.info, self.model, self.precision,
-                                    num_classes=len(self.task.classes))
+        """The task's validation on eval.dir, written to run.dir/eval.json (a collective)."""
+        result = self.task.validate(self.model, self.info, self.precision, self.run_dir)
         result["step"] = self.step
         self.last_eval = result
         if self.info.is_main:
-            with open(self.run_dir / "eval.json", "w") as f:
-                json.dump(result, f, indent=1)
-            if isinstance(self.task, Detect):
-                shown = "n/a (no ground truth)" if result["mAP"] is None else f"{result['mAP']:.4f}"
-                log.info("step %d: eval frame mAP@0.5IoU %s over %d keyframes (%d %s boxes, %d "
-                         "detections in %s)", self.step, shown, result["keyframes"],
-                         result["boxes_scored"], result["eval_boxes"], result["detections"],
-                         self.run_dir / DETECTIONS_NAME)
-            else:
-                log.info("step %d: eval top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",
-                         self.step, result["top1"], result["top5"], result["videos"], result["views"])
+            write_eval(self.run_dir, result)
+            log.info("step %d: %s", self.step, self.task.eval_summary(result))
         return result
 
 
@@ -362,54 +344,23 @@ def _fsdp_no_sync(model):
         model.set_requires_gradient_sync(True)
 
 
-def run_validation(cfg: Config, info: D.DistInfo, model, precision, num_classes: int) -> dict:
-    loader = build_loader("eval", cfg, info)
-    return evaluate(model, loader, num_classes, precision.autocast)
-
-
-DETECTIONS_NAME = "detections.csv"  # task detect: the last validation's detections (official CSV)
-
-
-def run_detect_validation(cfg: Config, info: D.DistInfo, model, precision, run_dir: Path) -> dict:
-    """Task detect: score eval.dir's keyframes, rank 0 writes run_dir/detections.csv; the mAP
-    result on every rank."""
-    loader = build_loader("detect_eval", cfg, info)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return evaluate_detections(model, loader, precision.autocast, csv_path=run_dir / DETECTIONS_NAME,
-                               score_by_proposal=cfg.detect.score_by_proposal, is_main=info.is_main)
+def write_eval(run_dir: Path, result: dict) -> None:
+    with open(run_dir / "eval.json", "w") as f:
+        json.dump(result, f, indent=1)
 
 
 def run_eval(cfg: Config) -> dict:
-    """task eval: load model.init into the classifier, evaluate on eval.dir, write eval.json."""
+    """A task that only evaluates (``trains`` False, task eval): its model scored on eval.dir,
+    the resolved config and eval.json (and the task's own outputs) written to run.dir."""
     info = D.init_distributed(cfg.dist)
     seed_everything(cfg.seed)
-    shards = shard_classes(cfg.eval.dir or cfg.data.dir, "eval.dir" if cfg.eval.dir else "data.dir")
-    classes = shards.names
-    from mvd.models import create_model
-
-    kw = {"img_size": cfg.data.input_size, "num_frames": cfg.data.num_frames,
-          "num_classes": len(classes), **cfg.model.overrides}
-    model = create_model(cfg.model.name, **kw).to(info.device)
-    if cfg.model.init:
-        report = load_weights(model, cfg.model.init, what="model.init")
-        if report.classes is not None:  # before the eval: scores against shifted labels are noise
-            trained = ClassSource(report.classes, f"model.init={cfg.model.init} ({len(report.classes)} "
-                                                  f"classes in its {report.classes_from})")
-            check_same_classes(trained, shards, "Evaluate on shards made with the class list the model "
-                               "was trained on (mvd-shard ... --classes FILE).")
-    else:
-        bar = "!" * 78
-        log.warning("\n%s\n!! model.init is empty: evaluating a RANDOMLY INITIALISED %s.\n!! Set "
-                    "model.init=RUN_DIR_OR_CHECKPOINT to evaluate a trained model.\n%s", bar,
-                    cfg.model.name, bar)
-    result = run_validation(cfg, info, model, plan_precision(cfg.train.precision, info.device.type),
-                            len(classes))
+    precision = plan_precision(cfg.train.precision, info.device.type)
+    task = build_task(cfg, info.device, info.rank, precision=precision)
+    run_dir = Path(cfg.run.dir)
+    result = task.validate(task.model, info, precision, run_dir)
     if info.is_main:
-        run_dir = Path(cfg.run.dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
-        log.info("eval of %s: top-1 %.2f%%, top-5 %.2f%% over %d videos (%d views)",
-                 cfg.model.init, result["top1"], result["top5"], result["videos"], result["views"])
+        write_eval(run_dir, result)
+        log.info("eval of %s", task.eval_summary(result))
     return result

@@ -91,6 +91,9 @@ def test_quick_step_on_cpu_writes_a_consistent_report(tmp_path):
         assert counted["value"] == pytest.approx(analytic["value"], rel=0.1)
     assert (out / "step-clips_s-vs-batch_size.png").exists()
     assert not list(out.glob("**/*.tar")), "scratch shards must not land in the report dir"
+    # the same records, written one a line as each variant ended (a run cut short keeps them)
+    lines = [json.loads(line) for line in (out / "step-records.jsonl").read_text().splitlines()]
+    assert [(r["name"], r["value"]) for r in lines] == [(r["name"], r["value"]) for r in records]
 
 
 def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
@@ -102,6 +105,8 @@ def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shard, "QUICK", replace(shard.QUICK, num_videos=4, num_frames=16,
                                                 width=96, height=64))
+    monkeypatch.setattr(shard, "AVA_QUICK", replace(shard.AVA_QUICK, seconds=3, width=64, height=48,
+                                                    long_gop_size=(96, 64), long_gop_short_side=32))
     monkeypatch.setattr(loader, "QUICK", replace(
         loader.QUICK, num_videos=8, num_frames=24, width=96, height=64, clip_frames=8,
         sampling_rate=2, input_size=64, teacher_sizes=(64,), batch_size=2, batches=2, rounds=1))

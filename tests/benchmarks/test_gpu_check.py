@@ -1,41 +1,42 @@
-"""The GPU check's CPU-side half (benchmarks/gpu/): the packer's splitting, transfer plan, wheel
-checks, shard set and manifest; run.sh's receive / reassemble / verify / install half, run end
-to end on a pack of tiny real wheels and stopped before the GPU stages (--prepare-only); and
-the GPU step variants' settings. Offline: nothing is downloaded (the packer takes wheels that
-are already there)."""
+"""The GPU check's DALI half, on CPU (benchmarks/gpu/pack.py, manifest.py, run.sh): the slim
+wheel keeps the CPython 3.12 runtime alone and installs; the pack splits files and cuts parts
+that fit beside the working tree; run.sh receives each part in its own call, and the last call
+reassembles, checks the sha256s, installs and unpacks, or says which part is missing or
+corrupt; the GPU step variants' settings. Offline: the packs here are of tiny real wheels."""
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks import report, step
 from benchmarks.gpu import manifest as pack_format
-from benchmarks.gpu import pack
+from benchmarks.gpu import decode_check, nvdec, pack, plan
 from benchmarks.gpu.manifest import MANIFEST, MiB
 from dali_pipelines import load_shard_dir
-from shard_tools.verify import verify_shards
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "benchmarks" / "gpu" / "run.sh"
 KiB = 1024
-# A pack small enough to make in seconds that still splits files and needs several batches.
-PART = 128 * KiB
-BATCH = pack.MANIFEST_RESERVE + 320 * KiB
-FAKE_REQS = [("fakedali", "2.4.0"), ("fakedep", "1.0")]
-TINY_CHECK = pack.CheckSet(num_videos=4, num_frames=16, width=96, height=64)
+PART = 1280 * KiB  # a pack small enough to make in seconds that splits the wheel in two parts
+FAKE_REQS = [("fakedep", "1.0"), ("otherdep", "2.0")]
+TINY_CHECK = pack.CheckSet(num_videos=4, num_frames=16, width=160, height=160)
+DALI_WHEEL = "nvidia_dali_cuda130-2.4.0-py3-none-manylinux_2_28_x86_64.whl"
+LAST = plan.DALI_CALLS[-1].name  # the call that installs and runs the DALI stages
 
 
 def sha(path: Path) -> str:
@@ -48,53 +49,63 @@ def cat(parts: list[Path], out: Path) -> None:
                    check=True)
 
 
-def make_wheel(folder: Path, name: str, version: str, payload: int) -> Path:
-    """A real, installable py3-none-any wheel: module `<name>_probe` and `payload` random bytes
-    (stored, so the wheel is at least that large)."""
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes],
+               filename: str | None = None) -> Path:
+    """A real, installable wheel of `files` (stored), with METADATA, WHEEL and RECORD."""
     dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}_probe/__init__.py": f"VALUE = {name!r}\n".encode(),
-        f"{name}_probe/payload.bin": random.Random(name).randbytes(payload),
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                         b"Tag: py3-none-any\n",
-    }
+    files = {**files,
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
+                              b"Tag: py3-none-any\n"}
     record = []
     for path, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         record.append(f"{path},sha256={digest},{len(data)}")
     files[f"{dist}/RECORD"] = ("\n".join(record + [f"{dist}/RECORD,,"]) + "\n").encode()
-    out = folder / f"{name}-{version}-py3-none-any.whl"
+    out = folder / (filename or f"{name}-{version}-py3-none-any.whl")
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
         for path, data in files.items():
             z.writestr(path, data)
     return out
 
 
+def fake_dali(folder: Path) -> Path:
+    """A wheel named as the pinned DALI, laid out as DALI's: a module, extension modules for
+    several Pythons, headers and bytecode, and 1600 KiB of random bytes (so that it splits)."""
+    rnd = random.Random(0)
+    return make_wheel(folder, "nvidia_dali_cuda130", "2.4.0", {
+        "nvidia/dali/__init__.py": b"VALUE = 'slim dali'\n",
+        "nvidia/dali/libdali_fake.so": rnd.randbytes(1600 * KiB),
+        "nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so": b"312",
+        "nvidia/dali/backend_impl.cpython-311-x86_64-linux-gnu.so": b"311",
+        "nvidia/dali/backend_impl.cpython-314t-x86_64-linux-gnu.so": b"314t",
+        "nvidia/dali/include/dali/core.h": b"// header",
+        "nvidia/dali/__pycache__/x.cpython-312.pyc": b"pyc",
+    }, filename=DALI_WHEEL)
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
-    """A pack of two tiny wheels (one split into parts) and the tiny check shard set."""
+    """A pack of the fake DALI (slimmed, xz), two tiny wheels and the tiny check shard set."""
     root = tmp_path_factory.mktemp("gpu_pack")
     wheels = root / "wheels"
     wheels.mkdir()
-    make_wheel(wheels, "fakedali", "2.4.0", payload=300 * KiB)
-    make_wheel(wheels, "fakedep", "1.0", payload=2 * KiB)
-    make_wheel(wheels, "unrelated", "9.9", payload=1 * KiB)  # not asked for: left behind
-    pack.pack(root / "pack", wheels, sets=("check",), check=TINY_CHECK, reqs=FAKE_REQS,
-              part_bytes=PART, batch_bytes=BATCH, workers=2)
+    fake_dali(wheels)
+    make_wheel(wheels, "fakedep", "1.0", {"fakedep_probe/__init__.py": b"VALUE = 'fakedep'\n"})
+    make_wheel(wheels, "otherdep", "2.0", {"otherdep_probe/__init__.py": b"VALUE = 'other'\n"})
+    make_wheel(wheels, "unrelated", "9.9", {"unrelated_probe/__init__.py": b""})  # left behind
+    pack.pack(root / "pack", wheels, strip=False, sets=("check",), check=TINY_CHECK,
+              reqs=FAKE_REQS, part_bytes=PART, workers=1)
     return root / "pack"
 
 
-def run_sh(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_sh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(RUN_SH), *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable, **(env or {})},
-                          timeout=120)
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=300)
 
 
-def receive_all(pack_dir: Path, parts: Path) -> None:
-    for batch in sorted((pack_dir / "batches").iterdir()):
-        proc = run_sh("--receive", str(batch), "--parts", str(parts))
-        assert proc.returncode == 0, proc.stderr
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
 
 
 # ----------------------------------------------------------------------- splitting, planning
@@ -121,27 +132,6 @@ def test_a_file_no_larger_than_the_part_size_travels_whole(tmp_path):
     assert pack.split_file(src, part_bytes=100) == [pack.Piece("small.whl", src, 0, 100)]
 
 
-def test_the_real_wheel_set_travels_in_five_batches_each_under_the_limit(tmp_path):
-    """The sizes pip downloaded for cp312 (sparse files: only sizes matter to the plan), plus
-    the check and step shard tars: the DALI wheel in 4 parts, 5 batches of <= 60 MiB."""
-    sizes = {"nvidia_dali_cuda130-2.4.0-py3-none-manylinux_2_28_x86_64.whl": 198_655_209,
-             "av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl": 35_786_210,
-             "nvtx-0.2.17-cp312-cp312-manylinux_2_28_x86_64.whl": 3_050_476,
-             "libcst-1.9.0-cp312-cp312-manylinux_2_28_x86_64.whl": 2_255_388,
-             "optree-0.20.0-cp312-cp312-manylinux_2_28_x86_64.whl": 488_981,
-             "shards-check.tar": 7 * MiB, "shards-step.tar": 12 * MiB}
-    pieces = []
-    for name, size in sizes.items():
-        with open(tmp_path / name, "wb") as f:
-            f.truncate(size)
-        pieces += pack.split_file(tmp_path / name)
-    assert sum(p.name.startswith("nvidia_dali") for p in pieces) == 4
-    assert all(p.size <= 50 * MiB for p in pieces)
-    batches = pack.plan_batches(pieces, pack.BATCH_BYTES - pack.MANIFEST_RESERVE)
-    assert len(batches) == 5
-    assert all(sum(p.size for p in b) <= 60 * MiB - pack.MANIFEST_RESERVE for b in batches)
-
-
 def test_plan_batches_keeps_every_batch_under_the_limit_and_every_piece_once():
     rng = random.Random(0)
     pieces = [pack.Piece(f"p{i}", Path("x"), 0, rng.randint(1, 100)) for i in range(60)]
@@ -154,15 +144,6 @@ def test_plan_batches_keeps_every_batch_under_the_limit_and_every_piece_once():
 
 
 # ------------------------------------------------------------------------------------ wheels
-
-
-def test_requirements_pin_dali_and_its_deps_as_constraints_txt():
-    pins = dict(pack.requirements())
-    assert set(pins) == set(pack.WHEELS)
-    lock = {line.split("==")[0]: line.split("==")[1] for line in
-            (REPO / "constraints.txt").read_text().splitlines() if "==" in line}
-    assert pins["nvidia-dali-cuda130"] == lock["nvidia-dali-cuda130"]
-    assert pins["av"] == lock["av"]
 
 
 def test_find_wheels_takes_cp312_manylinux_wheels_and_names_what_is_wrong(tmp_path):
@@ -180,56 +161,86 @@ def test_find_wheels_takes_cp312_manylinux_wheels_and_names_what_is_wrong(tmp_pa
             in str(err.value))
 
 
+def test_requirements_pin_the_small_wheels_as_constraints_txt():
+    pins = dict(pack.requirements())
+    assert set(pins) == set(pack.WHEELS)
+    lock = {line.split("==")[0]: line.split("==")[1] for line in
+            (REPO / "constraints.txt").read_text().splitlines() if "==" in line}
+    assert all(pins[n] == lock[n] for n in pins)
+    assert dict(pack.requirements(wanted=(pack.DALI,)))[pack.DALI] == lock[pack.DALI]
+
+
+# ------------------------------------------------------------------------- the slim wheel
+
+
+@pytest.mark.parametrize("path,keep", [
+    ("nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so", True),
+    ("nvidia/dali/backend_impl.cpython-311-x86_64-linux-gnu.so", False),
+    ("nvidia/dali/backend_impl.cpython-314t-x86_64-linux-gnu.so", False),
+    ("nvidia/dali/include/dali/core.h", False),
+    ("nvidia/dali/__pycache__/pipeline.cpython-312.pyc", False),
+    ("nvidia/dali/libdali_operators.so", True),
+    ("nvidia/dali/.libs/libavcodec-0c04e3c0.so.63", True),
+    ("nvidia/dali/pipeline.py", True),
+    ("../../../bin/rec2idx", False),  # an installed dist's script, outside site-packages
+])
+def test_the_slim_wheel_keeps_the_cpython_312_runtime_alone(path, keep):
+    assert pack.kept(path) is keep
+
+
+@pytest.mark.slow  # seconds of packing or model building
+def test_the_slim_wheel_installs_with_pip_and_records_what_it_holds(tmp_path):
+    fake_dali(tmp_path)
+    packed, slimmed = pack.slim_wheel(tmp_path / "out", tmp_path, strip=False)
+    assert packed.name == DALI_WHEEL + ".xz" and slimmed["files_dropped"] == 4
+    subprocess.run(["xz", "-d", "-k", str(packed)], check=True)
+    wheel = packed.with_suffix("")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+    assert "nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so" in names
+    assert not any("cpython-311" in n or "include/" in n or n.endswith(".pyc") for n in names)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--target", str(site), str(wheel)], check=True)
+    assert (site / "nvidia" / "dali" / "__init__.py").read_text() == "VALUE = 'slim dali'\n"
+
+
 # ---------------------------------------------------------------------------------- the pack
 
 
-def test_pack_manifest_batches_stay_under_the_limit_and_hold_every_piece(packed):
+@pytest.mark.slow  # seconds of packing or model building
+def test_the_pack_cuts_parts_that_fit_and_hold_every_piece_once(packed):
     manifest = pack_format.load(packed / MANIFEST)
-    names = {f["name"]: f for f in manifest["files"]}
-    assert set(names) == {"fakedali-2.4.0-py3-none-any.whl", "fakedep-1.0-py3-none-any.whl",
-                          "shards-check.tar"}
-    dali = names["fakedali-2.4.0-py3-none-any.whl"]
-    assert len(dali["parts"]) == 3 and all(p["bytes"] <= PART for p in dali["parts"])
-    assert len(manifest["batches"]) >= 2
+    kinds = {f["name"]: f["kind"] for f in manifest["files"]}
+    assert kinds == {DALI_WHEEL + ".xz": "wheel-xz", "fakedep-1.0-py3-none-any.whl": "wheel",
+                     "otherdep-2.0-py3-none-any.whl": "wheel", "shards-check.tar": "shards"}
+    assert [b["name"] for b in manifest["batches"]] == ["dali-part-1", "dali-part-2"]
     where = {}
     for batch in manifest["batches"]:
-        folder = packed / "batches" / batch["name"]
-        files = {p.name for p in folder.iterdir()}
-        assert files == {*batch["pieces"], MANIFEST}
-        assert (folder / MANIFEST).read_text() == (packed / MANIFEST).read_text()
-        size = sum((folder / n).stat().st_size for n in batch["pieces"])
-        assert size == batch["bytes"] <= BATCH - pack.MANIFEST_RESERVE
+        folder = packed / batch["name"]
+        assert {p.name for p in folder.iterdir()} == {*batch["pieces"], MANIFEST}
+        assert batch["bytes"] <= PART
         where.update({n: folder / n for n in batch["pieces"]})
     for piece, info in pack_format.expected_pieces(manifest).items():
         assert sha(where[piece]) == info["sha256"]
-    cat([where[p["name"]] for p in dali["parts"]], packed / "dali.whl")
-    assert sha(packed / "dali.whl") == dali["sha256"]
-    assert manifest["transfer"]["calls"][-1]["command"].endswith("&& bash benchmarks/gpu/run.sh")
+    dali = next(f for f in manifest["files"] if f["kind"] == "wheel-xz")
+    assert len(dali["parts"]) == 2  # split across the two parts
+    cat([where[p["name"]] for p in dali["parts"]], packed / "dali.xz")
+    assert sha(packed / "dali.xz") == dali["sha256"]
+    sizes = pack.sizes(manifest, packed)
+    assert set(sizes["carry"]) == {f"{plan.PACK_DIR}/dali-part-1", f"{plan.PACK_DIR}/dali-part-2"}
 
 
-def test_pack_makes_the_check_shard_set_in_three_codecs_readable_by_the_loaders(packed, tmp_path):
-    manifest = pack_format.load(packed / MANIFEST)
-    entry = next(f for f in manifest["files"] if f["name"] == "shards-check.tar")
-    tar_path = packed / "build" / "shards-check.tar"
-    assert sha(tar_path) == entry["sha256"]
-    with tarfile.open(tar_path) as tar:
+@pytest.mark.slow  # seconds of packing or model building
+def test_the_check_set_is_at_least_160_px_in_three_codecs(packed, tmp_path):
+    with tarfile.open(packed / "build" / "shards-check.tar") as tar:
         tar.extractall(tmp_path, filter="data")
-    assert manifest["shard_sets"]["check"]["dirs"] == ["check/h264", "check/hevc", "check/vp9"]
     for codec in TINY_CHECK.codecs:
-        shards = tmp_path / "check" / codec
-        meta = json.loads((shards / "manifest.json").read_text())
-        assert meta["codecs"] == {codec: TINY_CHECK.num_videos}
-        assert (meta["options"]["width"], meta["options"]["height"], meta["options"]["gop"]) == \
-            (TINY_CHECK.width, TINY_CHECK.height, TINY_CHECK.gop)
-        assert len(load_shard_dir(shards).table) == TINY_CHECK.num_videos
-        assert verify_shards(shards).ok
-
-
-def test_a_shard_set_too_large_to_travel_is_refused_before_encoding(tmp_path):
-    big = pack.CheckSet(num_videos=10_000)
-    with pytest.raises(pack.PackError, match=r"shard set 'check' would be about \d+ MiB"):
-        pack.make_shard_set("check", tmp_path, big, workers=1, max_bytes=pack.MAX_SET_BYTES)
-    assert not (tmp_path / "check").exists()
+        table = load_shard_dir(tmp_path / "check" / codec).table
+        assert len(table) == TINY_CHECK.num_videos
+        assert min(table.width) >= 160 and min(table.height) >= 160
+    assert min(pack.CheckSet().width, pack.CheckSet().height) >= 160
 
 
 # ------------------------------------------------------------------------------------ run.sh
@@ -240,81 +251,71 @@ def test_run_sh_is_valid_bash():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_run_sh_receives_reassembles_verifies_and_installs_the_pack(packed, tmp_path):
-    parts, work, out = tmp_path / "parts", tmp_path / "work", tmp_path / "out"
-    batches = sorted((packed / "batches").iterdir())
-    proc = run_sh("--receive", str(batches[0]), "--parts", str(parts))
-    assert proc.returncode == 0, proc.stderr
-    assert f"1 of {len(batches)} batches present" in proc.stdout
-    early = run_sh("--prepare-only", "--parts", str(parts), "--work", str(work),
-                   "--out", str(out))
-    assert early.returncode != 0 and "missing: batch-2" in early.stderr
-
-    receive_all(packed, parts)
-    proc = run_sh("--prepare-only", "--parts", str(parts), "--work", str(work), "--out", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    manifest = json.loads((packed / MANIFEST).read_text())
-    for f in manifest["files"]:
-        assert sha(parts / f["name"]) == f["sha256"], f["name"]
-    assert "reassembled fakedali-2.4.0-py3-none-any.whl from 3 parts with cat" in proc.stdout
-    site = work / "site"
-    probe = subprocess.run([sys.executable, "-c", "import fakedali_probe, fakedep_probe; "
-                            "print(fakedali_probe.VALUE, fakedep_probe.VALUE)"],
+@pytest.mark.slow
+def test_each_call_receives_its_part_and_the_last_installs_everything(packed, tmp_path):
+    machine = tmp_path / "machine"
+    where = ["--machine", str(machine)]
+    first = run_sh("--call", "dali-1", "--part", str(packed / "dali-part-1"),
+                   "--out", str(tmp_path / "out1"), "--budget", "200", *where)
+    assert "received dali-part-1" in (tmp_path / "out1" / "run.log").read_text(), first.stdout
+    assert summary_of(tmp_path / "out1")["stages"][0]["status"] == "ran"
+    out = tmp_path / "out2"
+    # the tiny pack has two parts; its last goes with the plan's last (installing) call
+    proc = run_sh("--call", LAST, "--part", str(packed / "dali-part-2"), "--install",
+                  "--out", str(out), "--budget", "200", *where)
+    s = summary_of(out)
+    setup = {r["stage"]: r["status"] for r in s["stages"][:2]}
+    assert setup == {"receive": "ran", "install": "ran"}, (proc.stdout + proc.stderr)[-3000:]
+    site = machine / "site"
+    # the slimmed wheel, unpacked from xz and installed, wins over this venv's own DALI and
+    # its regular `nvidia` package, whose other folders stay importable
+    probe = subprocess.run([sys.executable, "-c", "import fakedep_probe, otherdep_probe, "
+                            "nvidia.dali, nvidia; print(fakedep_probe.VALUE, otherdep_probe."
+                            "VALUE, nvidia.dali.VALUE.replace(' ', '_'), len(nvidia.__path__))"],
                            capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(site)})
-    assert probe.stdout.split() == ["fakedali", "fakedep"], probe.stderr
+    got = probe.stdout.split()
+    assert got[:3] == ["fakedep", "other", "slim_dali"], probe.stderr
+    assert int(got[3]) >= 2  # this site's nvidia and the venv's
+    assert not list(site.glob("nvidia/dali/*cpython-311*"))
     assert not (site / "unrelated_probe").exists()
-    assert (work / "check" / "hevc" / "manifest.json").exists()
-    summary = json.loads((out / "summary.json").read_text())
-    assert [s["stage"] for s in summary["stages"]] == ["prepare"] and summary["ok"]
-    assert json.loads((out / "pack-manifest.json").read_text()) == manifest
+    assert (machine / "shards" / "check" / "hevc" / "manifest.json").exists()
+    # the stages after the install: skipped for want of CUDA here, every one named
+    later = {r["stage"]: r for r in s["stages"][2:]}
+    assert list(later) == [st.name for st in plan.DALI_CALLS[-1].stages]
+    assert all(r["status"] == "skipped" and r["reason"] == "no CUDA"
+               for name, r in later.items() if name != "env")
 
 
-def test_run_sh_runs_a_stage_into_the_out_folder_and_skips_one_the_budget_has_no_time_for(
-        packed, tmp_path):
-    parts, work, out = tmp_path / "parts", tmp_path / "work", tmp_path / "out"
-    receive_all(packed, parts)
-    where = ["--parts", str(parts), "--work", str(work), "--out", str(out)]
-    proc = run_sh("--stages", "env", "--budget", "120", *where)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    versions = json.loads((out / "env" / "versions.json").read_text())
-    assert versions["missing"] == [] and versions["modules"]["av"]["version"]
-    assert (out / "env" / "pip-list.txt").exists() and (out / "env.log").exists()
-    assert [s["stage"] for s in json.loads((out / "summary.json").read_text())["stages"]] == \
-        ["prepare", "env"]
-    assert "wheels already installed" not in proc.stdout  # a fresh work folder installs them
-
-    proc = run_sh("--stages", "decode", "--budget", "5", *where)
-    assert proc.returncode == 1  # not every stage ok
-    assert "wheels already installed" in proc.stdout
-    stages = json.loads((out / "summary.json").read_text())["stages"]
-    assert [(s["stage"], s["status"]) for s in stages] == [("prepare", "ok"),
-                                                             ("decode", "skipped")]
-
-
-def test_run_sh_stops_when_a_reassembled_file_does_not_match_its_sha256(packed, tmp_path):
-    parts = tmp_path / "parts"
-    receive_all(packed, parts)
-    part = parts / "fakedali-2.4.0-py3-none-any.whl.part01"
-    data = bytearray(part.read_bytes())
-    data[100] ^= 0xFF
-    part.write_bytes(bytes(data))
-    proc = run_sh("--prepare-only", "--parts", str(parts), "--work", str(tmp_path / "work"),
-                  "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2
-    assert "fakedali-2.4.0-py3-none-any.whl: FAILED" in proc.stderr
-    assert "sha256 mismatch" in proc.stderr
-    assert not (tmp_path / "work" / "site").exists()
-
-
-def test_receive_refuses_a_batch_that_arrived_corrupted(packed, tmp_path):
-    batch = tmp_path / "batch-1"
-    shutil.copytree(packed / "batches" / "batch-1", batch)
-    victim = next(p for p in sorted(batch.iterdir()) if p.name != MANIFEST)
-    victim.write_bytes(victim.read_bytes()[:-1] + b"?")
-    proc = run_sh("--receive", str(batch), "--parts", str(tmp_path / "parts"))
+@pytest.mark.slow  # seconds of packing or model building
+def test_the_last_call_says_which_part_is_missing(packed, tmp_path):
+    out = tmp_path / "out"
+    proc = run_sh("--call", LAST, "--part", str(packed / "dali-part-2"), "--install",
+                  "--out", str(out), "--machine", str(tmp_path / "machine"))
     assert proc.returncode != 0
-    assert f"{victim.name}: sha256" in proc.stderr and "send batch-1 again" in proc.stderr
+    log = (out / "run.log").read_text()
+    assert "missing: dali-part-1" in log and "Run the DALI calls again from the first" in log
+    s = summary_of(out)
+    assert [(r["stage"], r["status"]) for r in s["stages"][:2]] == [("receive", "ran"),
+                                                                    ("install", "failed")]
+    assert {r["reason"] for r in s["stages"][2:]} == {"setup failed"}
+    assert not (tmp_path / "machine" / "site").exists()
+
+
+@pytest.mark.slow  # seconds of packing or model building
+def test_a_part_corrupted_in_transit_is_refused_naming_it(packed, tmp_path):
+    part = tmp_path / "dali-part-1"
+    part.mkdir()
+    for f in (packed / "dali-part-1").iterdir():
+        part.joinpath(f.name).write_bytes(f.read_bytes())
+    victim = next(p for p in sorted(part.iterdir()) if p.name != MANIFEST)
+    victim.write_bytes(victim.read_bytes()[:-1] + b"?")
+    out = tmp_path / "out"
+    proc = run_sh("--call", "dali-1", "--part", str(part), "--out", str(out),
+                  "--machine", str(tmp_path / "machine"))
+    assert proc.returncode != 0
+    log = (out / "run.log").read_text()
+    assert f"{victim.name}: sha256" in log and "again" in log
 
 
 # ------------------------------------------------------------------------- the GPU step part
@@ -348,3 +349,59 @@ def test_attention_backend_names_the_choices():
         pass
     with pytest.raises(ValueError, match="'flash' or 'default'"):
         step.attention_backend("math")
+
+
+# ------------------------------------------------------------- the DALI stages' CPU-side parts
+
+
+def test_the_decode_checks_cpu_reference_is_the_cpu_loaders_first_batch(synth_shards, tmp_path):
+    import shutil
+
+    data = tmp_path / "vp9"
+    shutil.copytree(synth_shards, data)
+    saved = np.load(decode_check.reference(data))
+    assert saved["video"].dtype == np.uint8
+    assert saved["video"].shape == (2, 3, 8, 64, 64) and len(saved["keys"]) == 2
+    again, keys, _, _ = decode_check.first_batch(data, "cpu")
+    assert decode_check.compare(again, saved["video"])["within"]
+    assert list(keys) == [str(k) for k in saved["keys"]]
+    off = saved["video"].astype(np.int16) + 40
+    assert not decode_check.compare(np.clip(off, 0, 255).astype(np.uint8), saved["video"])["within"]
+
+
+def test_nvdec_caps_struct_has_cuviddec_h_layout():
+    # cuviddec.h: 3 ints + 3 reserved, 2 chars + short, 3 uints, 2 shorts, 2 chars + short,
+    # 10 reserved uints
+    assert ctypes.sizeof(nvdec.DecodeCaps) == 88
+    assert nvdec.DecodeCaps.nNumNVDECs.offset == 25 and nvdec.DecodeCaps.nMinWidth.offset == 40
+
+
+def test_step_variants_are_chosen_by_name_and_an_unknown_one_is_named():
+    chosen = step.settings_for("gpu", False, ("mvd_b", "mvd_s"))
+    assert [v.name for v in chosen] == ["mvd_b", "mvd_s"]
+    with pytest.raises(ValueError, match="unknown step variant.*mvd_x.*choose from mvd_s"):
+        step.settings_for("gpu", False, ("mvd_x",))
+    with pytest.raises(ValueError, match="--feed synthetic measures the step on a GPU"):
+        step.run(Path("unused"), device="cpu", quick=True, feed="synthetic")
+
+
+def test_variants_and_feed_are_step_flags_only():
+    from benchmarks import cli
+
+    args = cli.parse_args(["step", "--device", "gpu", "--feed", "synthetic", "--variants",
+                           "mvd_s,mvd_b", "--out", "x"])
+    assert args.variants == ("mvd_s", "mvd_b") and args.feed == "synthetic"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["loader", "--feed", "synthetic", "--out", "x"])
+
+
+@pytest.mark.slow  # seconds of packing or model building
+def test_the_synthetic_feed_measures_the_trainers_step_without_a_loader():
+    """The torch-only step of call 1, on the tiny config on CPU (where the host-sync check
+    says it needs CUDA): valid records, no shards made, the step's FLOPs counted."""
+    settings = replace(step.QUICK, warmup_steps=1, steps=2, rounds=1)
+    records = report.validate_records("step", step.measure_synthetic(settings, 2, None, "cpu"))
+    by_name = {r["name"]: r for r in records}
+    assert by_name["compute_only"]["value"] > 0 and by_name["flops_per_clip"]["value"] > 0
+    assert by_name["steady_state_host_syncs"]["skipped"] == "no CUDA"
+    assert by_name["compute_only"]["feed"].startswith("synthetic")

@@ -8,7 +8,7 @@ from conftest import TINY
 
 from dali_pipelines import DecodeFailureError, PretrainLoader
 from dali_pipelines import reader
-from dali_pipelines.failures import is_decode_failure
+from dali_pipelines.failures import FailureLog, is_decode_failure
 
 DECODER = ("Critical error in pipeline:\nError in CPU operator `nvidia.dali.fn.decoders.video`,\n"
            "which was used in the pipeline definition with the following traceback:\n...\n"
@@ -34,7 +34,7 @@ def test_a_reader_error_propagates_without_probing(synth_shards, monkeypatch):
         raise AssertionError("a non-decoder error must not be probed")
 
     monkeypatch.setattr(reader.ClipReader, "video_bytes", gone)
-    monkeypatch.setattr("dali_pipelines.clip_loader.probe", no_probe)
+    monkeypatch.setattr(FailureLog, "probe", no_probe)
     loader = PretrainLoader(synth_shards, 4, device="cpu", **TINY)
     with pytest.raises(Exception, match="the shard file went away") as err:
         next(iter(loader))

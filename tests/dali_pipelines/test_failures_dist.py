@@ -1,7 +1,8 @@
 """Decode failures on one rank stop every rank at the same step: two processes under real
 ``torchrun`` (gloo on CPU) run mvd-train on shards where only rank 1's samples are corrupted;
 both ranks raise DecodeFailureError at the same step naming the shards and keys, and mvd-train
-exits with status 4 on each."""
+exits with status 4 on each. With every sample rotted (no batch ever succeeds) both ranks stop
+at the failure limit while probing, never claiming that the samples decode."""
 
 import json
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import corrupt_copy
 
 from dali_pipelines import load_shard_dir
@@ -43,3 +45,27 @@ def test_both_ranks_stop_at_the_same_step_naming_the_keys(synth_shards, tmp_path
         assert "on rank(s) 1" in message and "rank 0: none failed" in message
         assert all(key in message for key in keys) and "shard-00000" in message
     assert len(steps) == 1  # the same step on both ranks
+
+
+@pytest.mark.slow
+def test_every_sample_rotted_stops_both_ranks_at_the_limit_naming_keys(synth_shards, tmp_path):
+    table = load_shard_dir(synth_shards).table
+    data = corrupt_copy(synth_shards, tmp_path / "rotted", list(table.keys))
+    out = tmp_path / "out"
+    out.mkdir()
+    # the Done-when of the failure limit: a stop within 90 s (a hang would run to the timeout)
+    proc = subprocess.run(
+        [*TORCHRUN, str(ROOT / "tests/dali_pipelines/failures_dist_worker.py"), str(out),
+         "--config", str(ROOT / "configs/tiny/pretrain_videomae.yaml"), f"data.dir={data}",
+         f"run.dir={tmp_path / 'run'}", "run.progress=false", "train.max_steps=6",
+         "checkpoint.every_steps=0", "data.max_failure_fraction=0.01"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "decodes on its own" not in proc.stderr
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["code"] for r in ranks] == [4, 4], proc.stderr[-3000:]
+    for r in ranks:
+        (message,) = [m for m in r["errors"] if "max_failure_fraction=0.01" in m]
+        assert "while probing a failed batch" in message and "decodes on its own" not in message
+        keys = re.findall(r"keys: ([^;(]+)", message)
+        assert keys and all(k.strip() in table.keys for ks in keys for k in ks.split(","))

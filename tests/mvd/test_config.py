@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mvd.config import Config, ConfigError, derive, describe, load_config, plan_batch
+from mvd.engine.tasks import TASKS, task_class
 from mvd.train import main
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").rglob("*.yaml"))
@@ -75,10 +76,11 @@ def test_wrong_type_is_an_error_naming_the_key_and_the_expected_type(override, k
 
 def test_bad_task_lists_the_valid_tasks():
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["data.dir=x", "task=pretrain"])
+        task_class(load_config(None, ["data.dir=x", "task=pretrain"]))
     assert "'task'" in str(e.value)
-    for task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval"):
+    for task in ("pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval", "detect"):
         assert task in str(e.value)
+    assert set(TASKS) == {"pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune", "eval", "detect"}
 
 
 def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
@@ -89,13 +91,36 @@ def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
     assert "data.batch" in str(e.value) and str(path) in str(e.value)
 
 
+def checked(*overrides):
+    """A config with its task's own checks run (as mvd-train, the trainer and the dry run do)."""
+    cfg = load_config(None, list(overrides))
+    task_class(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["task=pretrain_mae"], "data.dir"),
+    (["task=finetune", "data.dir=x", "data.batch_size=3"], "data.batch_size"),
+    (["data.dir=x", "teachers.image.name=", "teachers.video.name="], "teachers"),
+    (["data.dir=x", "schedule.epochs=0"], "schedule.epochs"),
+    (["task=eval"], "eval.dir"),
+    (["task=detect", "data.dir=x", "detect.min_crop=0"], "detect.min_crop"),
+    (["task=detect", "data.dir=x", "detect.jitter=[0.1]"], "detect.jitter"),
+    (["task=detect", "data.dir=x", "detect.test_extend=[0.1]"], "detect.test_extend"),
+    (["task=detect", "data.dir=x", "detect.proposal_min_score=2"], "detect.proposal_min_score"),
+])
+def test_each_task_checks_its_own_fields(overrides, key):
+    load_config(None, overrides)  # the shared checks pass: these are the task's
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        checked(*overrides)
+
+
+def test_an_eval_needs_no_schedule_and_a_finetune_without_mixup_takes_an_odd_batch():
+    checked("task=eval", "eval.dir=x", "schedule.epochs=0")
+    checked("task=finetune", "data.dir=x", "data.batch_size=3", "finetune.mixup=0", "finetune.cutmix=0")
+
+
 def test_cross_field_checks():
-    with pytest.raises(ConfigError, match="data.dir"):
-        load_config(None, ["task=pretrain_mae"])
-    with pytest.raises(ConfigError, match="data.batch_size"):
-        load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=3"])
-    with pytest.raises(ConfigError, match="teachers"):
-        load_config(None, ["data.dir=x", "teachers.image.name=", "teachers.video.name="])
     with pytest.raises(ConfigError, match="optim.betas"):
         load_config(None, ["data.dir=x", "optim.betas=[0.9]"])
     with pytest.raises(ConfigError, match="dist.cpu_threads"):
@@ -135,13 +160,15 @@ def test_derived_global_batch_lr_scaling_and_steps():
 def test_finetune_lr_scales_with_the_videos_not_their_views():
     """The MVD release's run_class_finetuning.py scales lr by batch x update_freq x GPUs / 256:
     videos, each bringing num_sample = 2 views."""
-    cfg = load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
-                             "data.repeated_aug=2", "optim.base_lr=5e-4"])
-    d = derive(cfg, world_size=8, batches_per_epoch=100)
+    def derived(*overrides):
+        cfg = load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
+                                 "optim.base_lr=5e-4", *overrides])
+        return derive(cfg, world_size=8, batches_per_epoch=100, views=task_class(cfg).clip_views(cfg))
+
+    d = derived("data.repeated_aug=2")
     assert d.global_batch == 8 * 8 and d.lr == pytest.approx(5e-4 * 64 / 256)
     assert d.clips_per_step == 8 * 8 * 2
-    one_view = derive(load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
-                                         "data.repeated_aug=1", "optim.base_lr=5e-4"]), 8, 100)
+    one_view = derived("data.repeated_aug=1")
     assert one_view.lr == pytest.approx(d.lr) and one_view.clips_per_step == 64
 
 
@@ -164,13 +191,6 @@ def test_largest_per_gpu_batch_that_divides_the_share_is_taken():
                              "train.global_batch=384"])
     assert plan_batch(cfg, 32).per_process == 6 and plan_batch(cfg, 32).accum_steps == 2
     assert plan_batch(cfg, 8).per_process == 8 and plan_batch(cfg, 8).accum_steps == 6
-    # one view per video and mixup on: the micro-batch must hold an even number of clips
-    odd = load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
-                             "train.global_batch=96", "data.repeated_aug=1"])
-    split = plan_batch(odd, 16)  # a share of 6 videos: 6, even
-    assert (split.per_process, split.accum_steps) == (6, 1)
-    with pytest.raises(ConfigError, match="an even number"):
-        plan_batch(odd, 32)  # a share of 3: no even batch divides it
 
 
 def test_a_world_that_cannot_reach_the_global_batch_names_the_key_and_the_nearest_choices():

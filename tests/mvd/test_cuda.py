@@ -29,6 +29,7 @@ from mvd.engine.optim import IMPLEMENTATIONS, build_optimizer
 from mvd.engine.precision import Precision, plan_precision
 from mvd.engine.tasks import PretrainMVD, build_task
 from mvd.layers.attention import Attention
+from mvd.losses import unnormalize_video
 from dali_pipelines.masks import masked_tokens, tube_mask
 from mvd.models import create_model
 
@@ -331,3 +332,18 @@ def test_steady_state_mvd_s_step_makes_no_host_sync(mvd_s):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss).item() and torch.isfinite(norm).item(), (loss, norm)
+
+
+def test_unnormalize_video_makes_no_host_copy_in_the_steady_state():
+    """The stage-1 pixel target's ImageNet constants are cached per device: after a first call,
+    `unnormalize_video` runs under ``set_sync_debug_mode("error")`` (a tensor from a Python list
+    there would be a pageable host-to-device copy, which the mode rejects)."""
+    video = torch.randn(2, 3, 4, 16, 16, device=DEVICE)
+    unnormalize_video(video)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = unnormalize_video(video)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert out.shape == video.shape

@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from mvd.losses import FeatureLossConfig, distill_loss, feature_loss, normalize_patch_pixels, normalize_pixels_mae
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
+from mvd.losses import (FeatureLossConfig, distill_loss, feature_loss, normalize_patch_pixels,
+                        normalize_pixels_mae, unnormalize_video)
 
 
 def test_feature_losses_by_hand():
@@ -40,3 +44,29 @@ def test_pixel_normalisations_by_hand():
     z = normalize_pixels_mae(x.flatten(2))
     q = x[0, 0].flatten()
     torch.testing.assert_close(z[0, 0], (q - q.mean()) / (q.var() + 1e-6) ** 0.5)
+
+
+class _Ops(TorchDispatchMode):
+    """The aten ops run inside the block (what reaches the kernels, factories included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_unnormalize_video_builds_its_constants_once_per_device():
+    """A tensor made from a Python list at every step is a host-to-device copy per step on a GPU
+    (a sync `set_sync_debug_mode("error")` rejects): the second call makes no tensor from host
+    data, and the result is x * std + mean by hand."""
+    video = torch.randn(2, 3, 4, 6, 6)
+    unnormalize_video(video)  # the first call may build the constants
+    with _Ops() as seen:
+        got = unnormalize_video(video)
+    assert not [op for op in seen.ops if "lift_fresh" in op or "tensor" in op], seen.ops
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(got, video * std + mean)

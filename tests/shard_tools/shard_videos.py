@@ -10,13 +10,14 @@ import numpy as np
 
 
 def write_video(path: Path, encoder: str, num_frames: int, width: int, height: int, *, fps: int = 12,
-                audio: bool = False, gop: int = 8) -> Path:
-    """Encode a moving-bar clip; ``encoder`` is an FFmpeg encoder name (libx264, libvpx-vp9, ...)."""
+                audio: bool = False, gop: int = 8, pix_fmt: str | None = None) -> Path:
+    """Encode a moving-bar clip; ``encoder`` is an FFmpeg encoder name (libx264, libvpx-vp9, ...),
+    ``pix_fmt`` its pixel format (default: 8-bit 4:2:0)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height = width, height
-        stream.pix_fmt = "yuvj420p" if encoder == "mjpeg" else "yuv420p"
+        stream.pix_fmt = pix_fmt or ("yuvj420p" if encoder == "mjpeg" else "yuv420p")
         stream.codec_context.gop_size = gop
         if encoder.startswith("libvpx"):
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
@@ -27,7 +28,8 @@ def write_video(path: Path, encoder: str, num_frames: int, width: int, height: i
         for i in range(num_frames):
             rgb = np.full((height, width, 3), 40, np.uint8)
             rgb[:, (3 * i) % width] = (250, 200, 30)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=stream.pix_fmt)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -19,8 +19,11 @@ import pytest
 from nvidia.dali import fn, pipeline_def
 from shard_videos import run_env
 
-from shard_tools.ava import BEFORE_START, BEYOND_END, ClipOptions, cut_clip, shard_ava
+from shard_tools import ava
+from shard_tools.ava import BEFORE_START, BEYOND_END, ClipOptions, ava_sources, cut_clip, cut_movie_clips, shard_ava
 from shard_tools.cli import main
+from shard_tools.merge import merge_parts
+from shard_tools.parts import Part
 from shard_tools.rejections import Rejected
 from shard_tools.sample import unpack_meta
 from shard_tools.synth_ava import make_synth_ava
@@ -360,3 +363,56 @@ def test_cut_clip_scales_to_the_short_side_and_takes_the_codec(tmp_path):
         frames = list(container.decode(stream))
         assert (stream.codec_context.codec.canonical_name, len(frames)) == ("h264", 8)
         assert (frames[0].width, frames[0].height) == (32, 16)
+
+
+def test_three_ava_parts_plus_merge_equal_one_whole_run_each_cut_in_one_pass(raw, tmp_path, monkeypatch):
+    """AVA's detection counts add up over the parts (shard_tools.ava.merge_detection), and every
+    clip comes from its movie's single pass (the per-keyframe cutter is never called)."""
+
+    def per_keyframe(*args, **kwargs):
+        raise AssertionError("a clip was cut alone, not from its movie's pass")
+
+    monkeypatch.setattr(ava, "cut_clip", per_keyframe)
+    kwargs = {"videos": raw.videos, "annotations": raw.annotations, "labels": raw.labels,
+              "eval_labels": raw.eval_labels, "excluded": raw.excluded, "proposals": raw.proposals,
+              "clip": ClipOptions(clip_frames=CLIP), "shard_samples": 4, "workers": 1, "progress": False}
+    whole = shard_ava(tmp_path / "whole", **kwargs)
+    for i in range(3):
+        shard_ava(tmp_path / "parts", part=Part(i, 3), **kwargs)
+    merged = merge_parts(tmp_path / "parts")
+    assert {k: v for k, v in merged.items() if k != "shards"} == {k: v for k, v in whole.items() if k != "shards"}
+    assert merged["detection"]["keyframes"] == whole["samples"] > 0
+    assert _samples(tmp_path / "parts") == _samples(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("name, encoder", [("movie.mp4", "libx264"), ("movie.webm", "libvpx-vp9")])
+def test_one_pass_cuts_the_clips_per_keyframe_cutting_cuts(tmp_path, name, encoder):
+    """cut_movie_clips (one decoding pass for every keyframe) against cut_clip (one seek and
+    window decode per keyframe): the same frames, the same bytes, the same rejections."""
+    movie = _write_coded_movie(tmp_path / name, encoder)
+    options = ClipOptions(clip_frames=CLIP, movie_start=1)  # keyframe 0 lies before the movie's start
+    stamps = [0, 2, 3, 4, 9, 15, 16, 22, 30, 31, 40]  # overlapping windows, both edges, beyond the end
+    results, decoded = cut_movie_clips(movie, [(t, tmp_path / f"pass_{t}.webm") for t in stamps], options)
+    assert decoded <= NUM_FRAMES  # each frame decoded once at most
+    for t in stamps:
+        one_pass = tmp_path / f"pass_{t}.webm"
+        try:
+            cut_clip(movie, t, tmp_path / "alone.webm", options)
+        except Rejected as err:
+            assert results[one_pass] == str(err), t
+            assert not one_pass.exists()
+            continue
+        assert results[one_pass] is None, t
+        alone = (tmp_path / "alone.webm").read_bytes()
+        assert [_read_index(f) for f in _frames(one_pass.read_bytes())] == [_read_index(f) for f in _frames(alone)]
+        assert one_pass.read_bytes() == alone, t
+    assert sum(r is not None for r in results.values()) == 3  # t=0 before the start, t=31 and 40 beyond the end
+
+
+def test_clips_the_gpu_decoder_would_refuse_are_named_in_a_note(raw, tmp_path):
+    def notes(clip):
+        return ava_sources(raw.videos, raw.annotations, raw.labels, clip_dir=tmp_path, clip=clip).sources.notes
+
+    small_vp9 = [n for n in notes(ClipOptions(clip_frames=CLIP)) if "not taken by NVDEC" in n]
+    assert len(small_vp9) == 1 and "decodes VP9 from 128x128" in small_vp9[0]  # 48x48 VP9 clips
+    assert not [n for n in notes(ClipOptions(clip_frames=CLIP, codec="h264")) if "not taken by NVDEC" in n]

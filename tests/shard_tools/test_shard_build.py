@@ -30,7 +30,7 @@ def read_samples(tar_path: Path) -> list[tuple[str, dict[str, bytes]]]:
 def mixed_shards(mixed_videos, mixed_list, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mixed_shards")
     rc = main(["list", "--root", str(mixed_videos), "--list", str(mixed_list), "--out", str(out),
-               "--workers", "2", "--shard-size-mb", "0.03", "--seed", "3", "--no-progress"])
+               "--workers", "2", "--shard-size-mb", "0.03", "--seed", "3", "--no-progress", "--target", "pyav"])
     assert rc == 0
     return out
 
@@ -38,7 +38,7 @@ def mixed_shards(mixed_videos, mixed_list, tmp_path_factory) -> Path:
 def test_manifest_has_the_contract_fields(mixed_shards, mixed_list, mixed_videos):
     m = json.loads((mixed_shards / "manifest.json").read_text())
     assert set(m) == {"format", "dataset", "samples", "classes", "class_list", "shards", "codecs", "rejected",
-                      "options"}
+                      "options", "streams"}
     assert m["class_list"] == {"source": "list indices", "file": str(mixed_list.resolve())}
     assert m["format"] == FORMAT and m["dataset"] == "list"
     assert m["samples"] == len(GOOD_VIDEOS) == sum(s["samples"] for s in m["shards"])

@@ -1,11 +1,16 @@
 """An in-memory stand-in for the dali_pipelines loaders (same constructor keywords, batches,
-length and resumable state), so the engine's own logic is tested without decoding video."""
+length and resumable state), so the engine's own logic is tested without decoding video:
+``fake_loaders(monkeypatch)`` puts it in place of ``dali_pipelines``' loader classes, which the
+task modules build their loaders from."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
+
+import dali_pipelines
 
 
 class FakeLoader:
@@ -65,6 +70,7 @@ class FakeLoader:
                 batch["mask"] = torch.stack([it[2] for it in items])
             if self.eval:
                 batch["index"] = torch.tensor([it[3] for it in items])
+                batch["key"] = [f"video{it[3]}" for it in items]
                 batch["clip"] = torch.tensor([i % self.views for i in idx])
                 batch["valid"] = torch.tensor([start + j < len(mine) for j in range(len(idx))])
             yield batch
@@ -77,31 +83,63 @@ class FakeLoader:
     def load_state_dict(self, state):
         self.epoch, self.position = state["epoch"], state["position"]
 
+    def close(self):
+        pass
 
-def fake_build_loader(kind, cfg, info, patch=(16, 2), batch_size=None):
-    d = cfg.data
-    p, u = patch
-    grid = (d.num_frames // u, d.input_size // p, d.input_size // p)
-    common = dict(device="cpu", seed=cfg.seed, shard_id=info.rank, num_shards=info.world_size,
-                  num_frames=d.num_frames, input_size=d.input_size)
-    if kind == "eval":
-        return FakeLoader(cfg.eval.dir or d.dir, cfg.eval.batch_size, eval=True,
-                          num_clips=cfg.eval.num_clips, num_crops=cfg.eval.num_crops, **common)
-    return FakeLoader(d.dir, batch_size or d.batch_size, mask_grid=grid if kind == "pretrain" else None,
-                      mask_ratio=d.mask_ratio, **common)
+
+def _fake(data_dir, batch_size, options, *, eval=False, masks=False):
+    """A FakeLoader made from a loader's (shard dir, batch size, LoaderOptions)."""
+    o = options
+    grid = (o.num_frames // o.tubelet_size, o.input_size // o.patch_size,
+            o.input_size // o.patch_size) if masks else None
+    return FakeLoader(data_dir, batch_size, seed=o.seed, shard_id=o.shard_id, num_shards=o.num_shards,
+                      num_frames=o.num_frames, input_size=o.input_size, mask_grid=grid,
+                      mask_ratio=o.mask_ratio, num_clips=o.num_clips, num_crops=o.num_crops, eval=eval)
+
+
+def fake_pretrain_loader(data_dir, batch_size, options, **_):
+    return _fake(data_dir, batch_size, options, masks=True)
+
+
+def fake_finetune_loader(data_dir, batch_size, options, **_):
+    return _fake(data_dir, batch_size, options)
+
+
+def fake_eval_loader(data_dir, batch_size, options, **_):
+    return _fake(data_dir, batch_size, options, eval=True)
+
+
+def no_loader(*args, **kwargs):
+    raise AssertionError("a loader was built before the config was checked")
+
+
+def fake_loaders(monkeypatch, make=None) -> None:
+    """dali_pipelines' loader classes replaced by FakeLoader (or all by ``make``)."""
+    for name, fake in (("PretrainLoader", fake_pretrain_loader), ("FinetuneLoader", fake_finetune_loader),
+                       ("EvalLoader", fake_eval_loader)):
+        monkeypatch.setattr(dali_pipelines, name, make or fake, raising=False)
+
+
+def fake_manifest(path, classes, **extra):
+    """A manifest.json in ``path`` (made) with ``classes``, its shards not there (FakeLoader reads none)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "manifest.json").write_text(json.dumps({"format": "mvd-shards/1", "samples": 32,
+                                                    "classes": classes, "shards": [], **extra}))
+    return path
 
 
 class ScoresModel(torch.nn.Module):
     """Logits are the clip's first pixel row (so an evaluation test sets each view's scores)."""
 
     def forward(self, x):
-        return x[:, 0, 0, 0, :3]
+        return x[:, 0, 0, 0, :]
 
 
 def eval_batch(index, clip, label, valid, logits):
-    """An eval loader batch of views whose logits under ScoresModel are ``logits``."""
-    video = torch.zeros(len(index), 3, 1, 1, 3)
+    """An eval loader batch of views whose logits under ScoresModel are ``logits`` (video i's key
+    is ``video<i>``)."""
+    video = torch.zeros(len(index), 3, 1, 1, len(logits[0]))
     video[:, 0, 0, 0] = torch.tensor(logits, dtype=torch.float32)
     return {"video": video, "index": torch.tensor(index), "clip": torch.tensor(clip),
             "crop": torch.zeros(len(index), dtype=torch.long), "label": torch.tensor(label),
-            "valid": torch.tensor(valid)}
+            "valid": torch.tensor(valid), "key": [f"video{i}" for i in index]}

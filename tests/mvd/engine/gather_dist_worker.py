@@ -45,8 +45,9 @@ def main():
                 eval_batch([0], [2], [1], [True], [[0, BIG, 0]])],
                [eval_batch([1, 1, 1], [0, 0, 0], [2, 2, 2], [True, False, False],
                        [[BIG, 0, 0], [0, 0, BIG], [0, 0, BIG]])]]
-    got["eval"] = evaluate(ScoresModel(), batches[rank], num_classes=3, autocast=contextlib.nullcontext)
-    got["eval_rank1_empty"] = evaluate(ScoresModel(), batches[0] if rank == 0 else [], num_classes=3,
+    classes = ["a", "b", "c"]
+    got["eval"] = evaluate(ScoresModel(), batches[rank], classes, autocast=contextlib.nullcontext)
+    got["eval_rank1_empty"] = evaluate(ScoresModel(), batches[0] if rank == 0 else [], classes,
                                        autocast=contextlib.nullcontext)
     (out / f"rank{rank}.json").write_text(json.dumps(got))
     dist.destroy_process_group()

@@ -8,33 +8,26 @@ from pathlib import Path
 
 import pytest
 
-import mvd.engine.trainer as trainer_mod
 from mvd.config import ConfigError, load_config
 from mvd.engine.class_lists import first_difference
 from mvd.engine.trainer import Trainer, run_eval
 from mvd.models import create_model, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_fakes import fake_build_loader  # noqa: E402
+from engine_fakes import fake_loaders, fake_manifest, no_loader  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[3] / "configs" / "tiny"
 CLASSES = ["c0", "c1", "c2", "c3"]
 
 
 def shards(path, classes, source="kinetics400"):
-    path.mkdir(parents=True)
-    (path / "manifest.json").write_text(json.dumps({"classes": classes, "class_list": {"source": source}}))
-    return path
+    return fake_manifest(path, classes, class_list={"source": source})
 
 
 def config(name, tmp_path, *overrides):
     return load_config(TINY / f"{name}.yaml", [f"run.dir={tmp_path / 'run'}", "run.progress=false",
                                                "finetune.mixup=0", "finetune.cutmix=0", *overrides]
                        if name == "finetune" else [f"run.dir={tmp_path / 'eval'}", *overrides])
-
-
-def no_loader(*args, **kwargs):
-    raise AssertionError("a loader was built before the class lists were checked")
 
 
 def test_first_difference_names_the_index_and_both_names():
@@ -45,7 +38,7 @@ def test_first_difference_names_the_index_and_both_names():
 
 
 def test_finetune_with_train_and_eval_shards_of_different_lists_stops_before_any_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "build_loader", no_loader)
+    fake_loaders(monkeypatch, make=no_loader)
     train = shards(tmp_path / "train", CLASSES)
     val = shards(tmp_path / "val", ["c0", "c2", "c3"], source="csv")  # a val CSV missing c1
     cfg = config("finetune", tmp_path, f"data.dir={train}", f"eval.dir={val}")
@@ -60,7 +53,7 @@ def test_finetune_with_train_and_eval_shards_of_different_lists_stops_before_any
 @pytest.fixture
 def finetuned(tmp_path, monkeypatch):
     """A 2-step fine-tune on the fake loader; returns its run dir (export + checkpoint)."""
-    monkeypatch.setattr(trainer_mod, "build_loader", fake_build_loader)
+    fake_loaders(monkeypatch)
     train = shards(tmp_path / "train", CLASSES)
     Trainer(config("finetune", tmp_path, f"data.dir={train}", f"eval.dir={train}", "train.max_steps=2",
                    "checkpoint.every_steps=2")).train()
@@ -83,7 +76,7 @@ def test_finetune_export_and_checkpoint_carry_the_class_names(finetuned):
 def test_eval_of_a_checkpoint_trained_on_another_list_stops_naming_both(finetuned, tmp_path, monkeypatch, init):
     if init == "checkpoint":  # an interrupted run: no export, the newest training checkpoint
         (finetuned / "model.safetensors").unlink()
-    monkeypatch.setattr(trainer_mod, "build_loader", no_loader)
+    fake_loaders(monkeypatch, make=no_loader)
     other = shards(tmp_path / "other_val", ["c0", "c1", "c3", "c2"], source="file")
     cfg = config("eval", tmp_path, f"model.init={finetuned}", f"eval.dir={other}")
     with pytest.raises(ConfigError) as err:
@@ -95,7 +88,7 @@ def test_eval_of_a_checkpoint_trained_on_another_list_stops_naming_both(finetune
 
 
 def test_eval_on_shards_of_the_same_list_runs(finetuned, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_mod, "build_loader", fake_build_loader)
+    fake_loaders(monkeypatch)
     same = shards(tmp_path / "same_val", CLASSES)
     result = run_eval(config("eval", tmp_path, f"model.init={finetuned}", f"eval.dir={same}"))
     assert result["videos"] > 0

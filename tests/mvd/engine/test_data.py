@@ -1,4 +1,4 @@
-"""mvd.engine.data: the training loaders yield uint8 clips and ModelInputs turns them into the
+"""mvd.engine.data and the tasks' loader functions: the training loaders yield uint8 clips and ModelInputs turns them into the
 float batches the models took before (normalised on the device, erased after normalising)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import torch
 
 from dali_pipelines import FinetuneLoader, LoaderOptions, PretrainLoader
 from mvd.config import load_config
-from mvd.engine.data import ModelInputs, build_loader, loader_options
+from mvd.engine.data import ModelInputs, loader_options
 from mvd.engine.distributed import DistInfo
+from mvd.engine.tasks import finetune, pretrain_mvd
 
 TINY = Path(__file__).resolve().parents[3] / "configs" / "tiny"
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -22,7 +23,8 @@ CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 def test_training_loaders_yield_uint8_and_model_inputs_normalise_them(synth_shards):
     for task in ("pretrain_mvd", "finetune"):
         cfg = load_config(TINY / f"{task}.yaml", [f"data.dir={synth_shards}"])
-        loader = build_loader("finetune" if task == "finetune" else "pretrain", cfg, CPU, (8, 2))
+        loader = finetune.train_loader(cfg, CPU) if task == "finetune" else \
+            pretrain_mvd.train_loader(cfg, CPU, (8, 2))
         assert loader.normalize is False
         raw = next(iter(loader))
         loader.close()
@@ -32,7 +34,7 @@ def test_training_loaders_yield_uint8_and_model_inputs_normalise_them(synth_shar
         assert raw["video"].dtype == torch.uint8  # the loader's batch is left as it was
         if task == "pretrain_mvd":
             assert inputs["teacher_video"] is inputs["video"]
-    assert build_loader("eval", cfg, CPU).normalize is True  # evaluation takes float clips
+    assert finetune.eval_loader(cfg, CPU).normalize is True  # evaluation takes float clips
 
 
 def test_model_inputs_match_the_float_loader_and_erase_after_normalising(synth_shards):
@@ -69,14 +71,14 @@ def test_torch_threads_and_the_loaders_split_come_from_one_budget(synth_shards, 
         assert cpu_threads(configured, 1) == cpu_budget(step_device="cpu",
                                                         torch_threads=configured).torch_threads
     cfg = load_config(TINY / "pretrain_videomae.yaml", [f"data.dir={synth_shards}"])
-    loader = build_loader("pretrain", cfg, CPU, (8, 2))
+    loader = pretrain_mvd.train_loader(cfg, CPU, (8, 2))
     assert loader.budget == cpu_budget(step_device="cpu")  # the step's half left to torch
     with caplog.at_level("INFO", logger="mvd.train"):
         log_cpu_budgets(loader, CPU)
     assert "rank 0 CPU budget:" in caplog.text and "DALI threads" in caplog.text
     cfg = load_config(TINY / "pretrain_videomae.yaml", [f"data.dir={synth_shards}",
                                                          "data.dali_threads=3", "data.reader_workers=1"])
-    loader = build_loader("pretrain", cfg, CPU, (8, 2))
+    loader = pretrain_mvd.train_loader(cfg, CPU, (8, 2))
     assert (loader.budget.dali_threads, loader.budget.reader_workers) == (3, 1)
 
 
@@ -107,4 +109,4 @@ def test_an_unknown_loader_option_in_the_config_is_refused_naming_its_key(synth_
     cfg = load_config(TINY / "pretrain_mvd.yaml",
                       [f"data.dir={synth_shards}", "data.loader_options={num_workers: 0}"])
     with pytest.raises(ValueError, match="data.loader_options 'num_workers': not a loader option"):
-        build_loader("pretrain", cfg, CPU, (8, 2))
+        pretrain_mvd.train_loader(cfg, CPU, (8, 2))

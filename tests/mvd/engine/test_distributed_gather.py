@@ -37,9 +37,14 @@ def test_uneven_rows_come_back_whole_in_rank_order_on_every_rank(gathered):
 def test_evaluate_counts_each_view_once_however_the_ranks_hold_them(gathered):
     for got in gathered:
         # video 0 right (its 3 views on rank 0), video 1 wrong (1 view on rank 1, padding dropped)
-        assert got["eval"] == {"top1": 50.0, "top5": 100.0, "videos": 2, "views": 4}
+        ev = got["eval"]
+        assert {k: ev[k] for k in ("top1", "top5", "videos", "views")} == {
+            "top1": 50.0, "top5": 100.0, "videos": 2, "views": 4}
+        assert ev["per_class"]["b"]["top1"] == 100.0 and ev["per_class"]["c"]["top1"] == 0.0
         # rank 1 scored nothing: its empty share still joins the gather
-        assert got["eval_rank1_empty"] == {"top1": 100.0, "top5": 100.0, "videos": 1, "views": 3}
+        ev = got["eval_rank1_empty"]
+        assert {k: ev[k] for k in ("top1", "top5", "videos", "views")} == {
+            "top1": 100.0, "top5": 100.0, "videos": 1, "views": 3}
 
 
 def test_without_a_process_group_the_rows_are_returned_as_they_are():

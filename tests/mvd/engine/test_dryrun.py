@@ -158,3 +158,10 @@ def test_cli_reports_every_inconsistent_key_and_exits_2():
     assert proc.returncode == 2
     assert "train.precision" in proc.stderr and "optim.implementation" in proc.stderr
     assert "2 inconsistent setting(s)" in proc.stderr
+
+
+def test_an_eval_of_a_detector_plans_its_forward_on_boxes_and_ava_classes():
+    plan = plan_of(ROOT / "configs/tiny/detect.yaml", "task=eval", "model.overrides.num_classes=7")
+    assert plan["task"] == "eval" and plan["lr"] is None and plan["flops_per_clip"]["forward"] > 0
+    plan = plan_of(ROOT / "configs/detect_ava_base.yaml", "task=eval")
+    assert any("planned with 80 classes" in w for w in plan["warnings"])

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import mvd.engine.trainer as trainer_mod
 from mvd.config import load_config
 from mvd.engine.checkpoint import list_checkpoints, load_valid
 from mvd.engine.trainer import NonFiniteLoss, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_fakes import fake_build_loader  # noqa: E402
+from engine_fakes import fake_loaders, fake_manifest  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[3] / "configs" / "tiny"
 TRAIN_TASKS = ["pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"]
@@ -26,10 +25,8 @@ TRAIN_TASKS = ["pretrain_mvd", "pretrain_videomae", "pretrain_mae", "finetune"]
 
 @pytest.fixture(autouse=True)
 def fake_loader(monkeypatch, tmp_path):
-    monkeypatch.setattr(trainer_mod, "build_loader", fake_build_loader)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "manifest.json").write_text(json.dumps({"classes": ["c0", "c1", "c2", "c3"]}))
+    fake_loaders(monkeypatch)
+    fake_manifest(tmp_path / "data", ["c0", "c1", "c2", "c3"])
 
 
 def make(task, run_dir, *overrides):
@@ -164,4 +161,5 @@ def test_finetune_validates_every_n_epochs_and_at_the_end(tmp_path):
     spe = t.derived.steps_per_epoch
     assert seen == [spe, 2 * spe]  # after each epoch; the last one serves as the end-of-run one
     assert result["eval"]["videos"] == 32
+    assert (tmp_path / "r" / "predictions.csv").is_file()
     assert json.loads((tmp_path / "r" / "eval.json").read_text())["step"] == 2 * spe
