@@ -216,6 +216,7 @@ def step_config(settings: StepSettings, batch_size: int, device: str, *extra: st
 
     return load_config(settings.config, [
         "task=pretrain_mvd", *settings.overrides, f"data.batch_size={batch_size}",
+        "train.global_batch=0",  # one micro-batch a step: the recipe's pinned batch would accumulate
         f"data.device={device}", f"dist.device={'cuda' if device == 'gpu' else 'cpu'}",
         "run.progress=false", "checkpoint.resume=none", *extra])
 

@@ -50,8 +50,10 @@ def test_every_recipe_plans_without_data_or_checkpoints(path):
     if cfg.task == "eval":
         assert plan["lr"] is None and plan["optimizer"] is None
         return
-    views = cfg.data.repeated_aug if cfg.task == "finetune" else 1  # the release's lr scaling
-    assert plan["global_batch"] == cfg.data.batch_size * views * 8 * cfg.train.accum_steps
+    assert plan["global_batch"] == (cfg.train.global_batch
+                                    or cfg.data.batch_size * 8 * cfg.train.accum_steps)
+    assert plan["per_gpu_batch"] * 8 * plan["accum_steps"] == plan["global_batch"]
+    assert plan["per_gpu_batch"] <= cfg.data.batch_size
     assert plan["lr"] == pytest.approx(cfg.optim.base_lr * plan["global_batch"] / 256)
     assert plan["total_steps"] == plan["steps_per_epoch"] * cfg.schedule.epochs
     assert plan["train_flops_per_clip"] > 0
@@ -71,9 +73,11 @@ def test_base_recipe_plan_is_the_papers_step():
     assert flops["student_forward"] / 1e9 == pytest.approx(154.5, abs=0.1)
     assert flops["teachers_forward"] / 1e9 == pytest.approx(281 + 361, abs=1.5)
     assert plan["train_flops_per_clip"] / 1e12 == pytest.approx(1.105, abs=0.002)
-    assert plan["samples"] == 240436 and plan["global_batch"] == 256
-    assert plan["steps_per_epoch"] == 240436 // 256 and plan["warmup_steps"] == 40 * 939
-    assert plan["precision"].startswith("bf16") and "teacher weights bfloat16" in plan["precision"]
+    assert plan["samples"] == 240436 and plan["global_batch"] == 1024
+    assert (plan["per_gpu_batch"], plan["accum_steps"]) == (32, 4)  # 1024 on 8 GPUs
+    assert plan["steps_per_epoch"] == 240436 // 1024 and plan["warmup_steps"] == 40 * 234
+    assert plan["precision"].startswith("bf16") and "teacher weights float32" in plan["precision"]
+
 
 
 @pytest.mark.slow
@@ -93,7 +97,8 @@ def test_fsdp_plan_shards_the_trained_state():
 def test_world_size_comes_from_torchrun_first():
     cfg = load_config(ROOT / "configs/pretrain_mvd_small_k400.yaml")
     plan, _ = make_plan(cfg, {"WORLD_SIZE": "16"})
-    assert plan["world_size"] == 16 and plan["global_batch"] == 32 * 16
+    assert plan["world_size"] == 16 and plan["global_batch"] == 1024
+    assert (plan["per_gpu_batch"], plan["accum_steps"]) == (32, 2)
 
 
 @pytest.mark.slow
@@ -111,6 +116,7 @@ def test_compile_plan_follows_the_wrapping():
     (["optim.implementation=apex"], "optim.implementation"),
     (["data.dir=missing", "data.expected_samples=0"], "data.expected_samples"),
     (["data.batch_size=4096", "data.expected_samples=1000"], "data.batch_size"),
+    (["dist.world_size_hint=12"], "train.global_batch"),  # 1024 does not split over 12
 ])
 def test_inconsistent_combinations_name_their_key(extra, key):
     cfg = load_config(ROOT / "configs/pretrain_mvd_base_k400.yaml", extra)
