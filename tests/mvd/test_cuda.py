@@ -30,6 +30,7 @@ from mvd.engine.precision import Precision, plan_precision
 from mvd.engine.tasks import PretrainMVD, build_task
 from mvd.layers.attention import Attention
 from mvd.losses import unnormalize_video
+from mvd.models.pretrain import VideoMAEPretrain
 from dali_pipelines.masks import masked_tokens, tube_mask
 from mvd.models import create_model
 
@@ -170,13 +171,14 @@ def test_fused_adamw_steps_like_foreach_adamw():
 # ---------------------------------------------------------------------- (c) a bf16 MVD step
 
 
-def test_bf16_mvd_step_gives_a_finite_loss_and_grads_only_on_the_student():
-    precision = plan_precision("bf16", "cuda")
+@pytest.mark.parametrize("teacher_weights, dtype", [("fp32", torch.float32), ("autocast", BF16)])
+def test_bf16_mvd_step_gives_a_finite_loss_and_grads_only_on_the_student(teacher_weights, dtype):
+    precision = plan_precision("bf16", "cuda", teacher_weights=teacher_weights)
     task = mvd_task(CONFIGS / "tiny" / "pretrain_mvd.yaml", "train.precision=bf16",
                     precision=precision)
-    assert precision.teacher_dtype == BF16
+    assert precision.teacher_dtype == dtype
     for teacher in task.teachers:
-        assert {p.dtype for p in teacher.parameters()} == {BF16}
+        assert {p.dtype for p in teacher.parameters()} == {dtype}
         assert not any(p.requires_grad for p in teacher.parameters())
     assert {p.dtype for p in task.model.parameters()} == {torch.float32}
     batch = mvd_batch(task, 4, seed=0)
@@ -333,16 +335,17 @@ def test_steady_state_mvd_s_step_makes_no_host_sync(mvd_s):
     assert torch.isfinite(loss).item() and torch.isfinite(norm).item(), (loss, norm)
 
 
-def test_unnormalize_video_makes_no_host_copy_in_the_steady_state():
-    """The stage-1 pixel target's ImageNet constants are cached per device: after a first call,
-    `unnormalize_video` runs under ``set_sync_debug_mode("error")`` (a tensor from a Python list
-    there would be a pageable host-to-device copy, which the mode rejects)."""
+def test_stage1_pixel_target_makes_no_host_copy_in_the_steady_state():
+    """The stage-1 pixel target's ImageNet constants are the model's buffers on the GPU:
+    `unnormalize_video` with them runs under ``set_sync_debug_mode("error")`` (a tensor from a
+    Python list there would be a pageable host-to-device copy, which the mode rejects)."""
+    model = VideoMAEPretrain(img_size=32, patch_size=16, num_frames=4, embed_dim=32, depth=1, num_heads=2,
+                             decoder_depth=1, decoder_embed_dim=16, decoder_num_heads=2).to(DEVICE)
     video = torch.randn(2, 3, 4, 16, 16, device=DEVICE)
-    unnormalize_video(video)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = unnormalize_video(video)
+        out = unnormalize_video(video, model.pixel_mean, model.pixel_std)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert out.shape == video.shape
