@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import report, step
+from benchmarks import report, step, timing
 from benchmarks.gpu import manifest as pack_format
 from benchmarks.gpu import decode_check, nvdec, pack, plan
 from benchmarks.gpu.manifest import MANIFEST, MiB
@@ -338,7 +338,7 @@ def test_gpu_step_variants_are_mvd_s_and_b_eager_and_compiled_bf16_flash_fused()
 
 
 def test_matmul_ceiling_is_a_valid_tflops_record():
-    (rec,) = report.validate_records("step", [step.matmul_ceiling(torch.device("cpu"), n=64,
+    (rec,) = report.validate_records("step", [timing.matmul_ceiling(torch.device("cpu"), n=64,
                                                                   iters=2, rounds=1)])
     assert rec["name"] == "bf16_matmul_ceiling" and rec["unit"] == "TFLOP/s" and rec["value"] > 0
     assert rec["shape"] == "64x64x64"
