@@ -54,7 +54,6 @@ _HEADER_SLACK_FRAMES = 2
 _AVA_SEGMENT_START = 900  # AVA annotates seconds 900-1800 of each movie; keyframes 902..1798
 
 
-
 @dataclass(frozen=True)
 class _Movie:
     path: Path

@@ -37,7 +37,6 @@ BEFORE_START = "keyframe before the movie's start"
 DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
 
 
-
 @dataclass(frozen=True)
 class ClipOptions:
     clip_frames: int = 64  # 16 frames x stride 4, the recipe's window
