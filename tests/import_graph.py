@@ -34,7 +34,8 @@ def imported_modules(path: Path, module: str, known: set[str]) -> set[str]:
             if node.level:
                 up = package[:len(package) - (node.level - 1)]
                 base = ".".join([*up, base] if base else up)
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                     for a in node.names]
         else:
             continue
         for name in names:

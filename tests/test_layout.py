@@ -12,7 +12,8 @@ MAX_LINES = 500
 def test_no_module_of_the_package_is_over_500_lines(package):
     modules = package_modules(package)
     assert len(modules) > 1, f"no modules found under {package}/"
-    long = {m: n for m, path in modules.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {m: n for m, path in modules.items()
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
@@ -27,7 +28,8 @@ def test_the_graph_resolves_absolute_relative_and_function_local_imports(tmp_pat
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "__init__.py").write_text("from . import b\n")
-    (pkg / "a.py").write_text("import os\nfrom pkg.sub import b\n\ndef f():\n    from .sub.b import X\n")
+    (pkg / "a.py").write_text("import os\nfrom pkg.sub import b\n\n"
+                              "def f():\n    from .sub.b import X\n")
     (pkg / "sub" / "b.py").write_text("from ..a import f\nfrom pkg import c\n")
     (pkg / "c.py").write_text("import pkg.sub\n")
     graph = import_graph("pkg", tmp_path)

@@ -44,7 +44,8 @@ from pathlib import Path
 
 from benchmarks import step as step_bench
 from benchmarks.gpu import decode_check, plan
-from benchmarks.gpu.manifest import FORMAT, MANIFEST, SAFE_NAME, MiB, PackError, part_name, sha256_file
+from benchmarks.gpu.manifest import (FORMAT, MANIFEST, SAFE_NAME, MiB, PackError, part_name,
+                                     sha256_file)
 from benchmarks.gpu.wheels import DALI, download_wheels, find_wheels, requirements, slim_wheel
 from shard_tools.synth import make_synth_dataset
 
