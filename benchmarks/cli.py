@@ -1,4 +1,4 @@
-"""`mvd-bench {shard,loader,model,step,demo,teachers,detect,all} [--device cpu|gpu] [--quick] --out DIR`.
+"""`mvd-bench {shard,loader,model,step,demo,teachers,detect,storage,all} [--device cpu|gpu] [--quick] --out DIR`.
 
 Runs the chosen benchmark modules, then writes DIR/report.json, DIR/report.md and PNG plots.
 Each module is `benchmarks.<mode>` with `run(out_dir, *, quick[, device, seeds, report_dir])
@@ -23,7 +23,7 @@ from benchmarks import env, report, targets
 # The keywords each mode's run() takes beside `quick` (`all` runs report.MODES in order).
 MODE_ARGS = {"shard": (), "loader": ("device",), "model": ("device",),
              "step": ("device", "variants", "feed", "report_dir"), "demo": (),
-             "teachers": ("seeds", "report_dir"), "detect": ("seeds", "report_dir")}
+             "teachers": ("seeds", "report_dir"), "detect": ("seeds", "report_dir"), "storage": ()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "mode", choices=(*report.MODES, *report.SOLO_MODES, "all"),
         help="what to measure; `all` runs " + ", ".join(report.MODES) + " and leaves out "
         + ", ".join(report.SOLO_MODES) + " (teachers about 13 minutes a seed on 2 cores, detect "
-        "about 5; under a minute with --quick: run them by name)")
+        "about 5; under a minute with --quick: run them by name; storage: the pretrain loader "
+        "from a local S3 server beside the same shards on disk, about 2 minutes)")
     parser.add_argument(
         "--device",
         choices=("cpu", "gpu"),
@@ -215,6 +216,12 @@ def unavailable(mode: str, device: str) -> str | None:
 
         if not torch.cuda.is_available():
             return "--device gpu asked for, but torch sees no CUDA device on this machine"
+    if mode == "storage":
+        from importlib.util import find_spec
+
+        lacking = [m for m in ("s3fs", "moto") if find_spec(m) is None]
+        if lacking:
+            return f"{' and '.join(lacking)} not installed (pip install -e '.[dev]': s3fs and moto[server])"
     return None
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 FORMAT = "mvd-bench/1"
 MODES = ("shard", "loader", "model", "step", "demo")
 # Modes `all` leaves out (run by name): accuracy studies that train many models a seed (teachers
-# 13, about 13 minutes a seed; detect 5, about 5 minutes a seed).
-SOLO_MODES = ("teachers", "detect")
+# 13, about 13 minutes a seed; detect 5, about 5 minutes a seed), and storage (S3 against disk:
+# it needs moto's server from the dev extra).
+SOLO_MODES = ("teachers", "detect", "storage")
 RESERVED = ("name", "value", "unit", "skipped")
 # Fields that vary along a plot's x axis, in the order plots are made.
 PLOT_AXES = ("batch_size", "model", "workers")

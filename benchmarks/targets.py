@@ -57,6 +57,8 @@ TARGETS = (
     Target("CPU pretrain loader over the PyTorch baseline, H.264 through the PyAV fallback",
            "loader", "pretrain_speedup_vs_baseline", 1.5, "x",
            select={"device": "cpu", "codec": "h264"}, reference=_LOADER_CLIP, worst=True),
+    Target("Pretrain loader from a local S3-compatible server over the same shards on disk",
+           "storage", "s3_over_disk", 0.9, "x", reference=_LOADER_CLIP, worst=True),
     Target("mvd-demo: distilled over from-scratch held-out top-1, lowest over the seeds",
            "demo", "demo_margin_top1", DEMO_MARGIN, "points", reference={"budget": "default"},
            worst=True),

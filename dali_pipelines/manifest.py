@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dali_pipelines import shard_files, storage
 from dali_pipelines.shard_files import close_all, read_range, read_text
 from video_caps.decoders import DECODERS, folder_refusal
 
@@ -73,7 +74,7 @@ class SampleTable:
 class ShardDir:
     """A checked shard directory: its manifest and sample table."""
 
-    path: Path
+    path: Path | str  # a folder, or an s3:// URL
     manifest: dict
     table: SampleTable
 
@@ -90,21 +91,26 @@ def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> d
     """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
     that file (the loaders, the class lists and the training's dry run all call it).
 
-    Raises ShardDirError naming the directory or the file and what is wrong; with `missing_ok`,
-    a directory that holds no manifest (not sharded yet) gives None instead.
+    `data_dir` is a folder or an `s3://bucket/prefix` (`shard_files`). Raises ShardDirError
+    naming the directory (or URL) or the file and what is wrong; with `missing_ok`, a directory
+    that holds no manifest (not sharded yet) gives None instead.
     """
-    path = Path(data_dir)
-    if missing_ok and not (path / "manifest.json").is_file():
-        return None
-    if not path.is_dir():
-        raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise ShardDirError(
-            f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
-        )
+    path = _dir(data_dir)
     try:
-        manifest = json.loads(read_text(manifest_path))
+        if missing_ok and not shard_files.is_file(shard_files.join(path, "manifest.json")):
+            return None
+        if not shard_files.is_dir(path):
+            raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
+        manifest_path = shard_files.join(path, "manifest.json")
+        if not shard_files.is_file(manifest_path):
+            raise ShardDirError(
+                f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
+            )
+        text = read_text(manifest_path)
+    except storage.StorageError as exc:
+        raise ShardDirError(str(exc)) from exc
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ShardDirError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -113,27 +119,35 @@ def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> d
     return manifest
 
 
+def _dir(data_dir: str | os.PathLike):
+    """A local shard directory as a Path, an s3:// one as its URL (a Path would fold the //)."""
+    return str(data_dir) if shard_files.is_remote(data_dir) else Path(data_dir)
+
+
 def load_shard_dir(data_dir: str | os.PathLike) -> ShardDir:
     """Read `data_dir/manifest.json` (`read_manifest`), check every listed shard and index,
-    build the table.
+    build the table. `data_dir` is a folder or an `s3://bucket/prefix`.
 
-    Raises ShardDirError naming the missing or inconsistent file.
+    Raises ShardDirError naming the missing or inconsistent file (or URL).
     """
-    path = Path(data_dir)
+    try:
+        return _load_shard_dir(_dir(data_dir))
+    except storage.StorageError as exc:
+        raise ShardDirError(str(exc)) from exc
+
+
+def _load_shard_dir(path) -> ShardDir:
     manifest = read_manifest(path)
-    manifest_path = path / "manifest.json"
+    manifest_path = shard_files.join(path, "manifest.json")
     for field in ("samples", "classes", "shards"):
         if field not in manifest:
             raise ShardDirError(f"{manifest_path}: missing field {field!r}")
     if not manifest["shards"]:
         raise ShardDirError(f"{manifest_path}: lists no shards")
 
-    missing = [
-        str(path / entry[part])
-        for entry in manifest["shards"]
-        for part in ("name", "index")
-        if not (path / entry[part]).is_file()
-    ]
+    missing = shard_files.missing(
+        [shard_files.join(path, entry[part]) for entry in manifest["shards"] for part in ("name", "index")]
+    )
     if missing:
         raise ShardDirError(
             f"{manifest_path} lists files that are missing: {', '.join(missing)}"
@@ -193,17 +207,18 @@ def parse_index(idx_path: Path) -> list[dict[str, tuple[int, int, str | None]]]:
     return samples
 
 
-def _build_table(path: Path, manifest: dict) -> SampleTable:
+def _build_table(path, manifest: dict) -> SampleTable:
     shard_paths, shard, offset, size, meta, keys, json_at = [], [], [], [], [], [], []
     for s, entry in enumerate(manifest["shards"]):
-        tar_path = path / entry["name"]
-        idx_path = path / entry["index"]
+        tar_path = shard_files.join(path, entry["name"])
+        idx_path = shard_files.join(path, entry["index"])
+        tar_name = os.path.basename(tar_path)
         samples = parse_index(idx_path)
         if "samples" in entry and entry["samples"] != len(samples):
             raise ShardDirError(
                 f"{idx_path}: {len(samples)} samples, manifest says {entry['samples']}"
             )
-        shard_paths.append(str(tar_path.resolve()))
+        shard_paths.append(shard_files.resolve(tar_path))
         handles: dict = {}
         try:
             for members in samples:
@@ -211,13 +226,13 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
                 key = _key(str(tar_path), handles, *members[(video or list(members))[0]])
                 if len(video) != 1 or "meta" not in members:
                     raise ShardDirError(
-                        f"{tar_path.name}:{key}: expected one video member and a .meta member, "
+                        f"{tar_name}:{key}: expected one video member and a .meta member, "
                         f"found {sorted(members)}"
                     )
                 meta_off, meta_size, _ = members["meta"]
-                raw = read_range(str(tar_path), meta_off, 16, handles)
+                raw = read_range(str(tar_path), meta_off, 16, handles, scan=True)
                 if meta_size != 16 or len(raw) != 16:
-                    raise ShardDirError(f"{tar_path.name}:{key}.meta: expected 16 bytes")
+                    raise ShardDirError(f"{tar_name}:{key}.meta: expected 16 bytes")
                 meta.append(np.frombuffer(raw, META_DTYPE))
                 off, sz, _ = members[video[0]]
                 shard.append(s)
@@ -247,7 +262,7 @@ def _build_table(path: Path, manifest: dict) -> SampleTable:
 def _key(tar: str, handles: dict, offset: int, size: int, name: str | None) -> str:
     """A member's sample key: its name up to the first dot (from the tar header for v1.1)."""
     if name is None:
-        header = read_range(tar, offset - 512, 100, handles)
+        header = read_range(tar, offset - 512, 100, handles, scan=True)
         name = header.split(b"\0", 1)[0].decode("utf-8", "replace")
     return os.path.basename(name).split(".", 1)[0]
 
@@ -314,7 +329,7 @@ def load_ava(shards: ShardDir) -> AvaAnnotations:
     [0, 1] (float noise up to BOX_TOLERANCE clipped), ground-truth boxes with x1 <= x2 and
     y1 <= y2 (proposals as the detector gave them), one action list per box with ids of the label map, the
     keyframe inside the clip. Raises ShardDirError naming `shard.tar:key.json` and the field."""
-    where = shards.path / "manifest.json"
+    where = shard_files.join(shards.path, "manifest.json")
     det = shards.manifest.get("detection")
     if not isinstance(det, dict):
         raise ShardDirError(f"{where}: no 'detection' section; this is not an AVA shard directory "

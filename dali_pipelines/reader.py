@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dali_pipelines import sampling
+from dali_pipelines import sampling, storage
 from dali_pipelines.decode import DecodeError, decode_frames
 from dali_pipelines.manifest import SampleTable
 from dali_pipelines.outputs import Outputs, per_view
@@ -60,6 +60,8 @@ class ClipReader:
     bad: frozenset = frozenset()
     _fds: dict = field(default_factory=dict, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)
+    _ahead: storage.ReadAhead = field(default_factory=storage.ReadAhead, repr=False)  # s3:// shards
+    _ahead_asked: set = field(default_factory=set, repr=False)  # (epoch, step) already asked for
     _owner_pid: int = field(default_factory=os.getpid, repr=False)  # the loader's process
     _armed_pid: int = field(default=-1, repr=False)  # the worker that armed exit_with_parent
     outputs: Outputs | None = field(default=None, repr=False)  # what __call__ returns (by name)
@@ -74,6 +76,7 @@ class ClipReader:
     def __getstate__(self):  # file descriptors and caches stay in the process that made them
         state = dict(self.__dict__)
         state["_fds"], state["_plans"], state["_armed_pid"] = {}, {}, -1
+        state["_ahead"], state["_ahead_asked"] = storage.ReadAhead(), set()
         return state
 
     # -- the epoch plan --------------------------------------------------------------------
@@ -120,6 +123,7 @@ class ClipReader:
             exit_with_parent(self._owner_pid)
             self._armed_pid = pid
         epoch, step = self.position(info.iteration)
+        self._read_ahead(info.iteration)
         items, _ = self.plan(epoch)
         batch = self.batch_items(epoch, step)
         j = info.idx_in_batch if self.positions is None else self.positions[info.idx_in_batch]
@@ -139,6 +143,21 @@ class ClipReader:
             out["error"] = np.frombuffer(error.encode()[:2000], np.uint8).copy()
             return self.outputs.reader_tuple(out)
         raise RuntimeError(f"no sample of epoch {epoch} could be read (all failed)")
+
+    def _read_ahead(self, iteration: int) -> None:
+        """Object storage: on the first call for a batch, start fetching the video members of this
+        batch's samples and of the next batch's (storage.ReadAhead), so requests overlap decoding."""
+        if not storage.is_remote(self.table.shard_paths[0]):
+            return
+        t = self.table
+        for position in (self.position(iteration), self.position(iteration + 1)):
+            if position in self._ahead_asked:
+                continue
+            self._ahead_asked.add(position)
+            samples = [self.cfg.split(int(i))[0] for i in self.own_items(*position)]
+            self._ahead.want([(t.shard_paths[t.shard[s]], int(t.offset[s]), int(t.size[s])) for s in samples])
+        if len(self._ahead_asked) > 4:
+            self._ahead_asked = set(sorted(self._ahead_asked)[-4:])
 
     @staticmethod
     def _candidates(planned, batch, j, items):
@@ -215,10 +234,13 @@ class ClipReader:
         return out
 
     def video_bytes(self, sample: int) -> bytes:
-        """The sample's video member, read from its tar by offset (`shard_files.read_range`)."""
+        """The sample's video member, read from its tar by offset (`shard_files.read_range`),
+        or taken from what `_read_ahead` fetched for an s3:// shard."""
         path = self.table.shard_paths[int(self.table.shard[sample])]
-        size = int(self.table.size[sample])
-        data = read_range(path, int(self.table.offset[sample]), size, self._fds)
+        size, offset = int(self.table.size[sample]), int(self.table.offset[sample])
+        data = self._ahead.pread(path, size, offset)
+        if data is None:
+            data = read_range(path, offset, size, self._fds)
         if len(data) != size:
             raise DecodeError(f"short read: {len(data)} of {size} bytes")
         return data

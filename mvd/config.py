@@ -241,6 +241,10 @@ class RunConfig:
     progress: bool = F(True, "rich progress bar on rank 0 when stderr is a terminal (plain log "
                                "lines every log_every steps otherwise)")
     tensorboard: bool = F(False, "also write TensorBoard events (if tensorboard is installed)")
+    wandb: bool = F(False, "also log to Weights & Biases on rank 0: every metrics.jsonl row, "
+                           "clips/s, data-wait share, memory, eval results and the config (needs "
+                           "pip install 'mvd[wandb]'; WANDB_MODE=offline logs to run.dir/wandb)")
+    wandb_project: str = F("mvd", "W&B project of run.wandb (the run is named after run.dir)")
 
 
 @dataclass

@@ -6,12 +6,9 @@ All losses are computed in fp32 and are means over elements (the release's nn.*L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-
-from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 FEATURE_LOSSES = ("smooth_l1", "l1", "l2")
 
@@ -91,22 +88,13 @@ def normalize_pixels_mae(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     return (patches - mean) / (var + eps) ** 0.5
 
 
-@lru_cache(maxsize=None)
-def imagenet_constants(device: torch.device, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) as (3,) tensors on `device`, made once per (device, values, dtype): building
-    them from Python lists at every step would be a pageable host-to-device copy per step (a
-    host sync that `torch.cuda.set_sync_debug_mode("error")` rejects). The cache holds 2 x 3
-    numbers per device."""
-    return (torch.tensor(mean, dtype=dtype, device=device),
-            torch.tensor(std, dtype=dtype, device=device))
-
-
-def unnormalize_video(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Undo the ImageNet normalisation of a (B, 3, ...) clip or frame batch."""
+def unnormalize_video(video: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation of a (B, 3, ...) clip or frame batch; ``mean`` / ``std`` are
+    (3,) tensors on the video's device. Callers keep them as buffers (``VideoMAEPretrain``): a tensor
+    built from a Python list at every step would be a pageable host-to-device copy per step, a host
+    sync that ``torch.cuda.set_sync_debug_mode("error")`` rejects."""
     shape = (1, -1) + (1,) * (video.dim() - 2)
-    m, s = imagenet_constants(video.device, tuple(mean), tuple(std))
-    return video.float() * s.view(shape) + m.view(shape)
+    return video.float() * std.view(shape) + mean.view(shape)
 
 
 def pixel_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

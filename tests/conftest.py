@@ -10,6 +10,11 @@
 
 Both return the shard directory (holding ``manifest.json``, ``shard-00000{0,1}.tar/.idx``).
 Treat them as read-only: they are shared by all tests of the session.
+
+``s3_store`` is a real S3-compatible server (moto's standalone server, a subprocess on 127.0.0.1),
+with the standard AWS environment pointed at it (``AWS_ENDPOINT_URL``, test credentials) for
+this process and every process it starts; ``s3_store.put(folder, "s3://bucket/prefix")``
+uploads a folder. Skipped, with the reason, where moto[server] or s3fs is not installed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,28 @@ def synth_shards(tmp_path_factory) -> Path:
 def h264_shards(tmp_path_factory) -> Path:
     """Directory of the same dataset as ``synth_shards`` encoded as H.264 in .mp4."""
     return _make_fixture_shards(tmp_path_factory.mktemp("h264_shards"), "h264")
+
+
+class S3Store:
+    """The test S3 server: its endpoint, and uploads of folders to s3:// prefixes."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def put(self, folder: Path, url: str) -> str:
+        from benchmarks.storage import upload
+
+        return upload(folder, url)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory):
+    pytest.importorskip("s3fs", reason="s3:// shard directories need s3fs (the s3 / dev extras)")
+    pytest.importorskip("moto.server", reason="the S3 tests run moto's server (moto[server], dev extra)")
+    from benchmarks.storage import local_s3_server
+
+    with local_s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield S3Store(endpoint)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,6 +36,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from dali_pipelines import shard_files
 from dali_pipelines.manifest import ShardDirError, read_manifest
 from mvd.config import Config, ConfigError, derive
 from mvd.engine import distributed as D
@@ -160,7 +161,9 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     # What must exist by the time the run starts.
     plan.warnings += cls.plan_warnings(cfg)
     for key, path in cls.inputs(cfg).items():
-        if path and not Path(path).exists():
+        if path and shard_files.is_remote(path):  # the dry run reads no object store
+            plan.warnings.append(f"{key}={path} is in object storage: not checked by the dry run")
+        elif path and not Path(path).exists():
             plan.warnings.append(f"{key}={path} does not exist yet")
 
     key, data_dir = cls.shard_dir(cfg)
@@ -251,7 +254,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
 
 def _manifest(path: str, key: str) -> dict | None:
     """The shards' manifest (``dali_pipelines.manifest``), None where there is none yet."""
-    if not path:
+    if not path or shard_files.is_remote(path):  # the dry run reads no object store
         return None
     try:
         manifest = read_manifest(path, missing_ok=True)

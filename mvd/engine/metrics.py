@@ -3,7 +3,9 @@
 The flush is the loop's only routine host sync: the buffered per-step values of every rank are
 stacked, averaged across ranks in one all-reduce, written to ``run.dir/metrics.jsonl`` (one JSON
 object per optimizer step: step, epoch, loss, loss parts, lr, grad_norm) and shown on rank 0's
-rich progress bar (step, loss parts, lr, clips/s, data-wait share, ETA); TensorBoard optionally.
+rich progress bar (step, loss parts, lr, clips/s, data-wait share, ETA); TensorBoard optionally,
+and Weights & Biases with ``run.wandb`` (rank 0: the config, every row, clips/s, data-wait share,
+peak memory, eval results; one W&B run per run dir, resumed with it).
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import logging
 import math
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
 
-from mvd.config import RunConfig
+from mvd.config import ConfigError, RunConfig
 from mvd.engine import distributed as D
 
 log = logging.getLogger("mvd.train")
@@ -27,9 +30,32 @@ def _finite_or_none(v: float):
     return v if math.isfinite(v) else None
 
 
+WANDB_ID_FILE = "wandb-run-id"  # in run.dir: a resumed run continues the same W&B run
+
+
+def _import_wandb():
+    """wandb, or a ConfigError saying how to install it (every rank asks, so all stop together)."""
+    try:
+        import wandb  # heavy optional dependency (the wandb extra): only with run.wandb=true
+    except ImportError:
+        raise ConfigError("run.wandb=true but wandb is not installed: pip install 'mvd[wandb]' "
+                          "(or set run.wandb=false)") from None
+    return wandb
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: allocated CUDA memory on a GPU, else the resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 class MetricsLogger:
     def __init__(self, cfg: RunConfig, run_dir: Path, info: D.DistInfo, *, total_steps: int,
-                 start_step: int, clips_per_step: int):
+                 start_step: int, clips_per_step: int, config: dict | None = None):
+        """``config``: the run's whole config (a plain dict), recorded by W&B."""
         self.cfg = cfg
         self.info = info
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -40,7 +66,8 @@ class MetricsLogger:
         self.window_data_wait = 0.0
         self.window_steps = 0
         self.last: dict = {}
-        self.progress = self.task = self.tb = None
+        self.progress = self.task = self.tb = self.wandb = None
+        wandb = _import_wandb() if cfg.wandb else None
         if info.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._truncate_after(start_step)
@@ -54,6 +81,17 @@ class MetricsLogger:
                 except ImportError:
                     log.warning("run.tensorboard=true but tensorboard is not installed "
                                 "(pip install 'mvd[tensorboard]'); logging to metrics.jsonl only")
+            if wandb is not None:
+                self.wandb = self._start_wandb(wandb, Path(run_dir), config)
+
+    def _start_wandb(self, wandb, run_dir: Path, config: dict | None):
+        id_file = run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        run = wandb.init(project=self.cfg.wandb_project, name=run_dir.name, id=run_id, resume="allow",
+                         dir=str(run_dir), config=config)
+        log.info("W&B run %s (project %s, mode %s)", run.id, self.cfg.wandb_project, run.settings.mode)
+        return run
 
     def _truncate_after(self, step: int) -> None:
         """Drop rows past ``step`` (a resumed run replays them), so the file reads as one run."""
@@ -141,6 +179,20 @@ class MetricsLogger:
                 for k, v in r.items():
                     if k not in ("step", "epoch") and v is not None:
                         self.tb.add_scalar(f"train/{k}", v, r["step"])
+        if self.wandb is not None:
+            for r in rows[:-1]:
+                self.wandb.log({f"train/{k}": v for k, v in r.items() if k != "step" and v is not None},
+                               step=r["step"])
+            window = {"train/clips_per_s": self.last["clips_per_s"], "train/data_wait": self.last["data_wait"],
+                      "train/peak_memory_gib": _peak_memory_gib(self.info.device)}
+            self.wandb.log({**{f"train/{k}": v for k, v in last.items() if k != "step" and v is not None},
+                            **window}, step=last["step"])
+
+    def log_eval(self, step: int, result: dict) -> None:
+        """An evaluation's numbers (what eval.json holds) at ``step``, on W&B (rank 0)."""
+        if self.wandb is not None:
+            self.wandb.log({f"eval/{k}": v for k, v in result.items()
+                            if isinstance(v, (int, float)) and k != "step"}, step=step)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -149,3 +201,5 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        # the W&B run stays open for the validation after training (Trainer.validate logs it);
+        # wandb finishes it when the process exits, or when a later wandb.init starts another

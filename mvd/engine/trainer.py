@@ -104,7 +104,8 @@ class Trainer:
             self.counters.setdefault("skipped", 0)
             log.info("resumed at step %d (epoch %d)", self.step, ckpt["epoch"])
         self.metrics = MetricsLogger(cfg.run, self.run_dir, info, total_steps=d.max_steps,
-                                     start_step=self.step, clips_per_step=d.global_batch)
+                                     start_step=self.step, clips_per_step=d.global_batch,
+                                     config=to_dict(cfg))
         self._announce(impl)
 
     # ------------------------------------------------------------------ set-up
@@ -325,6 +326,7 @@ class Trainer:
         result = self.task.validate(self.model, self.info, self.precision, self.run_dir)
         result["step"] = self.step
         self.last_eval = result
+        self.metrics.log_eval(self.step, result)
         if self.info.is_main:
             write_eval(self.run_dir, result)
             log.info("step %d: %s", self.step, self.task.eval_summary(result))

@@ -106,7 +106,12 @@ def is_hf_layout(state: Mapping, config: Mapping | None) -> bool:
     return any(_PATCH_PROJ.search(k) for k in state)
 
 
-def _rename(key: str) -> str | None:
+def our_key(key: str) -> str | None:
+    """A transformers key (saved or in-memory name) -> ours, or None if not understood. Both
+    directions use it: loading renames the hub's keys, ``mvd.export`` asks it which of our tensors
+    fills each key of the transformers model it builds (so the key tables live here only). The
+    separate ``attn.q/k/v.weight`` and ``attn.k_bias`` it returns are slices of (or beside) our
+    fused ``attn.qkv.weight``."""
     for prefix in ("videomae.", "vit."):
         if key.startswith(prefix):
             key = key[len(prefix):]
@@ -127,7 +132,7 @@ def _rename(key: str) -> str | None:
 def _rename_all(state: Mapping[str, torch.Tensor], notes: list[str]) -> dict[str, torch.Tensor]:
     out, unknown, separate = {}, [], {}
     for key, value in state.items():
-        name = _rename(key)
+        name = our_key(key)
         if name is None:
             unknown.append(key)
         elif name in out or name in separate:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
 from mvd.losses import normalize_patch_pixels, normalize_pixels_mae, pixel_loss, unnormalize_video
 from mvd.masking import gather_tokens
 from mvd.models.vit import MaskedDecoder, ViTEncoder
@@ -38,6 +39,10 @@ class VideoMAEPretrain(ViTEncoder):
                                      in_chans * tubelet_size * patch_size ** 2, pos_kind="sinusoid_1d", grid=self.grid,
                                      proj_bias=False, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
                                      grad_checkpointing=grad_checkpointing)
+        # The pixel target's ImageNet constants as buffers (not saved): they follow the model to its
+        # device (and into the dry run's fake tensors), so no step builds them from host lists.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD), persistent=False)
         self.init_weights("xavier")
         self.decoder.init_weights()
 
@@ -61,7 +66,7 @@ class VideoMAEPretrain(ViTEncoder):
         """MSE against the masked tubelets' pixels (un-normalised, then normalised per patch and channel
         when ``norm_pix_loss``)."""
         with torch.no_grad():
-            target = self.patchify(unnormalize_video(video))  # (B, N, P, C) in [0, 1]
+            target = self.patchify(unnormalize_video(video, self.pixel_mean, self.pixel_std))  # (B, N, P, C) in [0, 1]
             if self.norm_pix_loss:
                 target = normalize_patch_pixels(target)
             target = gather_tokens(target.flatten(2), ids_masked)  # (B, N_mask, P*C)

@@ -34,7 +34,8 @@ def test_the_options_and_reader_config_modules_depend_on_nothing_of_the_package(
     graph = import_graph("dali_pipelines")
     assert graph["dali_pipelines.pretrain_loader"]  # the parse sees the imports
     for module, allowed in (("options", set()), ("reader_config", set()),
-                            ("shard_files", set()), ("outputs", {"reader_config"})):
+                            ("storage", set()), ("shard_files", {"storage"}),  # its object-store backend
+                            ("outputs", {"reader_config"})):
         assert graph[f"dali_pipelines.{module}"] == {f"dali_pipelines.{a}" for a in allowed}, module
     loaded = _loaded_after_import(["options"])
     assert not {"nvidia", "torch", "numpy"} & loaded

@@ -30,6 +30,7 @@ from mvd.engine.precision import Precision, plan_precision
 from mvd.engine.tasks import PretrainMVD, build_task
 from mvd.layers.attention import Attention
 from mvd.losses import unnormalize_video
+from mvd.models.pretrain import VideoMAEPretrain
 from dali_pipelines.masks import masked_tokens, tube_mask
 from mvd.models import create_model
 
@@ -333,16 +334,17 @@ def test_steady_state_mvd_s_step_makes_no_host_sync(mvd_s):
     assert torch.isfinite(loss).item() and torch.isfinite(norm).item(), (loss, norm)
 
 
-def test_unnormalize_video_makes_no_host_copy_in_the_steady_state():
-    """The stage-1 pixel target's ImageNet constants are cached per device: after a first call,
-    `unnormalize_video` runs under ``set_sync_debug_mode("error")`` (a tensor from a Python list
-    there would be a pageable host-to-device copy, which the mode rejects)."""
+def test_stage1_pixel_target_makes_no_host_copy_in_the_steady_state():
+    """The stage-1 pixel target's ImageNet constants are the model's buffers on the GPU:
+    `unnormalize_video` with them runs under ``set_sync_debug_mode("error")`` (a tensor from a
+    Python list there would be a pageable host-to-device copy, which the mode rejects)."""
+    model = VideoMAEPretrain(img_size=32, patch_size=16, num_frames=4, embed_dim=32, depth=1, num_heads=2,
+                             decoder_depth=1, decoder_embed_dim=16, decoder_num_heads=2).to(DEVICE)
     video = torch.randn(2, 3, 4, 16, 16, device=DEVICE)
-    unnormalize_video(video)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = unnormalize_video(video)
+        out = unnormalize_video(video, model.pixel_mean, model.pixel_std)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert out.shape == video.shape

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
 from mvd.losses import (FeatureLossConfig, distill_loss, feature_loss, normalize_patch_pixels,
                         normalize_pixels_mae, unnormalize_video)
+from mvd.models.pretrain import VideoMAEPretrain
 
 
 def test_feature_losses_by_hand():
@@ -58,15 +59,20 @@ class _Ops(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_unnormalize_video_builds_its_constants_once_per_device():
+def test_stage1_pixel_target_builds_no_tensor_from_host_data_in_the_step():
     """A tensor made from a Python list at every step is a host-to-device copy per step on a GPU
-    (a sync `set_sync_debug_mode("error")` rejects): the second call makes no tensor from host
-    data, and the result is x * std + mean by hand."""
-    video = torch.randn(2, 3, 4, 6, 6)
-    unnormalize_video(video)  # the first call may build the constants
+    (a sync `set_sync_debug_mode("error")` rejects). The ImageNet constants are the model's
+    unsaved buffers: a VideoMAE stage-1 step makes no tensor from host data, the buffers are not
+    in the state dict, and un-normalising is x * std + mean by hand."""
+    model = VideoMAEPretrain(img_size=32, patch_size=16, num_frames=4, embed_dim=32, depth=1, num_heads=2,
+                             decoder_depth=1, decoder_embed_dim=16, decoder_num_heads=2)
+    assert not any(k.startswith("pixel_") for k in model.state_dict())
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, :6] = True
     with _Ops() as seen:
-        got = unnormalize_video(video)
-    assert not [op for op in seen.ops if "lift_fresh" in op or "tensor" in op], seen.ops
+        model(video, mask, num_masked=6)
+    assert not [op for op in seen.ops if "lift_fresh" in op or "aten.tensor" in op], seen.ops
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
-    torch.testing.assert_close(got, video * std + mean)
+    torch.testing.assert_close(unnormalize_video(video, model.pixel_mean, model.pixel_std), video * std + mean)
