@@ -52,10 +52,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks import env
 from benchmarks.timing import end_to_end, endless, matmul_ceiling, timed
+from mvd.recipes import CONFIGS
 
 # Data-wait share from which a run is called data bound.
 DATA_BOUND_SHARE = 0.10
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ def step_config(settings: StepSettings, batch_size: int, device: str, *extra: st
 
     return load_config(settings.config, [
         "task=pretrain_mvd", *settings.overrides, f"data.batch_size={batch_size}",
+        "train.global_batch=0",  # one micro-batch a step: the recipe's pinned batch would accumulate
         f"data.device={device}", f"dist.device={'cuda' if device == 'gpu' else 'cpu'}",
         "run.progress=false", "checkpoint.resume=none", *extra])
 

@@ -64,11 +64,15 @@ def dense_indices(
     """Training clip of `clip_len` frames, every `rate`-th, in a window at a random offset.
 
     The window (clip_len * rate frames) starts at a uniform offset in [0, num_frames - window],
-    or at 0 when the video is shorter; indices past the last frame are clamped to it.
+    or at 0 when the video is shorter. Then the clip repeats the last frame of its stride grid
+    that lies before the video's last frame, as the MVD release's pretraining reader
+    (kinetics.py, VideoDistillation) advances one stride only while the next frame is: 0, 4, ...,
+    28, 28, ... for a 30-frame video at stride 4 (frame 29 is never taken; 24 for 29 frames).
     """
     window = clip_len * rate
     start = int(rng.integers(0, num_frames - window + 1)) if num_frames > window else 0
-    return np.minimum(start + np.arange(clip_len) * rate, num_frames - 1).astype(np.int64)
+    last = start + max(0, rate * ((num_frames - start - 2) // rate))
+    return np.minimum(start + np.arange(clip_len) * rate, last).astype(np.int64)
 
 
 def segment_indices(num_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mvd.global_batch import BatchSplit, nearest_world_sizes, split_global_batch
 from mvd.yaml_config import ConfigError, apply_override, from_dict, yaml_load
 
 
@@ -89,7 +90,9 @@ class DataConfig:
     """Training data: the shard directory and the loader's clip and mask options."""
 
     dir: str = F("", "shard directory written by mvd-shard (holds manifest.json)")
-    batch_size: int = F(16, "clips per GPU (per process) per micro-step")
+    batch_size: int = F(16, "videos (clips; detect: keyframes) per GPU (per process) per "
+                             "micro-step; with train.global_batch set, the most one process "
+                             "takes (the rest is accumulated)")
     num_frames: int = F(16, "frames per clip")
     sampling_rate: int = F(4, "temporal stride between sampled frames")
     sampling: Literal["dense", "segment"] = F(
@@ -212,9 +215,19 @@ class TrainConfig:
 
     max_steps: int = F(0, "stop after this many optimizer steps (the schedule is unchanged); "
                           "0 = run the whole schedule")
-    accum_steps: int = F(1, "micro-batches accumulated per optimizer step")
+    global_batch: int = F(0, "videos per optimizer step on any world size that divides it "
+                             "(the release's batch_size x update_freq x GPUs): each process "
+                             "takes the largest batch <= data.batch_size that divides its share "
+                             "and accumulates the rest; 0 = data.batch_size x processes x "
+                             "train.accum_steps")
+    accum_steps: int = F(1, "micro-batches accumulated per optimizer step (with "
+                            "train.global_batch set it follows from it: leave it at 1)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = F(
         "auto", "autocast dtype: auto = bf16 on GPU, fp32 on CPU; fp16 uses a grad scaler")
+    teacher_weights: Literal["fp32", "autocast"] = F(
+        "fp32", "frozen teachers' weights under autocast: fp32 (as the MVD release keeps them, "
+                "the residual stream stays fp32) or autocast (cast to bf16/fp16: half the weight "
+                "bytes, noisier targets; README, Teacher precision)")
     nonfinite: Literal["stop", "skip"] = F(
         "stop", "non-finite loss or grad norm: stop naming the step, or skip the step and count "
                 "it (skip costs one host sync per step)")
@@ -326,6 +339,11 @@ def validate(cfg: Config) -> None:
     up, before any work)."""
     need(cfg.data.batch_size >= 1, "data.batch_size", "must be >= 1")
     need(cfg.train.accum_steps >= 1, "train.accum_steps", "must be >= 1")
+    need(cfg.train.global_batch >= 0, "train.global_batch", "must be >= 0 (0 = not pinned)")
+    need(not cfg.train.global_batch or cfg.train.accum_steps == 1, "train.accum_steps",
+         f"is {cfg.train.accum_steps} but train.global_batch={cfg.train.global_batch} decides the "
+         f"accumulation from the world size; leave train.accum_steps at 1 (or set "
+         f"train.global_batch=0 to choose it by hand)")
     need(cfg.train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = whole schedule)")
     need(0.0 <= cfg.data.mask_ratio < 1.0, "data.mask_ratio", "must be in [0, 1)")
     need(len(cfg.optim.betas) == 2 and all(isinstance(b, (int, float)) for b in cfg.optim.betas),
@@ -372,7 +390,10 @@ class Derived:
     """Values computed from the config, the world size and the loader (saved as derived.yaml)."""
 
     world_size: int
-    global_batch: int  # clips per optimizer step = batch_size x views x world x accum
+    global_batch: int  # videos per optimizer step = per_gpu_batch x world x accum_steps
+    per_gpu_batch: int  # videos per process per micro-step (the loader's batch)
+    accum_steps: int  # micro-steps per optimizer step
+    clips_per_step: int  # clips the model sees per optimizer step (x repeated_aug when fine-tuning)
     lr: float  # peak lr = base_lr x global_batch / 256
     min_lr: float
     warmup_lr: float
@@ -382,26 +403,57 @@ class Derived:
     max_steps: int  # steps this run will reach (<= total_steps)
 
 
-def derive(cfg: Config, world_size: int, batches_per_epoch: int, views: int = 1) -> Derived:
-    """Global batch, lr scaling (x global_batch / 256) and step counts.
+def plan_batch(cfg: Config, world_size: int) -> BatchSplit:
+    """Per-process batch and accumulation on ``world_size`` processes (:mod:`mvd.global_batch`):
+    from ``train.global_batch`` when the recipe pins it, else ``data.batch_size`` and
+    ``train.accum_steps`` as given. A world size that cannot reach the pinned batch exactly is
+    a ConfigError naming the key and the nearest world sizes that can, before any work."""
+    d, t = cfg.data, cfg.train
+    if not t.global_batch:
+        return BatchSplit(d.batch_size * world_size * t.accum_steps, d.batch_size, t.accum_steps)
+    split = split_global_batch(t.global_batch, world_size, d.batch_size)
+    if split is None:
+        near = nearest_world_sizes(t.global_batch, world_size, d.batch_size)
+        raise ConfigError(
+            f"config key 'train.global_batch' is {t.global_batch}, which {world_size} processes "
+            f"cannot reach exactly with at most data.batch_size={d.batch_size} each"
+            f"; run on {' or '.join(map(str, near)) or 'another number of'} processes, or "
+              f"change train.global_batch (0 = data.batch_size x processes x train.accum_steps)")
+    return split
 
-    The global batch counts clips: ``views`` is the clips each video gives per step (the task's
-    ``clip_views``: in fine-tuning ``data.repeated_aug`` augmented views), and the lr scales with
-    all of them, as the VideoMAE / MVD releases scale it (batch x GPUs x update_freq x num_sample
-    / 256)."""
-    gb = cfg.data.batch_size * views * world_size * cfg.train.accum_steps
+
+def per_process_config(cfg: Config, split: BatchSplit) -> Config:
+    """``cfg`` with ``data.batch_size`` set to the planned per-process batch, for the parts that
+    build the loader and its batches (the trainer and the dry run give this to the task).
+    Planning it again gives the same split: the per-process batch divides its share."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=split.per_process))
+
+
+def derive(cfg: Config, world_size: int, batches_per_epoch: int, views: int = 1) -> Derived:
+    """Global batch (:func:`plan_batch`), lr scaling (x global_batch / 256) and step counts;
+    ``batches_per_epoch`` is the loader's length at the planned per-process batch, ``views``
+    the clips each video gives per step (the task's ``clip_views``).
+
+    The global batch counts videos, as both MVD release scripts do: pretraining's
+    ``batch_size x update_freq x GPUs`` (one clip per video), and fine-tuning's too, although
+    each video there brings ``data.repeated_aug`` augmented views (run_class_finetuning.py
+    scales lr by ``batch_size x update_freq x world_size / 256``, without ``num_sample``)."""
+    split = plan_batch(cfg, world_size)
+    gb = split.global_batch
     scale = gb / 256.0
-    spe = batches_per_epoch // cfg.train.accum_steps
+    spe = batches_per_epoch // split.accum_steps
     if spe < 1:
         raise ConfigError(f"the loader gives {batches_per_epoch} batches per epoch per process, "
-                          f"fewer than train.accum_steps={cfg.train.accum_steps}: lower "
-                          f"data.batch_size or train.accum_steps, or use more data")
+                          f"fewer than the {split.accum_steps} accumulated per step: lower "
+                          f"data.batch_size, train.accum_steps or train.global_batch, or use "
+                          f"more data")
     total = spe * cfg.schedule.epochs
     warm = cfg.schedule.warmup_steps
     if warm < 0:
         warm = round(cfg.schedule.warmup_epochs * spe)
     max_steps = min(cfg.train.max_steps, total) if cfg.train.max_steps else total
-    return Derived(world_size=world_size, global_batch=gb, lr=cfg.optim.base_lr * scale,
-                   min_lr=cfg.optim.min_lr * scale, warmup_lr=cfg.optim.warmup_lr * scale,
-                   steps_per_epoch=spe, total_steps=total, warmup_steps=min(warm, total),
-                   max_steps=max_steps)
+    return Derived(world_size=world_size, global_batch=gb, per_gpu_batch=split.per_process,
+                   accum_steps=split.accum_steps, clips_per_step=gb * views,
+                   lr=cfg.optim.base_lr * scale, min_lr=cfg.optim.min_lr * scale,
+                   warmup_lr=cfg.optim.warmup_lr * scale, steps_per_epoch=spe, total_steps=total,
+                   warmup_steps=min(warm, total), max_steps=max_steps)

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny"
+from mvd.recipes import CONFIGS
+
+TINY = CONFIGS / "tiny"
 
 
 @dataclass(frozen=True)

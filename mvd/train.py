@@ -16,6 +16,7 @@ USAGE = """usage: mvd-train --config FILE [dotted.key=value ...]
                                    (the run's plan on shapes alone: no data, checkpoint or GPU;
                                     last line is JSON; exit 2 naming every inconsistent key)
        mvd-train --help-config     (every key, its default and meaning)
+       mvd-train --list-configs    (the shipped recipes: --config FILE also takes their NAME)
 
 tasks: {tasks}
 exit status: 0 done; 2 config error; 3 non-finite loss; 4 more videos failed to decode than
@@ -42,6 +43,11 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
             from mvd.config import describe
 
             print("\n".join(describe()))
+            raise SystemExit(0)
+        if arg == "--list-configs":
+            from mvd.recipes import listing
+
+            print("\n".join(listing()))
             raise SystemExit(0)
         if arg == "--dry-run":
             dry_run = True
@@ -76,6 +82,7 @@ def setup_logging(rank: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from mvd.config import ConfigError, load_config
+    from mvd.recipes import resolve
 
     config, overrides, dry_run = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(int(os.environ.get("RANK", "0")))
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print("mvd-train: --config FILE is required\n" + usage(), file=sys.stderr)
         return 2
     try:
+        config = resolve(config)
         cfg = load_config(config, overrides)
     except ConfigError as e:
         print(f"mvd-train: config error: {e}", file=sys.stderr)

@@ -9,12 +9,18 @@
 - ``h264_shards``: H.264 in ``.mp4`` (for the PyAV fallback paths).
 
 Both return the shard directory (holding ``manifest.json``, ``shard-00000{0,1}.tar/.idx``).
-Treat them as read-only: they are shared by all tests of the session.
+
+``ava_shards``, ``ava_val_shards`` and ``ava_no_proposals`` are synthetic AVA shard sets
+(``shard_tools.synth_ava``: 16-frame 64x64 VP9 clips around each keyframe), made once per session
+for the detection loader and the detect task; each is a ``SynthAvaShards`` (``out_dir``,
+``manifest``, ``files``: the AVA-format CSV / pbtxt files it was sharded from).
 
 ``s3_store`` is a real S3-compatible server (moto's standalone server, a subprocess on 127.0.0.1),
 with the standard AWS environment pointed at it (``AWS_ENDPOINT_URL``, test credentials) for
 this process and every process it starts; ``s3_store.put(folder, "s3://bucket/prefix")``
 uploads a folder. Skipped, with the reason, where moto[server] or s3fs is not installed.
+
+Treat every one as read-only: they are shared by all tests of the session.
 """
 
 from __future__ import annotations
@@ -45,6 +51,31 @@ def synth_shards(tmp_path_factory) -> Path:
 def h264_shards(tmp_path_factory) -> Path:
     """Directory of the same dataset as ``synth_shards`` encoded as H.264 in .mp4."""
     return _make_fixture_shards(tmp_path_factory.mktemp("h264_shards"), "h264")
+
+
+@pytest.fixture(scope="session")
+def ava_shards(tmp_path_factory):
+    """Train split: 58 keyframes (4 movies x 15 s, 2 excluded), with proposals."""
+    from shard_tools.synth_ava import make_synth_ava_shards
+
+    return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "train", split="train", workers=1)
+
+
+@pytest.fixture(scope="session")
+def ava_val_shards(tmp_path_factory):
+    """Val split: 28 keyframes of 2 movies, with proposals."""
+    from shard_tools.synth_ava import make_synth_ava_shards
+
+    return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "val", split="val", movies=2, workers=1)
+
+
+@pytest.fixture(scope="session")
+def ava_no_proposals(tmp_path_factory):
+    """Val split of 2 movies x 6 s without proposals (every sample's proposal list is empty)."""
+    from shard_tools.synth_ava import make_synth_ava_shards
+
+    return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "noprop", split="val", movies=2,
+                                 seconds=6, proposals=False, workers=1)
 
 
 class S3Store:

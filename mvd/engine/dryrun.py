@@ -38,7 +38,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from dali_pipelines import shard_files
 from dali_pipelines.manifest import ShardDirError, read_manifest
-from mvd.config import Config, ConfigError, derive
+from mvd.config import Config, ConfigError, derive, per_process_config, plan_batch
 from mvd.engine import distributed as D
 from mvd.engine.optim import IMPLEMENTATIONS, choose_implementation
 from mvd.engine.precision import plan_precision
@@ -153,7 +153,8 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     if cfg.dist.fsdp and world == 1:
         plan.warnings.append("dist.fsdp=true with one process: FSDP only shards across ranks, "
                              "so this run keeps whole copies (as DDP would)")
-    precision = plan.check(plan_precision, cfg.train.precision, device_type, fsdp=cfg.dist.fsdp)
+    precision = plan.check(plan_precision, cfg.train.precision, device_type, fsdp=cfg.dist.fsdp,
+                           teacher_weights=cfg.train.teacher_weights)
     training = cls.trains
     impl = plan.check(choose_implementation, cfg.optim, device_type, fsdp=fsdp) if training \
         else None
@@ -184,6 +185,10 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     if training:
         from dali_pipelines.sampling import steps_per_epoch
 
+        split = plan.check(plan_batch, cfg, world)
+        if split is None:
+            return None, plan
+        cfg = per_process_config(cfg, split)  # the task's loader and fake batch at the plan's batch
         batches = steps_per_epoch(samples, cfg.data.batch_size, world, drop_last=True)
         derived = plan.check(derive, cfg, world, batches, views=cls.clip_views(cfg))
         if derived is None:
@@ -210,7 +215,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     for name, t in task.named_teachers.items():
         params[name] = sum(p.numel() for p in t.parameters())
 
-    cpu_precision = type(precision)(precision.name, fake_device.type)
+    cpu_precision = type(precision)(precision.name, fake_device.type, precision.teacher_weights)
     if fsdp:  # shard for real: FSDP2 over a process group that moves no data
         _fake_process_group(world)
     try:
@@ -229,8 +234,10 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
         "params": params,
         "train_flops_per_clip": flops.get("total"),
         "flops_per_clip": flops,
-        "per_gpu_batch": cfg.data.batch_size if training else cfg.eval.batch_size,
+        "per_gpu_batch": d.per_gpu_batch if d else cfg.eval.batch_size,
+        "accum_steps": d.accum_steps if d else None,
         "global_batch": d.global_batch if d else cfg.eval.batch_size * world,
+        "clips_per_step": d.clips_per_step if d else None,
         "samples": samples,
         "lr": d.lr if d else None,
         "min_lr": d.min_lr if d else None,
@@ -313,7 +320,9 @@ def render(plan: dict) -> str:
                      + "(" + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in p["flops_per_clip"].items()
                                       if k != "total") + ")")
     if p["lr"] is not None:
-        lines.append(f"  batch: {p['per_gpu_batch']} per GPU, {p['global_batch']} global; lr "
+        lines.append(f"  batch: {p['global_batch']} global = {p['per_gpu_batch']} per GPU x "
+                     f"{p['world_size']} GPUs x {p['accum_steps']} accumulation "
+                     f"({p['clips_per_step']} clips a step); lr "
                      f"{p['lr']:.3g} (min {p['min_lr']:.3g}); {p['samples']} samples -> "
                      f"{p['steps_per_epoch']} steps/epoch, {p['total_steps']} steps "
                      f"({p['warmup_steps']} warm-up)")

@@ -43,10 +43,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float
     extra = set()
     if hasattr(model, "no_weight_decay"):
         extra = set(model.no_weight_decay())
+    # tokens a model's release decays although the rule below exempts tokens (the MVD student's)
+    decayed = set(model.weight_decay_tokens()) if hasattr(model, "weight_decay_tokens") else set()
     num_layers = 1 + max((int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))), default=-1)
     groups: dict[tuple, dict] = {}
     for name, p in named:
-        decay = 0.0 if no_weight_decay(name, p, extra) else weight_decay
+        decay = weight_decay if name in decayed or not no_weight_decay(name, p, extra) else 0.0
         lid = layer_id(name, num_layers) if layer_decay < 1.0 else 0
         scale = layer_decay ** (num_layers + 1 - lid) if layer_decay < 1.0 else 1.0
         g = groups.setdefault((decay, lid), {"params": [], "names": [], "weight_decay": decay,

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvd.config import Config, Derived, derive, dump_yaml, to_dict
+from mvd.config import Config, Derived, derive, dump_yaml, per_process_config, plan_batch, to_dict
 from mvd.engine import distributed as D
 from mvd.engine.checkpoint import Checkpointer, atomic_write
 from mvd.engine.data import ModelInputs, log_cpu_budgets
@@ -75,7 +75,11 @@ class Trainer:
         self.info = info = D.init_distributed(cfg.dist)
         self.run_dir = Path(cfg.run.dir)
         self.fsdp = cfg.dist.fsdp and info.distributed
-        self.precision = plan_precision(cfg.train.precision, info.device.type, fsdp=cfg.dist.fsdp)
+        # before any work: the world must reach train.global_batch; the task and its loader then
+        # see the planned per-process batch as data.batch_size
+        cfg = self.cfg = per_process_config(cfg, plan_batch(cfg, info.world_size))
+        self.precision = plan_precision(cfg.train.precision, info.device.type, fsdp=cfg.dist.fsdp,
+                                        teacher_weights=cfg.train.teacher_weights)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)
         self.task = build_task(cfg, info.device, info.rank, precision=self.precision)
         self.loader = self.task.train_loader(info)
@@ -104,7 +108,7 @@ class Trainer:
             self.counters.setdefault("skipped", 0)
             log.info("resumed at step %d (epoch %d)", self.step, ckpt["epoch"])
         self.metrics = MetricsLogger(cfg.run, self.run_dir, info, total_steps=d.max_steps,
-                                     start_step=self.step, clips_per_step=d.global_batch,
+                                     start_step=self.step, clips_per_step=d.clips_per_step,
                                      config=to_dict(cfg))
         self._announce(impl)
 
@@ -132,11 +136,11 @@ class Trainer:
         log.info("task %s: %s (%.2fM trainable parameters) on %d x %s, run dir %s",
                  self.cfg.task, self.cfg.model.name, n_params / 1e6, d.world_size,
                  self.info.device.type, self.run_dir)
-        log.info("global batch %d clips = %d per process x %d processes x %d accumulation "
-                 "(x views per video when fine-tuning); lr %.3g "
+        log.info("global batch %d videos = %d per process x %d processes x %d accumulation "
+                 "(%d clips a step); lr %.3g "
                  "(base %.3g x %d / 256), min lr %.3g; %d steps/epoch, %d epochs = %d steps "
                  "(%d warm-up); this run stops at step %d", d.global_batch,
-                 self.cfg.data.batch_size, d.world_size, self.cfg.train.accum_steps, d.lr,
+                 d.per_gpu_batch, d.world_size, d.accum_steps, d.clips_per_step, d.lr,
                  self.cfg.optim.base_lr, d.global_batch, d.min_lr, d.steps_per_epoch,
                  self.cfg.schedule.epochs, d.total_steps, d.warmup_steps, d.max_steps)
         log.info("optimizer: %s", optimizer_impl)
@@ -190,7 +194,7 @@ class Trainer:
         """Yields (accum_steps micro-batches, seconds waited for them) for ``steps`` optimizer
         steps, epoch after epoch; an epoch's leftover micro-batches (fewer than accum) are
         dropped."""
-        accum = self.cfg.train.accum_steps
+        accum = self.derived.accum_steps
         while steps > 0:
             group, waited = [], 0.0
             it = iter(self.loader)

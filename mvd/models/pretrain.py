@@ -101,8 +101,8 @@ class MAEPretrain(ViTEncoder):
         self.decoder = MaskedDecoder(embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads,
                                      in_chans * patch_size ** 2, pos_kind="sincos_2d", grid=self.grid, cls_token=True,
                                      mlp_ratio=mlp_ratio, grad_checkpointing=grad_checkpointing)
-        self.init_weights("xavier")
-        self.decoder.init_weights()
+        self.init_weights("xavier", patch_init="xavier")  # MAE's patch embedding init
+        self.decoder.init_weights(truncate_mask_token=False)  # MAE: normal_(mask_token, std=.02)
 
     def patchify(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, L, p*p*C), patches in raster (h, w), pixels (dh, dw, c)."""

@@ -50,6 +50,13 @@ class MVDStudent(ViTEncoder):
             if dec is not None:
                 dec.init_weights()
 
+    def weight_decay_tokens(self) -> set[str]:
+        """Learned tokens that get weight decay: both decoders' mask tokens, as in the MVD release
+        (its skip list names ``mask_token``, matched by exact name, and its parameters are
+        ``mask_token_img`` / ``mask_token_vid``, so AdamW decays them)."""
+        return {f"{name}.mask_token" for name in ("decoder_img", "decoder_vid")
+                if getattr(self, name) is not None}
+
     def forward_encoder(self, video: torch.Tensor, ids_visible: torch.Tensor) -> torch.Tensor:
         """video (B, 3, T, H, W), ids_visible (B, N_vis) -> encoded visible tokens (B, N_vis, D)."""
         x = self.embed(video)  # (B, N, D)

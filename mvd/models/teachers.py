@@ -8,6 +8,16 @@ from torch import nn
 from mvd.models.vit import ViTEncoder
 
 
+def residual_dtype(teacher: ViTEncoder) -> torch.dtype:
+    """The teacher's residual stream runs in its weights' dtype: fp32 weights under autocast keep
+    it fp32 (the matmuls still run in the autocast dtype), so the unnormalised last-block targets
+    carry no low-precision rounding of the sum; bf16 weights give a bf16 stream. The release's
+    MAE teacher adds its fp32 table to the fp16 patch tokens, which promotes the stream to fp32;
+    its video teacher casts the table to fp16 (``type_as``) and runs an fp16 stream. Under bf16,
+    8x coarser than fp16, both of ours stay fp32 (``train.teacher_weights``)."""
+    return teacher.patch_embed.proj.weight.dtype
+
+
 class MAETeacher(ViTEncoder):
     """``teacher(frames (B, 3, H, W)) -> (B, L, D)``: patch tokens of the last block, no final norm,
     cls dropped; L = (H/p)^2 in raster (h, w) order. 2D sincos table with a cls slot, as MAE.
@@ -24,10 +34,10 @@ class MAETeacher(ViTEncoder):
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                          drop_path_rate=drop_path_rate, pos_kind="sincos_2d", cls_token=True, final_norm=False,
                          in_chans=in_chans, grad_checkpointing=grad_checkpointing)
-        self.init_weights("xavier")
+        self.init_weights("xavier", patch_init="xavier")  # as MAE (weights are loaded anyway)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.prepend_cls(self.embed(frames))  # (B, 1 + L, D)
+        x = self.prepend_cls(self.embed(frames, residual_dtype(self)))  # (B, 1 + L, D)
         return self.forward_blocks(x)[:, 1:]  # (B, L, D)
 
 
@@ -45,7 +55,7 @@ class VideoMAETeacher(ViTEncoder):
         self.init_weights("xavier")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.forward_blocks(self.embed(video))  # (B, N, D)
+        return self.forward_blocks(self.embed(video, residual_dtype(self)))  # (B, N, D)
 
 
 class Frozen(nn.Module):

@@ -14,9 +14,12 @@ from mvd.layers import LN_EPS, Block, FixedPosEmbed, PatchEmbed
 from mvd.masking import check_mask_shape, gather_tokens, masked_count, split_indices
 
 
-def init_vit_weights(module: nn.Module, linear_init: str = "xavier") -> None:
+def init_vit_weights(module: nn.Module, linear_init: str = "xavier", patch_init: str = "torch") -> None:
     """Release init: Linear xavier-uniform (MAE/VideoMAE pretraining) or trunc-normal .02 (fine-tuning),
-    zero biases, LayerNorm (1, 0), patch-embedding conv initialised like a Linear."""
+    zero biases, LayerNorm (1, 0). The patch-embedding conv: ``patch_init="torch"`` keeps PyTorch's
+    default Conv3d init, as the VideoMAE and MVD releases (their ``_init_weights`` touch only
+    Linear and LayerNorm); ``"xavier"`` initialises its weight like a Linear and keeps the bias, as
+    MAE's ``initialize_weights``."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             if linear_init == "xavier":
@@ -28,10 +31,9 @@ def init_vit_weights(module: nn.Module, linear_init: str = "xavier") -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, PatchEmbed):
+        elif isinstance(m, PatchEmbed) and patch_init == "xavier":
             w = m.proj.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            nn.init.zeros_(m.proj.bias)
 
 
 def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float,
@@ -78,8 +80,8 @@ class ViTEncoder(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.cls_token is None else 1
 
-    def init_weights(self, linear_init: str = "xavier") -> None:
-        init_vit_weights(self, linear_init)
+    def init_weights(self, linear_init: str = "xavier", patch_init: str = "torch") -> None:
+        init_vit_weights(self, linear_init, patch_init)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
 
@@ -98,10 +100,12 @@ class ViTEncoder(nn.Module):
             if isinstance(m, Block):
                 m.grad_checkpointing = enable
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Input -> (B, N, D) patch tokens plus their position rows (no cls token yet)."""
+    def embed(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Input -> (B, N, D) patch tokens plus their position rows (no cls token yet), in
+        ``dtype`` (default: the patch embedding's output dtype, the autocast dtype under it)."""
         x = self.patch_embed(x)
-        return x + self.pos_embed.table[:, self.num_prefix_tokens:].to(x.dtype)
+        dtype = dtype or x.dtype
+        return x.to(dtype) + self.pos_embed.table[:, self.num_prefix_tokens:].to(dtype)
 
     def prepend_cls(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n, D) -> (B, 1 + n, D) with the cls token (plus its zero position row) in front."""
@@ -154,9 +158,15 @@ class MaskedDecoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.head = nn.Linear(embed_dim, out_dim)
 
-    def init_weights(self) -> None:
+    def init_weights(self, truncate_mask_token: bool = True) -> None:
+        """Linear xavier; mask token normal(std .02) truncated at +-.02 (one std, as the VideoMAE /
+        MVD releases' ``trunc_normal_`` wrapper passes a=-std, b=std) or, with
+        ``truncate_mask_token=False``, not truncated (MAE's ``normal_``)."""
         init_vit_weights(self, "xavier")
-        trunc_normal_(self.mask_token, std=0.02)
+        if truncate_mask_token:
+            trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
+        else:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, x: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
         """x (B, P + N_vis, D_enc) encoder output (P prefix tokens); ids (B, N_vis), (B, N_mask)

@@ -1,24 +1,18 @@
-"""`mvd-bench ... --quick --device cpu` for real: the modules run on this machine and the report
-files come out complete and consistent."""
+"""`mvd-bench ... --quick --device cpu` for real, in this process (tests/benchmarks/test_detect.py
+runs `python -m benchmarks`): the modules run on this machine and the report files come out
+complete and consistent."""
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from benchmarks import report, targets
+from benchmarks import cli, report, targets
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True,
-                          text=True, timeout=600)
 
 
 def load_report(out: Path) -> dict:
@@ -68,10 +62,10 @@ def test_mvd_bench_is_the_console_script():
     assert script.value == "benchmarks.cli:main"
 
 
+@pytest.mark.slow
 def test_quick_step_on_cpu_writes_a_consistent_report(tmp_path):
     out = tmp_path / "report"
-    proc = run_bench("step", "--quick", "--device", "cpu", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert cli.main(["step", "--quick", "--device", "cpu", "--out", str(out)]) == 0
     data = check_report(out, f"mvd-bench step --quick --device cpu --out {out}", ["step"])
     records = data["modes"]["step"]["records"]
     by_name = {}
@@ -96,12 +90,13 @@ def test_quick_step_on_cpu_writes_a_consistent_report(tmp_path):
     assert [(r["name"], r["value"]) for r in lines] == [(r["name"], r["value"]) for r in records]
 
 
+@pytest.mark.slow
 def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
     """`mvd-bench all` over the real shard, loader, model, step and demo modules, each shrunk to
     its smallest real configuration so that the five fit the test budget (the shipped --quick
     settings of all five take about two minutes on an idle 2-core machine)."""
     import mvd.demo
-    from benchmarks import cli, loader, model, shard, step
+    from benchmarks import loader, model, shard, step
 
     monkeypatch.setattr(shard, "QUICK", replace(shard.QUICK, num_videos=4, num_frames=16,
                                                 width=96, height=64))

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from benchmarks import detect
@@ -12,7 +13,9 @@ from benchmarks import detect
 STAGES = ["image_teacher", "video_teacher", "student", "distilled", "scratch"]
 
 
+@pytest.mark.slow
 def test_quick_run_reports_both_detectors_their_margin_and_replayable_configs(tmp_path):
+    """Through `python -m benchmarks` (the other mode tests call the CLI in this process)."""
     out, work = tmp_path / "report", tmp_path / "work"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "detect", "--quick", "--out", str(out),
                            "--work", str(work)], capture_output=True, text=True, timeout=600)

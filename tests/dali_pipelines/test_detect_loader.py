@@ -22,22 +22,6 @@ from dali_pipelines.manifest import ShardDirError
 CLIP = dict(num_frames=8, sampling_rate=2, input_size=32, reader_workers=0)
 
 
-@pytest.fixture(scope="module")
-def ava_shards(tmp_path_factory):
-    """58 keyframes (4 movies x 15 s, 2 excluded) of 16-frame 64x64 VP9 clips, with proposals."""
-    from shard_tools.synth_ava import make_synth_ava_shards
-
-    return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "train", split="train", workers=1)
-
-
-@pytest.fixture(scope="module")
-def ava_no_proposals(tmp_path_factory):
-    from shard_tools.synth_ava import make_synth_ava_shards
-
-    return make_synth_ava_shards(tmp_path_factory.mktemp("ava") / "noprop", split="val", movies=2,
-                                 seconds=6, proposals=False, workers=1)
-
-
 def video_bytes(table, i: int) -> bytes:
     with open(table.shard_paths[table.shard[i]], "rb") as f:
         f.seek(int(table.offset[i]))

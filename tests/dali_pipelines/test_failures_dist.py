@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
 
 
+@pytest.mark.slow
 def test_both_ranks_stop_at_the_same_step_naming_the_keys(synth_shards, tmp_path):
     table = load_shard_dir(synth_shards).table
     # rank 1's third batch of epoch 0 (seed 0, 4 clips per rank, 2 ranks): rank 0 reads none

@@ -53,15 +53,31 @@ def test_multiscale_crop_sizes_snap_and_pairs_differ_by_one_scale():
     assert len(sampling.multiscale_fixed_offsets(320, 240, 180, 180)) == 13
 
 
+def release_dense_frames(n: int, start: int, clip_len: int, rate: int) -> list[int]:
+    """The MVD release's pretraining reader (kinetics.py VideoDistillation), re-stated: a 1-based
+    offset from the window's start, one stride further only while offset + rate < n."""
+    offset, frames = start + 1, []
+    for _ in range(clip_len):
+        frames.append(offset - 1)
+        if offset + rate < n:
+            offset += rate
+    return frames
+
+
 def test_dense_indices_match_window_rule():
-    for n in (5, 63, 64, 65, 300):
+    for n in (1, 2, 5, 29, 30, 31, 63, 64, 65, 300):
         for seed in range(20):
             got = sampling.dense_indices(n, 16, 4, np.random.default_rng(seed))
             rng = np.random.default_rng(seed)
-            start = rng.integers(0, n - 64 + 1) if n > 64 else 0
-            want = [min(start + 4 * k, n - 1) for k in range(16)]
-            assert got.tolist() == want
+            start = int(rng.integers(0, n - 64 + 1)) if n > 64 else 0
+            assert got.tolist() == release_dense_frames(n, start, 16, 4), (n, seed)
             assert got.min() >= 0 and got.max() <= n - 1
+
+
+def test_short_video_repeats_the_releases_last_frame():
+    """A 30-frame video at stride 4 ends on frame 28 (the release's reader), not 29."""
+    got = sampling.dense_indices(30, 16, 4, np.random.default_rng(0)).tolist()
+    assert got == [0, 4, 8, 12, 16, 20, 24] + [28] * 9
 
 
 def test_segment_indices_one_random_frame_per_segment():

@@ -2,7 +2,8 @@
 
 Hand-made cases carry their expected values worked out in the test; a randomized cross-check
 compares against a brute-force evaluator written here straight from the protocol's rules (pure
-Python, no shared code); the CLI runs as a subprocess on files written by the test."""
+Python, no shared code); the CLI runs on files written by the test, as a subprocess once (the
+`python -m mvd.ava_eval` entry) and in this process for its errors."""
 
 import json
 import math
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mvd.ava_eval import evaluate_frame_map
+from mvd.ava_eval import evaluate_frame_map, main
 from shard_tools.ava_files import BoxRow, write_detections_csv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -337,20 +338,22 @@ def test_the_cli_prints_per_class_lines_counts_and_a_final_json_line(tmp_path):
     assert "excluded_detections: 1" in lines
 
 
-def test_the_cli_exits_2_naming_the_bad_line(tmp_path):
+def test_the_cli_exits_2_naming_the_bad_line(tmp_path, capsys):
     (tmp_path / "labels.pbtxt").write_text(LABEL_MAP_TEXT)
     (tmp_path / "gt.csv").write_text("vid_A,0902,0.0,0.0,0.3,1.0,1,0\n")
     (tmp_path / "det.csv").write_text("vid_A,0902,0.0,0.0,0.3,1.0,1,0.9\nvid_A,0902,12,40,300,200,1,0.5\n")
-    proc = run_cli("-l", tmp_path / "labels.pbtxt", "-g", tmp_path / "gt.csv", "-d", tmp_path / "det.csv")
-    assert proc.returncode == 2
-    assert f"{tmp_path / 'det.csv'}:2: x1 = 12.0 is outside [0, 1]" in proc.stderr and proc.stdout == ""
-    proc = run_cli("-l", tmp_path / "missing.pbtxt", "-g", tmp_path / "gt.csv", "-d", tmp_path / "det.csv")
-    assert proc.returncode == 2 and "cannot read label map" in proc.stderr
+    files = ["-g", str(tmp_path / "gt.csv"), "-d", str(tmp_path / "det.csv")]
+    assert main(["-l", str(tmp_path / "labels.pbtxt"), *files]) == 2
+    out, err = capsys.readouterr()
+    assert f"{tmp_path / 'det.csv'}:2: x1 = 12.0 is outside [0, 1]" in err and out == ""
+    assert main(["-l", str(tmp_path / "missing.pbtxt"), *files]) == 2
+    assert "cannot read label map" in capsys.readouterr().err
 
 
-def test_the_cli_refuses_ground_truth_with_nothing_to_evaluate(tmp_path):
+def test_the_cli_refuses_ground_truth_with_nothing_to_evaluate(tmp_path, capsys):
     (tmp_path / "labels.pbtxt").write_text(LABEL_MAP_TEXT)
     (tmp_path / "gt.csv").write_text("vid_A,0902,0.0,0.0,0.3,1.0,42,0\n")
     (tmp_path / "det.csv").write_text("vid_A,0902,0.0,0.0,0.3,1.0,1,0.9\n")
-    proc = run_cli("-l", tmp_path / "labels.pbtxt", "-g", tmp_path / "gt.csv", "-d", tmp_path / "det.csv")
-    assert proc.returncode == 2 and "no ground-truth box of a label-map class" in proc.stderr
+    assert main(["-l", str(tmp_path / "labels.pbtxt"), "-g", str(tmp_path / "gt.csv"), "-d",
+                 str(tmp_path / "det.csv")]) == 2
+    assert "no ground-truth box of a label-map class" in capsys.readouterr().err

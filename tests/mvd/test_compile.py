@@ -30,6 +30,9 @@ from dali_pipelines.masks import masked_tokens, num_to_mask, random_mask, tube_m
 from mvd.models import create_model
 from mvd.models.teachers import freeze
 
+# every test compiles (seconds each on CPU, the inductor one half a minute): the full suite's
+pytestmark = pytest.mark.slow
+
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 # the tiny recipes' shapes (configs/tiny/*.yaml): 8 frames of 32 px, patch 8, tubelet 2
 CLIP = dict(img_size=32, num_frames=8)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mvd.config import Config, ConfigError, derive, describe, load_config
+from mvd.config import Config, ConfigError, derive, describe, load_config, plan_batch
 from mvd.engine.tasks import TASKS, task_class
 from mvd.train import main
 
@@ -157,15 +157,51 @@ def test_derived_global_batch_lr_scaling_and_steps():
         derive(cfg, world_size=1, batches_per_epoch=1)
 
 
-def test_finetune_lr_scales_with_every_augmented_view():
-    """The VideoMAE / MVD fine-tuning scripts scale lr by batch x GPUs x num_sample / 256."""
+def test_finetune_lr_scales_with_the_videos_not_their_views():
+    """The MVD release's run_class_finetuning.py scales lr by batch x update_freq x GPUs / 256:
+    videos, each bringing num_sample = 2 views."""
     def derived(*overrides):
         cfg = load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
                                  "optim.base_lr=5e-4", *overrides])
         return derive(cfg, world_size=8, batches_per_epoch=100, views=task_class(cfg).clip_views(cfg))
 
     d = derived("data.repeated_aug=2")
-    assert d.global_batch == 8 * 2 * 8 and d.lr == pytest.approx(5e-4 * 128 / 256)
-    assert derived("data.repeated_aug=1").lr == pytest.approx(d.lr / 2)
-    pretrain = load_config(None, ["data.dir=x", "data.batch_size=8", "data.repeated_aug=2"])
-    assert derive(pretrain, 8, 100, views=task_class(pretrain).clip_views(pretrain)).global_batch == 64
+    assert d.global_batch == 8 * 8 and d.lr == pytest.approx(5e-4 * 64 / 256)
+    assert d.clips_per_step == 8 * 8 * 2
+    one_view = derived("data.repeated_aug=1")
+    assert one_view.lr == pytest.approx(d.lr) and one_view.clips_per_step == 64
+
+
+@pytest.mark.parametrize("world, per_gpu, accum", [
+    (32, 16, 2),  # the release's split of MVD-B: --batch_size 16 --update_freq 2 on 32 GPUs
+    (8, 16, 8), (64, 16, 1), (128, 8, 1), (1, 16, 64), (2, 16, 32),
+])
+def test_pinned_global_batch_splits_over_any_world_that_divides_it(world, per_gpu, accum):
+    cfg = load_config(None, ["data.dir=x", "data.batch_size=16", "train.global_batch=1024",
+                             "optim.base_lr=1.5e-4"])
+    split = plan_batch(cfg, world)
+    assert (split.global_batch, split.per_process, split.accum_steps) == (1024, per_gpu, accum)
+    d = derive(cfg, world, batches_per_epoch=10 * accum)
+    assert (d.global_batch, d.per_gpu_batch, d.accum_steps) == (1024, per_gpu, accum)
+    assert d.lr == pytest.approx(1.5e-4 * 4) and d.steps_per_epoch == 10
+
+
+def test_largest_per_gpu_batch_that_divides_the_share_is_taken():
+    cfg = load_config(None, ["task=finetune", "data.dir=x", "data.batch_size=8",
+                             "train.global_batch=384"])
+    assert plan_batch(cfg, 32).per_process == 6 and plan_batch(cfg, 32).accum_steps == 2
+    assert plan_batch(cfg, 8).per_process == 8 and plan_batch(cfg, 8).accum_steps == 6
+
+
+def test_a_world_that_cannot_reach_the_global_batch_names_the_key_and_the_nearest_choices():
+    cfg = load_config(None, ["data.dir=x", "data.batch_size=16", "train.global_batch=1024"])
+    with pytest.raises(ConfigError, match=r"train.global_batch.*1024.*12 processes.*run on 8 or 16"):
+        plan_batch(cfg, 12)
+    with pytest.raises(ConfigError, match="train.accum_steps"):
+        load_config(None, ["data.dir=x", "train.global_batch=1024", "train.accum_steps=2"])
+
+
+def test_unpinned_global_batch_keeps_batch_times_world_times_accum():
+    cfg = load_config(None, ["data.dir=x", "data.batch_size=4", "train.accum_steps=3"])
+    split = plan_batch(cfg, 5)
+    assert (split.global_batch, split.per_process, split.accum_steps) == (60, 4, 3)

@@ -171,13 +171,14 @@ def test_fused_adamw_steps_like_foreach_adamw():
 # ---------------------------------------------------------------------- (c) a bf16 MVD step
 
 
-def test_bf16_mvd_step_gives_a_finite_loss_and_grads_only_on_the_student():
-    precision = plan_precision("bf16", "cuda")
+@pytest.mark.parametrize("teacher_weights, dtype", [("fp32", torch.float32), ("autocast", BF16)])
+def test_bf16_mvd_step_gives_a_finite_loss_and_grads_only_on_the_student(teacher_weights, dtype):
+    precision = plan_precision("bf16", "cuda", teacher_weights=teacher_weights)
     task = mvd_task(CONFIGS / "tiny" / "pretrain_mvd.yaml", "train.precision=bf16",
                     precision=precision)
-    assert precision.teacher_dtype == BF16
+    assert precision.teacher_dtype == dtype
     for teacher in task.teachers:
-        assert {p.dtype for p in teacher.parameters()} == {BF16}
+        assert {p.dtype for p in teacher.parameters()} == {dtype}
         assert not any(p.requires_grad for p in teacher.parameters())
     assert {p.dtype for p in task.model.parameters()} == {torch.float32}
     batch = mvd_batch(task, 4, seed=0)

@@ -5,9 +5,12 @@ minutes a seed; the distilled student must beat scratch on every seed) is the be
 
 import json
 
+import pytest
+
 from mvd.demo import main
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_writes_the_summary(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--out", str(out), "--quick"]) == 0

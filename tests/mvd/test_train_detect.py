@@ -35,14 +35,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "
 
 
 @pytest.fixture(scope="module")
-def ava(tmp_path_factory):
-    """(train, val) synthetic AVA shards: 58 and 28 keyframes of 16-frame 64x64 clips."""
-    from shard_tools.synth_ava import make_synth_ava_shards
-
-    root = tmp_path_factory.mktemp("ava")
-    train = make_synth_ava_shards(root / "train", split="train", workers=1)
-    val = make_synth_ava_shards(root / "val", split="val", movies=2, workers=1)
-    return train, val
+def ava(ava_shards, ava_val_shards):
+    """(train, val) synthetic AVA shards (tests/conftest.py): 58 and 28 keyframes of 16-frame 64x64 clips."""
+    return ava_shards, ava_val_shards
 
 
 def config(train, run_dir, *overrides):
@@ -162,11 +157,8 @@ def test_detection_scores_are_the_sigmoid_times_the_proposals_person_score(ava, 
     assert math.isfinite(scaled["mAP"]) and math.isfinite(plain["mAP"])
 
 
-def test_shards_without_proposals_are_scored_on_their_ground_truth_boxes(ava, tmp_path):
-    from shard_tools.synth_ava import make_synth_ava_shards
-
-    train, _ = ava
-    val = make_synth_ava_shards(tmp_path / "val", split="val", movies=2, seconds=6, proposals=False, workers=1)
+def test_shards_without_proposals_are_scored_on_their_ground_truth_boxes(ava, ava_no_proposals, tmp_path):
+    train, val = ava[0], ava_no_proposals
     result, dets = evaluate_untrained(train, val.out_dir, tmp_path / "run")
     assert result["eval_boxes"] == "groundtruth" and result["keyframes"] == val.manifest["detection"]["keyframes"]
     gt = {(r[0], r[1], *(round(float(v), 5) for v in r[2:6])) for r in csv.reader(open(val.files.annotations))}
@@ -206,6 +198,7 @@ def dist_run(ava, tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_score_every_keyframe_once_with_ddp_and_fsdp(ava, dist_run, capsys):
     train, val = ava
     out, results = dist_run
@@ -221,6 +214,7 @@ def test_two_processes_train_and_score_every_keyframe_once_with_ddp_and_fsdp(ava
     assert cli_map(val, run / "detections.csv", capsys) == pytest.approx(ev["mAP"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_two_rank_evaluation_equals_the_one_process_evaluation(ava, dist_run, tmp_path):
     train, val = ava
     out, _ = dist_run

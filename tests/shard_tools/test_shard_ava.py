@@ -7,8 +7,6 @@ import io
 import json
 import pickle
 import re
-import subprocess
-import sys
 import tarfile
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +15,6 @@ import av
 import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def
-from shard_videos import run_env
 
 from shard_tools import ava_clips
 from shard_tools.ava import ava_sources, shard_ava
@@ -67,16 +64,10 @@ def _ava_args(files, out: Path, *more: str) -> list[str]:
             "--out", str(out), *more]
 
 
-def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shard_tools", *args], env=run_env(), capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def sharded(raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("ava_shards")
-    proc = _run_cli(_ava_args(raw, out, "--proposals", str(raw.proposals)))
-    assert proc.returncode == 0, proc.stderr
+    assert main(_ava_args(raw, out, "--proposals", str(raw.proposals))) == 0
     return out
 
 
@@ -202,8 +193,7 @@ def test_manifest_records_classes_detection_facts_and_rejections(raw, sharded):
 def test_the_shards_verify_and_a_rerun_resumes_to_the_same_manifest(raw, sharded):
     assert main(["verify", str(sharded)]) == 0
     before = (sharded / "manifest.json").read_text()
-    proc = _run_cli(_ava_args(raw, sharded, "--proposals", str(raw.proposals)))
-    assert proc.returncode == 0, proc.stderr
+    assert main(_ava_args(raw, sharded, "--proposals", str(raw.proposals))) == 0
     assert (sharded / "manifest.json").read_text() == before
 
 

@@ -27,6 +27,7 @@ def gathered(tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
+@pytest.mark.slow
 def test_uneven_rows_come_back_whole_in_rank_order_on_every_rank(gathered):
     for got in gathered:
         assert got["uneven"] == [[0, 1, 2], [10, 11, 12], [20, 21, 22], [100, 101, 102]]
@@ -34,6 +35,7 @@ def test_uneven_rows_come_back_whole_in_rank_order_on_every_rank(gathered):
         assert got["both_empty"] == [0, 3]
 
 
+@pytest.mark.slow
 def test_evaluate_counts_each_view_once_however_the_ranks_hold_them(gathered):
     for got in gathered:
         # video 0 right (its 3 views on rank 0), video 1 wrong (1 view on rank 1, padding dropped)

@@ -68,3 +68,18 @@ def test_cosine_schedule_warms_up_linearly_then_decays_to_min_and_resumes_on_the
     t = CosineSchedule(opt, lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)
     t.load_state_dict(s.state_dict())
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * s.value(7))
+
+
+def test_mvd_student_decays_its_mask_tokens_as_the_release():
+    """The MVD release's skip list names 'mask_token' (exact match) while its parameters are
+    'mask_token_img' / 'mask_token_vid': AdamW decays them. VideoMAE's top-level 'mask_token'
+    is skipped, and so is ours (test above for MAE's)."""
+    student = create_model("mvd_student_small", **TINY, decoder_embed_dim=16, decoder_depth=1,
+                           decoder_num_heads=2, image_target_dim=16, video_target_dim=16)
+    groups = _by_name(param_groups(student, 0.05))
+    assert groups["decoder_img.mask_token"]["weight_decay"] == 0.05
+    assert groups["decoder_vid.mask_token"]["weight_decay"] == 0.05
+    assert groups["decoder_img.norm.weight"]["weight_decay"] == 0.0
+    videomae = create_model("videomae_pretrain_small", **TINY, decoder_embed_dim=16,
+                            decoder_depth=1, decoder_num_heads=2)
+    assert _by_name(param_groups(videomae, 0.05))["decoder.mask_token"]["weight_decay"] == 0.0

@@ -139,6 +139,18 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     assert t.loader.position == 6
 
 
+def test_pinned_global_batch_sets_the_loader_batch_and_the_accumulation(tmp_path):
+    # 12 videos a step on one process, at most 8 each: 6 per micro-step, accumulated twice
+    t = make("pretrain_videomae", tmp_path / "r", "train.max_steps=2", "train.global_batch=12",
+             "data.batch_size=8")
+    d = t.derived
+    assert (d.global_batch, d.per_gpu_batch, d.accum_steps) == (12, 6, 2)
+    assert t.loader.batch_size == 6 and d.steps_per_epoch == len(t.loader) // 2
+    assert d.lr == pytest.approx(t.cfg.optim.base_lr * 12 / 256)
+    t.train()
+    assert [s for s, _ in losses(tmp_path / "r")] == [1, 2] and t.loader.position == 4
+
+
 def test_finetune_validates_every_n_epochs_and_at_the_end(tmp_path):
     t = make("finetune", tmp_path / "r", "eval.dir=" + str(tmp_path / "data"),
              "eval.every_epochs=1", "schedule.epochs=2", "finetune.mixup=0", "finetune.cutmix=0")
