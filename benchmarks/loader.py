@@ -128,7 +128,7 @@ def clips_per_s(make_loader, batches: int) -> tuple[float, float]:
     """(clips/s, CPU ms per clip) over `batches` batches after one warm-up batch (worker start-up
     not counted). CPU time is that of this process and all its worker processes: on a shared
     machine it stays meaningful when wall-clock rates do not."""
-    from benchmarks.step import endless
+    from benchmarks.timing import endless
 
     loader = make_loader()
     it = endless(loader)

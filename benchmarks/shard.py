@@ -9,8 +9,8 @@ every frame), once re-encoding every one (``max_gop=16``: decode + encode + prob
 path a stream the target does not take goes). Figures: videos/s (and per worker process, one per
 core), source MB/s and decoded frames/s of each pass, measured in one run on the same sources;
 sizes 340x256 and 1280x720, 10 s at 25 fps (K400-like). Then the synthetic AVA movies' keyframes
-are cut twice in one process, per keyframe (:func:`shard_tools.ava.cut_clip`) and in one pass per
-movie (:func:`shard_tools.ava.cut_movie_clips`): keyframes/s of each and the speed-up.
+are cut twice in one process, per keyframe (:func:`shard_tools.ava_clips.cut_clip`) and in one pass per
+movie (:func:`shard_tools.ava_clips.cut_movie_clips`): keyframes/s of each and the speed-up.
 
     python -m benchmarks.shard [--quick] [--out DIR]
 """
@@ -28,7 +28,7 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
-from shard_tools.ava import ClipOptions, cut_clip, cut_movie_clips
+from shard_tools.ava_clips import ClipOptions, cut_clip, cut_movie_clips
 from shard_tools.ava_files import read_box_csv
 from shard_tools.build import BuildOptions, build_shards
 from shard_tools.encode import VideoWriter

@@ -26,7 +26,8 @@ from pathlib import Path
 from rich.console import Console
 
 from shard_tools import sources as src
-from shard_tools.ava import CLIP_CODECS, ClipOptions, shard_ava
+from shard_tools.ava import shard_ava
+from shard_tools.ava_clips import CLIP_CODECS, ClipOptions
 from shard_tools.build import BuildOptions, ShardDirError, build_shards
 from shard_tools.class_lists import SHIPPED, read_class_list
 from shard_tools.encode import CODECS

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shard_tools.ava import ClipOptions, shard_ava
+from shard_tools.ava import shard_ava
+from shard_tools.ava_clips import ClipOptions
 from shard_tools.encode import VideoWriter
 
 ACTIONS = ("move left", "move right", "move up", "move down", "grow", "shrink", "stand still")  # ids 1..7

@@ -43,6 +43,10 @@ class ManifestError(ValueError):
     """The manifest or the files beside it are not what the pack says (names the file)."""
 
 
+class PackError(RuntimeError):
+    """The pack cannot be made as asked (names the file, setting or fix)."""
+
+
 def part_name(name: str, index: int) -> str:
     return f"{name}.part{index:02d}"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.step import endless
+from benchmarks.timing import endless
 from dali_pipelines import PretrainLoader
 
 PIPELINES = (1, 2, 4, 7)

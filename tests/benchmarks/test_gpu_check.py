@@ -1,7 +1,7 @@
-"""The GPU check's DALI half, on CPU (benchmarks/gpu/pack.py, manifest.py, run.sh): the slim
-wheel keeps the CPython 3.12 runtime alone and installs; the pack splits files and cuts parts
-that fit beside the working tree; run.sh receives each part in its own call, and the last call
-reassembles, checks the sha256s, installs and unpacks, or says which part is missing or
+"""The GPU check's DALI half, on CPU (benchmarks/gpu/pack.py, wheels.py, manifest.py, run.sh):
+the slim wheel keeps the CPython 3.12 runtime alone and installs; the pack splits files and cuts
+parts that fit beside the working tree; run.sh receives each part in its own call, and the last
+call reassembles, checks the sha256s, installs and unpacks, or says which part is missing or
 corrupt; the GPU step variants' settings. Offline: the packs here are of tiny real wheels."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import report, step
+from benchmarks import report, step, timing
 from benchmarks.gpu import manifest as pack_format
-from benchmarks.gpu import decode_check, nvdec, pack, plan
+from benchmarks.gpu import decode_check, nvdec, pack, plan, wheels
 from benchmarks.gpu.manifest import MANIFEST, MiB
 from dali_pipelines import load_shard_dir
 
@@ -153,21 +153,21 @@ def test_find_wheels_takes_cp312_manylinux_wheels_and_names_what_is_wrong(tmp_pa
     for name in [*good, "gast-0.7.0-cp311-cp311-manylinux_2_28_x86_64.whl"]:
         (tmp_path / name).touch()
     reqs = [("optree", "0.20.0"), ("av", "18.1.0"), ("six", "1.17.0")]
-    assert [p.name for p in pack.find_wheels(tmp_path, reqs)] == good
-    with pytest.raises(pack.PackError) as err:
-        pack.find_wheels(tmp_path, [*reqs, ("gast", "0.7.0"), ("makefun", "1.16.0")])
+    assert [p.name for p in wheels.find_wheels(tmp_path, reqs)] == good
+    with pytest.raises(pack_format.PackError) as err:
+        wheels.find_wheels(tmp_path, [*reqs, ("gast", "0.7.0"), ("makefun", "1.16.0")])
     assert "missing gast==0.7.0 makefun==1.16.0 (add --download" in str(err.value)
     assert ("gast-0.7.0-cp311-cp311-manylinux_2_28_x86_64.whl (not for CPython 3.12"
             in str(err.value))
 
 
 def test_requirements_pin_the_small_wheels_as_constraints_txt():
-    pins = dict(pack.requirements())
-    assert set(pins) == set(pack.WHEELS)
+    pins = dict(wheels.requirements())
+    assert set(pins) == set(wheels.WHEELS)
     lock = {line.split("==")[0]: line.split("==")[1] for line in
             (REPO / "constraints.txt").read_text().splitlines() if "==" in line}
     assert all(pins[n] == lock[n] for n in pins)
-    assert dict(pack.requirements(wanted=(pack.DALI,)))[pack.DALI] == lock[pack.DALI]
+    assert dict(wheels.requirements(wanted=(wheels.DALI,)))[wheels.DALI] == lock[wheels.DALI]
 
 
 # ------------------------------------------------------------------------- the slim wheel
@@ -185,13 +185,13 @@ def test_requirements_pin_the_small_wheels_as_constraints_txt():
     ("../../../bin/rec2idx", False),  # an installed dist's script, outside site-packages
 ])
 def test_the_slim_wheel_keeps_the_cpython_312_runtime_alone(path, keep):
-    assert pack.kept(path) is keep
+    assert wheels.kept(path) is keep
 
 
 @pytest.mark.slow  # seconds of packing or model building
 def test_the_slim_wheel_installs_with_pip_and_records_what_it_holds(tmp_path):
     fake_dali(tmp_path)
-    packed, slimmed = pack.slim_wheel(tmp_path / "out", tmp_path, strip=False)
+    packed, slimmed = wheels.slim_wheel(tmp_path / "out", tmp_path, strip=False)
     assert packed.name == DALI_WHEEL + ".xz" and slimmed["files_dropped"] == 4
     subprocess.run(["xz", "-d", "-k", str(packed)], check=True)
     wheel = packed.with_suffix("")
@@ -338,7 +338,7 @@ def test_gpu_step_variants_are_mvd_s_and_b_eager_and_compiled_bf16_flash_fused()
 
 
 def test_matmul_ceiling_is_a_valid_tflops_record():
-    (rec,) = report.validate_records("step", [step.matmul_ceiling(torch.device("cpu"), n=64,
+    (rec,) = report.validate_records("step", [timing.matmul_ceiling(torch.device("cpu"), n=64,
                                                                   iters=2, rounds=1)])
     assert rec["name"] == "bf16_matmul_ceiling" and rec["unit"] == "TFLOP/s" and rec["value"] > 0
     assert rec["shape"] == "64x64x64"

@@ -20,6 +20,21 @@ ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
 
 
+def _run_two_ranks(data: Path, tmp_path: Path, *, max_failure_fraction: float, timeout: int):
+    """mvd-train (tiny VideoMAE stage 1) on ``data`` in a 2-process torchrun group; it must fail.
+    -> (the finished process, each rank's record from failures_dist_worker.py)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [*TORCHRUN, str(ROOT / "tests/dali_pipelines/failures_dist_worker.py"), str(out),
+         "--config", str(ROOT / "configs/tiny/pretrain_videomae.yaml"), f"data.dir={data}",
+         f"run.dir={tmp_path / 'run'}", "run.progress=false", "train.max_steps=6",
+         "checkpoint.every_steps=0", f"data.max_failure_fraction={max_failure_fraction}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    return proc, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 @pytest.mark.slow
 def test_both_ranks_stop_at_the_same_step_naming_the_keys(synth_shards, tmp_path):
     table = load_shard_dir(synth_shards).table
@@ -27,17 +42,8 @@ def test_both_ranks_stop_at_the_same_step_naming_the_keys(synth_shards, tmp_path
     items, _ = rank_items(epoch_order(0, 0, len(table)), batch_size=4, num_shards=2, shard_id=1,
                           drop_last=True)
     keys = [table.keys[int(i)] for i in items[8:10]]
-    data = corrupt_copy(synth_shards, tmp_path / "corrupt", keys)
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = subprocess.run(
-        [*TORCHRUN, str(ROOT / "tests/dali_pipelines/failures_dist_worker.py"), str(out),
-         "--config", str(ROOT / "configs/tiny/pretrain_videomae.yaml"), f"data.dir={data}",
-         f"run.dir={tmp_path / 'run'}", "run.progress=false", "train.max_steps=6",
-         "checkpoint.every_steps=0", "data.max_failure_fraction=0.0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode != 0, proc.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    proc, ranks = _run_two_ranks(corrupt_copy(synth_shards, tmp_path / "corrupt", keys), tmp_path,
+                                 max_failure_fraction=0.0, timeout=240)
     assert [r["code"] for r in ranks] == [4, 4], proc.stderr[-3000:]
     steps = set()
     for r in ranks:
@@ -51,19 +57,10 @@ def test_both_ranks_stop_at_the_same_step_naming_the_keys(synth_shards, tmp_path
 @pytest.mark.slow
 def test_every_sample_rotted_stops_both_ranks_at_the_limit_naming_keys(synth_shards, tmp_path):
     table = load_shard_dir(synth_shards).table
-    data = corrupt_copy(synth_shards, tmp_path / "rotted", list(table.keys))
-    out = tmp_path / "out"
-    out.mkdir()
     # the Done-when of the failure limit: a stop within 90 s (a hang would run to the timeout)
-    proc = subprocess.run(
-        [*TORCHRUN, str(ROOT / "tests/dali_pipelines/failures_dist_worker.py"), str(out),
-         "--config", str(ROOT / "configs/tiny/pretrain_videomae.yaml"), f"data.dir={data}",
-         f"run.dir={tmp_path / 'run'}", "run.progress=false", "train.max_steps=6",
-         "checkpoint.every_steps=0", "data.max_failure_fraction=0.01"],
-        cwd=ROOT, capture_output=True, text=True, timeout=90)
-    assert proc.returncode != 0, proc.stderr[-3000:]
+    proc, ranks = _run_two_ranks(corrupt_copy(synth_shards, tmp_path / "rotted", list(table.keys)),
+                                 tmp_path, max_failure_fraction=0.01, timeout=90)
     assert "decodes on its own" not in proc.stderr
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["code"] for r in ranks] == [4, 4], proc.stderr[-3000:]
     for r in ranks:
         (message,) = [m for m in r["errors"] if "max_failure_fraction=0.01" in m]

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def
 
-from shard_tools import ava
-from shard_tools.ava import BEFORE_START, BEYOND_END, ClipOptions, ava_sources, cut_clip, cut_movie_clips, shard_ava
+from shard_tools import ava_clips
+from shard_tools.ava import ava_sources, shard_ava
+from shard_tools.ava_clips import BEFORE_START, BEYOND_END, ClipOptions, cut_clip, cut_movie_clips
 from shard_tools.cli import main
 from shard_tools.merge import merge_parts
 from shard_tools.parts import Part
@@ -362,7 +363,7 @@ def test_three_ava_parts_plus_merge_equal_one_whole_run_each_cut_in_one_pass(raw
     def per_keyframe(*args, **kwargs):
         raise AssertionError("a clip was cut alone, not from its movie's pass")
 
-    monkeypatch.setattr(ava, "cut_clip", per_keyframe)
+    monkeypatch.setattr(ava_clips, "cut_clip", per_keyframe)
     kwargs = {"videos": raw.videos, "annotations": raw.annotations, "labels": raw.labels,
               "eval_labels": raw.eval_labels, "excluded": raw.excluded, "proposals": raw.proposals,
               "clip": ClipOptions(clip_frames=CLIP), "shard_samples": 4, "workers": 1, "progress": False}
