@@ -36,6 +36,7 @@ from mvd.models import CheckpointError, MAEPretrain, VideoMAEPretrain, VideoViT,
 from mvd.models.checkpoint import open_checkpoint
 from mvd.models.hub import our_key
 from mvd.models.student import MVDStudent
+from dali_pipelines.manifest import ShardDirError, read_manifest
 from dali_pipelines.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("hf",)
@@ -195,12 +196,14 @@ def _read_json_lines(path: Path) -> list[dict]:
 
 
 def _data_line(directory: str, what: str) -> str:
-    manifest = Path(directory) / "manifest.json" if directory else None
-    if manifest is None:
+    if not directory:
         return f"- {what}: none"
-    if not manifest.is_file():
-        return f"- {what}: `{directory}` (its manifest.json was not readable at export time)"
-    m = json.loads(manifest.read_text())
+    try:
+        m = read_manifest(directory, missing_ok=True)
+    except ShardDirError as exc:
+        return f"- {what}: `{directory}` (its manifest was not readable at export time: {exc})"
+    if m is None:
+        return f"- {what}: `{directory}` (no manifest.json there at export time)"
     return (f"- {what}: `{directory}` (dataset `{m.get('dataset')}`, {len(m.get('classes') or [])} classes, "
             f"{m.get('samples')} samples, {len(m.get('shards') or [])} shards)")
 

@@ -1,6 +1,6 @@
 """The GPU check: everything one run on a bare GPU machine needs, prepared here.
 
-The machine (shared/GPU.md) has torch but no DALI, PyAV, webdataset or network, takes files in
+The machine (as the project describes the GPU machine) has torch but no DALI, PyAV, webdataset or network, takes files in
 batches of at most 64 MiB and a command of at most 10 minutes. So:
 
 - `pack` (here, once): the wheels it lacks and small synthetic shard sets, files above 50 MiB

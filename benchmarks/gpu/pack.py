@@ -1,6 +1,6 @@
 """`python -m benchmarks.gpu.pack`: what the GPU check's DALI calls carry, in parts.
 
-The GPU machine (shared/GPU.md) has torch but no DALI, PyAV, webdataset, encoder or network. Its
+The GPU machine (as the project describes the GPU machine) has torch but no DALI, PyAV, webdataset, encoder or network. Its
 DALI calls (benchmarks/gpu/plan.py) carry:
 
 - the DALI wheel slimmed to what CPython 3.12 loads (`benchmarks.gpu.wheels.slim_wheel`: no

@@ -2,7 +2,7 @@
 
 One source for the calls: `check` runs a call's stages from here, PLAN.md is rendered from here
 (`python3 -m benchmarks.gpu.plan --write`; a test checks that PLAN.md is current), and `validate`
-holds the plan to the machine's limits (shared/GPU.md): a command of at most 2000 characters,
+holds the plan to the machine's limits (as the project describes the GPU machine): a command of at most 2000 characters,
 stage limits that add up to less than the call's budget, at most 64 MiB carried with the working
 tree, at most 8 files returned.
 
@@ -195,7 +195,7 @@ def _last(parts: int) -> Call:
 
 def pack_parts() -> int:
     """How many parts the pack was cut into (pack-sizes.json; before the first pack, 2:
-    shared/GPU.md's estimate of the slimmed runtime, ~120 MB, in parts of PART_LIMIT)."""
+    the GPU machine notes' estimate of the slimmed runtime, ~120 MB, in parts of PART_LIMIT)."""
     return len(pack_sizes()) or 2
 
 
@@ -246,7 +246,7 @@ def render(sizes: dict | None = None) -> str:
         "# The GPU check: the device calls, in order",
         "",
         "Rendered by `python3 -m benchmarks.gpu.plan --write` from `benchmarks/gpu/plan.py` "
-        "(a test checks that it is current). Limits (shared/GPU.md): a command of at most 2000 "
+        "(a test checks that it is current). Limits (as the project describes the GPU machine): a command of at most 2000 "
         "characters and 10 minutes; 64 MiB carried with the working tree; 8 files back from "
         "`$OUT`; a machine idle for 30 s is given back with everything on it.",
         "",

@@ -28,7 +28,7 @@ from benchmarks.gpu.manifest import MiB, PackError
 
 CONSTRAINTS = Path(__file__).resolve().parents[2] / "constraints.txt"
 DALI = "nvidia-dali-cuda130"
-# What the GPU machine lacks of DALI's imports (shared/GPU.md), by distribution name. DALI also
+# What the GPU machine lacks of DALI's imports (as the project describes the GPU machine), by distribution name. DALI also
 # declares libcst and nvtx (5 MiB as cp312 wheels): its pipelines ran here with both made
 # unimportable, so they stay behind (the env stage names any module DALI fails to import).
 WHEELS = ("astunparse", "gast", "optree", "makefun")

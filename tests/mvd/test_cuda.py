@@ -4,7 +4,7 @@ frozen teachers, ``torch.compile`` under bf16, the full MVD-S step at 16x224 wit
 and that step's steady state under ``torch.cuda.set_sync_debug_mode("error")``.
 
 They build tensors directly: the GPU machine has no DALI, PyAV or webdataset (see
-shared/GPU.md), so nothing here imports dali_pipelines or needs shards, and they run on the
+the GPU machine as the project describes it), so nothing here imports dali_pipelines or needs shards, and they run on the
 torch there (2.11) as well as here. ``-s`` (or ``-rP``) shows the MVD-S step's peak memory line.
 The loop's own code (``Trainer.train_step``) is checked for host syncs on CPU in
 tests/mvd/engine/test_host_sync.py; :func:`mvd_step` here mirrors it (forward under autocast,

@@ -1,6 +1,6 @@
 """The GPU machine's missing packages, for the CPU rehearsal of the GPU check: put this folder
 first on PYTHONPATH and `import nvidia.dali`, `import av` and `import webdataset` (and their
-submodules) raise ModuleNotFoundError, as they do there (shared/GPU.md: no DALI, no PyAV, no
+submodules) raise ModuleNotFoundError, as they do there (as the project describes the GPU machine: no DALI, no PyAV, no
 webdataset). Python imports `sitecustomize` at start-up when it is on the path; nothing else
 here changes.
 """
