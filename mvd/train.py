@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
             config = arg.split("=", 1)[1]
         elif arg.startswith("-") and "=" not in arg:
             raise SystemExit(f"mvd-train: unknown option {arg}; the only options are --config, "
-                             f"--dry-run and dotted.key=value overrides\n{usage()}")
+                             f"--dry-run, --list-configs and dotted.key=value overrides\n{usage()}")
         else:
             overrides.append(arg)
     return config, overrides, dry_run

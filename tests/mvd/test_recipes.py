@@ -72,3 +72,11 @@ def test_mvd_train_refuses_an_unknown_recipe_with_exit_2(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert main(["--config", "pretrain_nothing", "--dry-run"]) == 2
     assert "config error: config file pretrain_nothing does not exist, and no shipped recipe" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_refused_naming_every_option_there_is():
+    with pytest.raises(SystemExit) as done:
+        main(["--bogus"])
+    message = str(done.value)
+    assert "unknown option --bogus" in message
+    assert all(option in message for option in ("--config", "--dry-run", "--list-configs"))
