@@ -27,9 +27,7 @@ stopped, whatever launched them.
 from __future__ import annotations
 
 import io
-import json
 import logging
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -87,14 +85,14 @@ def not_a_sample(why: str) -> bool:
     return any(marker in why for marker in NOT_A_SAMPLE)
 
 
-def describe_stream(data: bytes, table: SampleTable, sample: int) -> str:
+def describe_stream(data: bytes, table: SampleTable, sample: int, codecs: dict | None = None) -> str:
     """The stream's codec, chroma, bit depth and size, for a message: PyAV's reading of the
     bytes where PyAV is installed (the GPU check machine has none), else the shard dir's
-    manifest (codecs) and the sample table (size)."""
+    manifest codecs (``codecs``, as ``ShardDir.codecs`` holds them) and the sample table (size)."""
     try:
         import av  # heavy optional dependency, only for this message
     except ImportError:
-        codecs = _manifest_codecs(table, sample)
+        codecs = ", ".join(sorted(codecs or {}))
         return (f"codec {codecs or 'unknown'} (shard manifest), "
                 f"{int(table.width[sample])}x{int(table.height[sample])} (sample table), chroma "
                 "and bit depth as the decoder's message gives them (PyAV is not installed)")
@@ -125,14 +123,6 @@ def _bit_depth(pix_fmt: str) -> int:
     return 8
 
 
-def _manifest_codecs(table: SampleTable, sample: int) -> str:
-    path = Path(table.shard_paths[int(table.shard[sample])]).parent / "manifest.json"
-    try:
-        return ", ".join(sorted(json.loads(path.read_text()).get("codecs", {})))
-    except (OSError, ValueError):
-        return ""
-
-
 class FailureLog:
     """The samples known to be bad (sample -> why) and the replacements made, against the limit.
 
@@ -146,8 +136,9 @@ class FailureLog:
 
     def __init__(self, table: SampleTable, split: Callable[[int], tuple[int, int]],
                  max_failure_fraction: float, samples_per_rank: float, *, group=None,
-                 vote_device: torch.device | None = None):
+                 vote_device: torch.device | None = None, codecs: dict | None = None):
         self.table = table
+        self.codecs = codecs  # the shard dir's samples per codec, for messages
         self.split = split
         self.max_failure_fraction = max_failure_fraction
         self.samples_per_rank = samples_per_rank
@@ -238,7 +229,7 @@ class FailureLog:
                 if not_a_sample(why):
                     raise DecoderUnsupportedError(
                         f"the {device} video decoder cannot decode this stream, whatever the "
-                        f"sample: {why}; stream: {describe_stream(data, self.table, sample)}; "
+                        f"sample: {why}; stream: {describe_stream(data, self.table, sample, self.codecs)}; "
                         f"sample {self.table.where(sample)}") from exc
                 found[sample] = why
                 self.mark({sample: why})

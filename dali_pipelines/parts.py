@@ -70,7 +70,8 @@ def build_parts(shards: ShardDir, table: SampleTable, cfg: ReaderConfig, options
         )
     # the samples this rank reads per epoch: the base of max_failure_fraction
     failures = FailureLog(table, cfg.split, o.max_failure_fraction, len(table) / cfg.num_shards,
-                          group=process_group, vote_device=device if o.device == "gpu" else None)
+                          group=process_group, vote_device=device if o.device == "gpu" else None,
+                          codecs=shards.codecs)
     pipelines = o.gpu_decoders or (nvdec_engines(torch.cuda.get_device_name(device))
                                    if o.device == "gpu" else 1)  # NVDEC engines; one on CPU
     host_decode = choose_decoder(shards, "cpu", "auto")

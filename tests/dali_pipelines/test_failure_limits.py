@@ -5,6 +5,8 @@ sample and names the stream."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from conftest import TINY, corrupt_copy
 
@@ -77,6 +79,15 @@ def test_the_stream_is_described_by_codec_chroma_bit_depth_and_size(synth_shards
         data = f.read(int(table.size[0]))
     text = describe_stream(data, table, 0)
     assert text == "codec vp9, pixel format yuv420p (chroma 4:2:0, 8-bit), 64x48", text
+
+
+def test_without_pyav_the_stream_is_described_from_the_shard_dirs_codecs(synth_shards, monkeypatch):
+    """The GPU check machine has no PyAV: the message takes the codecs the shard dir holds (also
+    for an s3:// one: nothing is read again) and the sample table's size."""
+    shards = load_shard_dir(synth_shards)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    text = describe_stream(b"", shards.table, 0, shards.codecs)
+    assert text.startswith("codec vp9 (shard manifest), 64x48 (sample table)"), text
 
 
 @pytest.mark.cuda
