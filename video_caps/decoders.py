@@ -132,21 +132,10 @@ _NVDEC_BLACKWELL = {
 }
 
 
-def _shared(*tables: dict[str, CodecCaps]) -> dict[str, CodecCaps]:
-    """What every table takes: the codecs all have, their common formats, the tightest sizes."""
-    out = {}
-    for codec in set.intersection(*(set(t) for t in tables)):
-        caps = [t[codec] for t in tables]
-        formats = frozenset.intersection(*(c.formats for c in caps))
-        out[codec] = CodecCaps(formats, (max(c.min_size[0] for c in caps), max(c.min_size[1] for c in caps)),
-                               (min(c.max_size[0] for c in caps), min(c.max_size[1] for c in caps)),
-                               min(c.max_macroblocks for c in caps))
-    return dict(sorted(out.items()))
-
-
 _ANY = CodecCaps(None)
 DECODERS: dict[str, Decoder] = {d.name: d for d in (
-    Decoder("gpu-ampere-hopper", "NVDEC on Ampere/Hopper", _shared(_NVDEC_GA100_HOPPER, _NVDEC_GA100_HOPPER), "h264"),
+    # A100 (GA100) and Hopper share one column of NVIDIA's table: their common set is that column
+    Decoder("gpu-ampere-hopper", "NVDEC on Ampere/Hopper", dict(sorted(_NVDEC_GA100_HOPPER.items())), "h264"),
     Decoder("gpu-ampere", "NVDEC on Ampere GA100 (A100, A30)", _NVDEC_GA100_HOPPER, "h264"),
     Decoder("gpu-ampere-ga10x", "NVDEC on Ampere GA10x (A10, A40, RTX 30)", _NVDEC_ADA, "h264"),
     Decoder("gpu-hopper", "NVDEC on Hopper", _NVDEC_GA100_HOPPER, "h264"),
