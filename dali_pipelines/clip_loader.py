@@ -156,9 +156,9 @@ class ClipLoader:
     def _batch(self, parts: list[Part], epoch: int, step: int) -> dict:
         """The batch of one step: what every loader's holds (`batches.BatchBuilder.common`),
         then what this loader adds (`_extend`)."""
-        for part in parts:
-            self.failures.note(part.named["info"].as_array(), part.named["error"])
         info = self._builder.info(parts)
+        for part in parts:
+            self.failures.note(info[part.positions], part.named["error"])
         _, valid = self._planned(epoch, step)
         batch = self._builder.common(parts, info, valid, self._host_fields(info))
         self._extend(batch, parts, info, epoch, step)
