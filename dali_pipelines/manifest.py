@@ -96,13 +96,13 @@ def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> d
     that holds no manifest (not sharded yet) gives None instead.
     """
     path = _dir(data_dir)
+    manifest_path = shard_files.join(path, "manifest.json")
     try:
-        if missing_ok and not shard_files.is_file(shard_files.join(path, "manifest.json")):
+        if missing_ok and not shard_files.is_file(manifest_path):
             return None
         if not shard_files.is_dir(path):
             raise ShardDirError(f"{path}: no such directory (expected a shard directory from mvd-shard)")
-        manifest_path = shard_files.join(path, "manifest.json")
-        if not shard_files.is_file(manifest_path):
+        if not missing_ok and not shard_files.is_file(manifest_path):  # with missing_ok: known there
             raise ShardDirError(
                 f"{path}: no manifest.json; this is not a shard directory written by mvd-shard"
             )
