@@ -403,20 +403,24 @@ class Derived:
     max_steps: int  # steps this run will reach (<= total_steps)
 
 
-def plan_batch(cfg: Config, world_size: int) -> BatchSplit:
+def plan_batch(cfg: Config, world_size: int, multiple_of: int = 1) -> BatchSplit:
     """Per-process batch and accumulation on ``world_size`` processes (:mod:`mvd.global_batch`):
     from ``train.global_batch`` when the recipe pins it, else ``data.batch_size`` and
-    ``train.accum_steps`` as given. A world size that cannot reach the pinned batch exactly is
-    a ConfigError naming the key and the nearest world sizes that can, before any work."""
+    ``train.accum_steps`` as given. ``multiple_of``: what the task needs the per-process batch
+    to be a multiple of (``Task.batch_multiple``). A world size that cannot reach the pinned
+    batch exactly is a ConfigError naming the key and the nearest world sizes that can, before
+    any work."""
     d, t = cfg.data, cfg.train
     if not t.global_batch:
         return BatchSplit(d.batch_size * world_size * t.accum_steps, d.batch_size, t.accum_steps)
-    split = split_global_batch(t.global_batch, world_size, d.batch_size)
+    split = split_global_batch(t.global_batch, world_size, d.batch_size, multiple_of)
     if split is None:
-        near = nearest_world_sizes(t.global_batch, world_size, d.batch_size)
+        near = nearest_world_sizes(t.global_batch, world_size, d.batch_size, multiple_of)
+        each = f"at most data.batch_size={d.batch_size}" + (
+            f", a multiple of {multiple_of} (the task's need)" if multiple_of > 1 else "")
         raise ConfigError(
             f"config key 'train.global_batch' is {t.global_batch}, which {world_size} processes "
-            f"cannot reach exactly with at most data.batch_size={d.batch_size} each"
+            f"cannot reach exactly with {each} each"
             f"; run on {' or '.join(map(str, near)) or 'another number of'} processes, or "
               f"change train.global_batch (0 = data.batch_size x processes x train.accum_steps)")
     return split

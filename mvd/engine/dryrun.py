@@ -185,7 +185,7 @@ def make_plan(cfg: Config, environ: dict | None = None) -> tuple[dict | None, Pl
     if training:
         from dali_pipelines.sampling import steps_per_epoch
 
-        split = plan.check(plan_batch, cfg, world)
+        split = plan.check(plan_batch, cfg, world, cls.batch_multiple(cfg))
         if split is None:
             return None, plan
         cfg = per_process_config(cfg, split)  # the task's loader and fake batch at the plan's batch

@@ -26,7 +26,7 @@ from mvd.engine.data import ModelInputs, log_cpu_budgets
 from mvd.engine.metrics import MetricsLogger
 from mvd.engine.optim import CosineSchedule, build_optimizer
 from mvd.engine.precision import plan_precision
-from mvd.engine.tasks import build_task
+from mvd.engine.tasks import build_task, task_class
 from mvd.engine.weights import EXPORT_NAME
 from mvd.models import model_metadata
 
@@ -77,7 +77,8 @@ class Trainer:
         self.fsdp = cfg.dist.fsdp and info.distributed
         # before any work: the world must reach train.global_batch; the task and its loader then
         # see the planned per-process batch as data.batch_size
-        cfg = self.cfg = per_process_config(cfg, plan_batch(cfg, info.world_size))
+        multiple = task_class(cfg).batch_multiple(cfg)
+        cfg = self.cfg = per_process_config(cfg, plan_batch(cfg, info.world_size, multiple))
         self.precision = plan_precision(cfg.train.precision, info.device.type, fsdp=cfg.dist.fsdp,
                                         teacher_weights=cfg.train.teacher_weights)
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP needs it)

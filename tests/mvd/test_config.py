@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 
 from mvd.config import Config, ConfigError, derive, describe, load_config, plan_batch
+from mvd.engine.dryrun import make_plan
 from mvd.engine.tasks import TASKS, task_class
 from mvd.train import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").rglob("*.yaml"))
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny"
@@ -205,3 +208,19 @@ def test_unpinned_global_batch_keeps_batch_times_world_times_accum():
     cfg = load_config(None, ["data.dir=x", "data.batch_size=4", "train.accum_steps=3"])
     split = plan_batch(cfg, 5)
     assert (split.global_batch, split.per_process, split.accum_steps) == (60, 4, 3)
+
+
+def test_a_task_that_needs_even_batches_gets_only_even_splits_and_the_dry_run_says_so():
+    """Mixup pairs a batch's clips: the fine-tune task asks for a per-process batch of a multiple
+    of 2, and the split honours it. 384 videos on 128 ranks is 3 per rank, which no even batch
+    reaches: the dry run refuses it naming the key (before, it planned 3 per GPU and the real run
+    then failed the task's own check on `data.batch_size`)."""
+    cfg = load_config(ROOT / "configs/finetune_base_k400.yaml", ["data.dir=x"])
+    multiple = task_class(cfg).batch_multiple(cfg)
+    assert multiple == 2 and plan_batch(cfg, 32, multiple).per_process % 2 == 0
+    with pytest.raises(ConfigError, match=r"train.global_batch.*384.*128 processes.*a multiple of 2"):
+        plan_batch(cfg, 128, multiple)
+    plan, messages = make_plan(cfg, {"WORLD_SIZE": "128"})
+    assert plan is None and any("multiple of 2" in e for e in messages.errors), messages.errors
+    no_mixup = load_config(None, ["task=finetune", "data.dir=x", "finetune.mixup=0", "finetune.cutmix=0"])
+    assert task_class(no_mixup).batch_multiple(no_mixup) == 1

@@ -141,6 +141,13 @@ class Task:
         return 1
 
     @classmethod
+    def batch_multiple(cls, cfg: Config) -> int:
+        """What the per-process batch must be a multiple of: `plan_batch` splits a pinned
+        ``train.global_batch`` only into such batches, so the split never fails the task's own
+        checks after planning."""
+        return 1
+
+    @classmethod
     def build(cls, cfg: Config, device: torch.device, rank: int = 0, *,
               precision: Precision | None = None, load: bool = True,
               classes: list[str] | None = None) -> Task:

@@ -71,6 +71,10 @@ class Finetune(Task):
         return cfg.data.repeated_aug
 
     @classmethod
+    def batch_multiple(cls, cfg: Config) -> int:
+        return 2 if cfg.finetune.mixup + cfg.finetune.cutmix > 0 else 1  # as check_config asks
+
+    @classmethod
     def build(cls, cfg, device, rank=0, *, precision=None, load=True, classes=None):
         classes = classes or train_and_eval_classes(cfg, SHARD_FIX).names
         model = init_weights(head_model(cfg, len(classes)).to(device), cfg, load)
