@@ -26,7 +26,7 @@ import av
 
 from shard_tools import rejections as rj
 from shard_tools.encode import VideoWriter, codec_by_name
-from shard_tools.reencode import scaled_size
+from shard_tools.reencode import ReencodeOptions, scaled_size
 from shard_tools.rejections import Rejected
 from shard_tools.sources import SourceRecord
 
@@ -50,10 +50,7 @@ class ClipOptions:
             raise ValueError(f"clip frames must be even and >= 2 (centred on the keyframe), got {self.clip_frames}")
         if self.codec not in CLIP_CODECS:
             raise ValueError(f"clip codec must be one of {CLIP_CODECS}, got {self.codec!r}")
-        if self.short_side is not None and self.short_side < 2:
-            raise ValueError(f"short side must be >= 2, got {self.short_side}")
-        if self.gop < 1:
-            raise ValueError(f"GOP length must be >= 1, got {self.gop}")
+        ReencodeOptions(self.codec, self.short_side, self.gop)  # the encoder's own checks
         if self.movie_start < 0:
             raise ValueError(f"movie start must be >= 0 seconds, got {self.movie_start}")
 

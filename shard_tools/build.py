@@ -325,8 +325,7 @@ def build_shards(sources: SourceSet, out_dir: Path, options: BuildOptions | None
         if not state.complete:
             if options.part is None:
                 (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-            layout.work_dir(out_dir).mkdir(parents=True, exist_ok=True)
-            work_dir(out_dir).mkdir(exist_ok=True)
+            layout.work_dir(out_dir).mkdir(parents=True, exist_ok=True)  # .work/ (or its part's)
             if sources.prepare_all is not None:
                 sources.prepare_all([records[order[pos]] for pos in range(start, positions.stop)], mapper)
             target = decoder(options.target)

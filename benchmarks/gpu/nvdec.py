@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.gpu.probe import NVDEC_LIBRARY
 from dali_pipelines import load_shard_dir
 
 # cudaVideoCodec and cudaVideoChromaFormat (the Video Codec SDK's cuviddec.h)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.zeros(1, device="cuda")  # the primary context, current on this thread for libnvcuvid
-    cuvid = ctypes.CDLL("libnvcuvid.so.1")
+    cuvid = ctypes.CDLL(NVDEC_LIBRARY)
     result = {"device": torch.cuda.get_device_name(), "streams": {}}
     for data_dir in sorted(p.parent for p in args.shards.glob("*/manifest.json")):
         table = load_shard_dir(data_dir).table

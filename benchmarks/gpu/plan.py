@@ -199,7 +199,8 @@ def pack_parts() -> int:
     return len(pack_sizes()) or 2
 
 
-DALI_CALLS = (*(_receive(n, pack_parts()) for n in range(1, pack_parts())), _last(pack_parts()))
+_PARTS = pack_parts()
+DALI_CALLS = (*(_receive(n, _PARTS) for n in range(1, _PARTS)), _last(_PARTS))
 CALLS = (TORCH, *DALI_CALLS)
 BY_NAME = {c.name: c for c in CALLS}
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import torch
 
-from benchmarks.timing import endless
+from benchmarks.timing import endless, timed
 from dali_pipelines import PretrainLoader
 
 PIPELINES = (1, 2, 4, 7)
@@ -38,12 +37,7 @@ def measure(data_dir: Path, pipelines: int, normalize: bool) -> float:
         batches = endless(loader)
         for _ in range(WARMUP):
             next(batches)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(TIMED):
-            next(batches)
-        torch.cuda.synchronize()
-        return BATCH * TIMED / (time.perf_counter() - start)
+        return BATCH * TIMED / timed(lambda: next(batches), TIMED, torch.device("cuda"))
     finally:
         loader.close()
 
