@@ -89,7 +89,8 @@ class ShardDir:
 
 def read_manifest(data_dir: str | os.PathLike, *, missing_ok: bool = False) -> dict | None:
     """`data_dir/manifest.json`, parsed and checked to be `mvd-shards/1`: the one reader of
-    that file (the loaders, the class lists and the training's dry run all call it).
+    that file on the loading side (the loaders, the class lists, the dry run and mvd-export all
+    call it; `shard_tools.manifest` is the packing side's, which writes it).
 
     `data_dir` is a folder or an `s3://bucket/prefix` (`shard_files`). Raises ShardDirError
     naming the directory (or URL) or the file and what is wrong; with `missing_ok`, a directory

@@ -8,9 +8,10 @@ import os
 import re
 from pathlib import Path
 
+from tests.import_graph import PACKAGES
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "ARCHITECTURE.md"
-PACKAGES = ("video_caps", "shard_tools", "dali_pipelines", "mvd", "benchmarks")
 ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import re
 import shutil
 import threading
 
@@ -77,7 +78,7 @@ def test_batches_resume_and_ranks_from_s3_equal_those_from_disk(s3_shards, synth
 
 def test_missing_prefix_object_and_bucket_are_errors_naming_the_url(s3_store, synth_shards, tmp_path):
     for url in ("s3://mvd-test/no/such/prefix", "s3://no-such-bucket-here/shards"):
-        with pytest.raises(ShardDirError, match=url.replace("/", "/")) as e:
+        with pytest.raises(ShardDirError, match=re.escape(url)) as e:
             load_shard_dir(url)
         assert "no such prefix" in str(e.value)
     partial = tmp_path / "partial"

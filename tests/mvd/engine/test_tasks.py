@@ -84,4 +84,4 @@ def test_construction_calls_no_overridable_method_from_init(name):
                  and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
                  and n.func.value.id == "self"]
         assert not calls, f"{cls.__name__}.__init__ calls {calls}"
-    assert importlib.import_module(f"mvd.engine.tasks.{name}")
+    assert inspect.getmodule(TASKS[name]) is importlib.import_module(f"mvd.engine.tasks.{name}")
