@@ -8,7 +8,12 @@ spatial cue is, by ``spatial_cue``:
 - ``"shape"`` (default): the object's shape (square, circle, triangle, cross); its colour is
   random and carries no class information;
 - ``"colour"``: the object's colour from a palette of well-separated colours (red, green, blue,
-  yellow); its shape is random, and the background never comes near any palette colour.
+  yellow); its shape is random, and the background never comes near any palette colour;
+- ``"stripes"``: the orientation of the stripes that fill the object (horizontal, vertical,
+  rising and falling diagonals, period ``STRIPE_PERIOD`` of the clip's short side); its shape and
+  its two stripe colours are random. Unlike the outline of a shape, which a coarse token grid cuts
+  into pieces that depend on where the object sits, every patch the object covers shows its
+  stripes' orientation.
 
 Size, start position, speed and background are random per clip in both cases.
 
@@ -41,7 +46,13 @@ DIRECTIONS = ("right", "left", "down", "up")
 PALETTE = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (30, 60, 235), "yellow": (235, 215, 30)}
 _STEP = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 # spatial_cue -> the values it takes, in class order
-SPATIAL_CUES = {"shape": SHAPES, "colour": tuple(PALETTE)}
+ORIENTATIONS = ("horizontal", "vertical", "rising", "falling")
+SPATIAL_CUES = {"shape": SHAPES, "colour": tuple(PALETTE), "stripes": ORIENTATIONS}
+# stripes: one light and one dark band per period, as a fraction of the clip's short side
+STRIPE_PERIOD = 0.1
+# orientation -> the (x, y) weights whose sum is constant along a stripe
+_STRIPE_AXIS = {"horizontal": (0.0, 1.0), "vertical": (1.0, 0.0), "rising": (0.7071, 0.7071),
+                "falling": (0.7071, -0.7071)}
 # num_classes -> (number of spatial cue values, number of directions); both at least 2
 CLASS_GRID = {4: (2, 2), 6: (3, 2), 8: (4, 2), 9: (3, 3), 12: (3, 4), 16: (4, 4)}
 # label_by -> what a class names
@@ -105,7 +116,7 @@ def _gradient_colours(rng: np.random.Generator, avoid: list[np.ndarray]) -> tupl
 
 def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: int,
                 width: int, height: int, spatial_cue: str = "shape") -> np.ndarray:
-    """One clip as (T, H, W, 3) uint8 RGB; ``cue`` is a shape or a palette colour (``spatial_cue``)."""
+    """One clip as (T, H, W, 3) uint8 RGB; ``cue`` is one of ``SPATIAL_CUES[spatial_cue]``."""
     if spatial_cue not in SPATIAL_CUES or cue not in SPATIAL_CUES[spatial_cue]:
         raise ValueError(f"unknown {spatial_cue} {cue!r}; spatial_cue {spatial_cue!r} takes "
                          f"{SPATIAL_CUES.get(spatial_cue, sorted(SPATIAL_CUES))}")
@@ -115,7 +126,7 @@ def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: 
         shape = SHAPES[rng.integers(len(SHAPES))]
         c0, c1 = _gradient_colours(rng, [np.array(c, np.float64) for c in PALETTE.values()])
     else:
-        shape = cue
+        shape = cue if spatial_cue == "shape" else SHAPES[rng.integers(len(SHAPES))]
         c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     angle = rng.uniform(0, 2 * np.pi)
     t = (np.cos(angle) * xs / width + np.sin(angle) * ys / height + 1) / 2
@@ -129,6 +140,10 @@ def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: 
             if np.abs(color - mean_bg).sum() > 160:
                 break
             color = rng.uniform(0, 255, 3)
+    if spatial_cue == "stripes":  # the object's colour and a second one far from it, alternating
+        dark = np.where(color > 127, color - 150, color + 150).clip(0, 255)
+        ax, ay = _STRIPE_AXIS[cue]
+        phase = rng.uniform(0, 1)
     r = rng.uniform(0.16, 0.24) * min(width, height)
     sx, sy = _STEP[direction]
     margin = r + 1
@@ -144,7 +159,12 @@ def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: 
         cx, cy = (along, across) if sx else (across, along)
         mask = _shape_mask(shape, xs - cx, ys - cy, r)
         frame = background + rng.normal(0, 4, (height, width, 3))
-        frame[mask] = color
+        if spatial_cue == "stripes":  # the stripes move with the object
+            band = ((ax * (xs - cx) + ay * (ys - cy)) / (STRIPE_PERIOD * min(width, height)) + phase) % 1 < 0.5
+            frame[mask & band] = color
+            frame[mask & ~band] = dark
+        else:
+            frame[mask] = color
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 

@@ -177,3 +177,35 @@ def test_each_task_label_depends_only_on_its_factor(tmp_path, label_by):
         seen[rec.label_name, other] += 1
     # every label sees every value of the other factor equally often: it carries no class information
     assert len(seen) == 16 and set(seen.values()) == {4}
+
+
+def _stripe_orientation(frame: np.ndarray, obj: np.ndarray) -> str:
+    """The orientation of the stripes inside `obj`, measured without the recipe: the structure
+    tensor of the frame's brightness over the object's inner pixels (its dominant gradient is
+    across the stripes)."""
+    grey = frame.astype(float).mean(-1)
+    gy, gx = np.gradient(grey)
+    inner = obj & np.roll(obj, 1, 0) & np.roll(obj, -1, 0) & np.roll(obj, 1, 1) & np.roll(obj, -1, 1)
+    jxx, jyy, jxy = (gx * gx)[inner].sum(), (gy * gy)[inner].sum(), (gx * gy)[inner].sum()
+    across = 0.5 * np.degrees(np.arctan2(2 * jxy, jxx - jyy)) % 180  # the gradient's axis, image y down
+    along = (across + 90) % 180
+    names = {0: "horizontal", 90: "vertical", 45: "falling", 135: "rising"}  # y down: 45 deg falls
+    return names[min(names, key=lambda a: min(abs(along - a), 180 - abs(along - a)))]
+
+
+def test_stripe_classes_fill_the_moving_object_with_their_orientation():
+    from shard_tools.synth import ORIENTATIONS
+
+    assert synth_classes(16, "stripes", "cue") == list(ORIENTATIONS)
+    for seed in range(3):
+        for orientation in ORIENTATIONS:
+            for direction in ("right", "up"):
+                rng = np.random.default_rng([seed, len(orientation), len(direction)])
+                clip = render_clip(orientation, direction, rng, 8, 64, 64, "stripes")
+                # the object: the pixels that differ from the first frame's background somewhere in the
+                # clip, i.e. where the moving object passes; measured on the frame where it sits
+                for t in (0, 7):
+                    other = clip[7 - t].astype(float)
+                    obj = np.abs(clip[t].astype(float) - other).sum(-1) > 60
+                    assert obj.sum() > 40
+                    assert _stripe_orientation(clip[t], obj) == orientation, (seed, orientation, direction, t)
