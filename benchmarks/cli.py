@@ -22,7 +22,7 @@ from benchmarks import env, report, targets
 
 # The keywords each mode's run() takes beside `quick` (`all` runs report.MODES in order).
 MODE_ARGS = {"shard": (), "loader": ("device",), "model": ("device",),
-             "step": ("device", "variants", "feed", "report_dir"), "demo": (),
+             "step": ("device", "variants", "feed", "report_dir"), "demo": ("seeds", "threads"),
              "teachers": ("seeds", "report_dir"), "detect": ("seeds", "report_dir"), "storage": ()}
 
 
@@ -55,7 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "teachers and detect on one seed in about a minute (their accuracies mean nothing)",
     )
     parser.add_argument("--seeds", type=_seeds, metavar="N,N,...",
-                        help="teachers and detect only: the seeds to run (default 0,1,2; 0 with --quick)")
+                        help="demo, teachers and detect only: the seeds to run (default 0-4 for demo, "
+                        "0,1,2 for the others; 0 with --quick)")
+    parser.add_argument("--threads", type=_threads, metavar="N,N,...",
+                        help="demo only: the torch thread counts to run each seed with (default 1,2; "
+                        "1 with --quick)")
     parser.add_argument("--variants", type=_names, metavar="NAME,NAME,...",
                         help="step only: the variants to measure, in this order (on a GPU: "
                         "mvd_s, mvd_b, mvd_s_compiled, mvd_b_compiled; default all)")
@@ -77,9 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds is not None and "seeds" not in MODE_ARGS.get(args.mode, ()):
         parser.error(f"--seeds applies to {', '.join(m for m, a in MODE_ARGS.items() if 'seeds' in a)} only, "
                      f"not to {args.mode}")
-    for flag in ("variants", "feed"):
+    for flag in ("variants", "feed", "threads"):
         if getattr(args, flag) is not None and flag not in MODE_ARGS.get(args.mode, ()):
-            parser.error(f"--{flag} applies to step only, not to {args.mode}")
+            only = ", ".join(m for m, a in MODE_ARGS.items() if flag in a)
+            parser.error(f"--{flag} applies to {only} only, not to {args.mode}")
     return args
 
 
@@ -90,15 +95,23 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _integers(text: str, flag: str, example: str, lowest: int) -> tuple[int, ...]:
     try:
-        seeds = tuple(int(part) for part in text.split(","))
+        values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers like 0,1,2, "
+        raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers like {example}, "
                                          f"got {text!r}") from None
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds must be distinct non-negative integers, got {text!r}")
-    return seeds
+    if len(set(values)) != len(values) or min(values) < lowest:
+        raise argparse.ArgumentTypeError(f"{flag} must be distinct integers >= {lowest}, got {text!r}")
+    return values
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return _integers(text, "--seeds", "0,1,2", 0)
+
+
+def _threads(text: str) -> tuple[int, ...]:
+    return _integers(text, "--threads", "1,2", 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mvd-bench-")))
         context = {"device": args.device, "seeds": args.seeds, "report_dir": args.out,
-                   "variants": args.variants, "feed": args.feed}
+                   "variants": args.variants, "feed": args.feed, "threads": args.threads}
         results = {mode: run_mode(mode, args.quick, work / mode, context) for mode in modes}
     environment["load_average_at_end"] = env.load_average()
     summaries = {}

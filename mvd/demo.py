@@ -44,6 +44,7 @@ class Budget:
     student_epochs: int = 20  # stage 2
     finetune_epochs: int = 30  # stage 3, both students
     seed: int = 0
+    threads: int = 0  # torch threads of every stage (dist.cpu_threads; 0: mvd-train's choice)
 
 
 QUICK = Budget(pool=64, labeled=32, heldout=16, teacher_epochs=1, student_epochs=1,
@@ -93,8 +94,10 @@ def inline_json(d: dict) -> str:
 
 
 def common_overrides(b: Budget) -> list[str]:
-    """The overrides every stage takes: the seed, quiet logging, no checkpoints but the last, the clip."""
-    return [f"seed={b.seed}", "run.progress=false", "run.log_every=20", "checkpoint.every_steps=0", *CLIP]
+    """The overrides every stage takes: the seed, the torch threads, quiet logging, no checkpoints
+    but the last, the clip."""
+    return [f"seed={b.seed}", f"dist.cpu_threads={b.threads}", "run.progress=false", "run.log_every=20",
+            "checkpoint.every_steps=0", *CLIP]
 
 
 def _pretrain(pool: Path, b: Budget) -> list[str]:
@@ -260,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="run directory (default: runs/demo-YYYYmmdd-HHMMSS)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and every stage")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="torch threads of every stage (dist.cpu_threads; default 0: half the cores, "
+                        "1 on 2 cores); the accuracies depend a little on it, see README")
     parser.add_argument("--quick", action="store_true",
                         help="a seconds-long smoke run with tiny budgets (its numbers mean nothing)")
     args = parser.parse_args(argv)
@@ -268,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     budget = QUICK if args.quick else Budget()
-    budget = Budget(**{**vars(budget), "seed": args.seed})
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    budget = Budget(**{**vars(budget), "seed": args.seed, "threads": args.threads})
     logging.basicConfig(format="%(message)s", force=True)
     console.print(f"mvd-demo: writing everything under {out}")
     with quiet():

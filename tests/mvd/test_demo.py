@@ -30,3 +30,22 @@ def test_quick_demo_runs_every_stage_and_writes_the_summary(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "distilled" in captured.err and "scratch" in captured.err and str(out) in captured.err
     assert json.loads(captured.out.strip().splitlines()[-1])["out"] == str(out)
+
+
+def test_every_stage_runs_on_the_thread_count_asked_for(tmp_path):
+    from dataclasses import replace
+
+    from mvd.config import load_config
+    from mvd.demo import TINY, Budget, stages
+
+    for threads in (0, 2):
+        for stage in stages(tmp_path, replace(Budget(), threads=threads)):
+            cfg = load_config(TINY / f"{stage.config}.yaml", stage.overrides)
+            assert cfg.dist.cpu_threads == threads, stage.name
+
+
+def test_a_negative_thread_count_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "demo"), "--threads", "-1"])
+    assert exc.value.code == 2 and "--threads must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
