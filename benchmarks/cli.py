@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mvd-bench",
         description="Throughput suite: sharding, loaders, model forward+backward and the full "
-        "MVD training step; the demo's accuracy margin (distilled over scratch, seeds 0-2); and "
+        "MVD training step; the demo's accuracy margin (distilled over scratch, seeds 0-4 at 1 and 2 "
+        "torch threads); and "
         "which teacher helps which task (teachers: image-, video- and co-taught students on a "
         "spatial and a temporal task, seeds 0-2); and AVA-style action detection on synthetic "
         "movies (detect: distilled over scratch frame mAP, seeds 0-2). Writes report.json, "

@@ -1,12 +1,10 @@
-"""A linear probe: what a frozen encoder's tokens hold about a task, read without fine-tuning.
+"""A linear probe: what a frozen encoder's features hold about a task, read without fine-tuning.
 
-The probe mean-pools the encoder's tokens of each clip (every token visible, one centre clip per
-video) into one vector and fits a multinomial logistic regression on the labelled clips' vectors,
-standardised by the labelled clips' mean and spread. Its L2 strength is picked from `STRENGTHS`
-by cross-validation on the labelled clips alone (`FOLDS` stratified folds, a fixed split), then the probe is
-refitted on all of them and scored on the held-out clips. The pooling is position-free on purpose:
-it reads what the tokens themselves hold, so a token grid whose rows merely move with the object
-does not stand in for a representation of motion.
+Given one feature vector per clip (the caller pools the encoder's tokens), the probe fits a
+multinomial logistic regression on the labelled clips' vectors, standardised by the labelled
+clips' mean and spread. Its L2 strength is picked from `STRENGTHS` by cross-validation on the
+labelled clips alone (`FOLDS` stratified folds, a fixed split), then the probe is refitted on all
+of them and scored on the held-out clips, which it never sees before.
 """
 
 from __future__ import annotations

@@ -229,30 +229,51 @@ def _spread(stats: dict, values: list[float], digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f} ({each})"
 
 
+READOUT_TITLES = {"finetune": "Fine-tuned", "probe": "Linear probe"}
+TASK_ORDER = ("spatial", "temporal")
+
+
+def _readout_markdown(block: dict, key: str) -> list[str]:
+    r = block["readouts"][key]
+    seeds = ", ".join(str(s) for s in block["seeds"])
+    title = READOUT_TITLES[key]
+    how = (f"{block['finetune_steps']} fine-tuning steps for every arm" if key == "finetune" else
+           f"fitted on {block['probe_train_videos']} labelled clips per task")
+    lines = [f"### {title}: held-out top-1 (%), mean ± std over seeds {seeds} (each seed in brackets)", "",
+             f"The {r['what']}. {r['heldout_videos']} held-out clips per task (one clip is "
+             f"{100 / r['heldout_videos']:.3g} points), {how}, chance "
+             + ", ".join(f"{c:g} % ({task})" for task, c in block["chance_top1"].items()) + ". "
+             f"Budget: {block['budget']}.", ""]
+    lines += markdown_table(["task", *(ARM_LABELS[a] for a in r["top1"]["spatial"])],
+                            [[f"{task}: {block['tasks'][task]}",
+                              *(_spread(r["summary"][task][arm], v, 1) for arm, v in arms.items())]
+                             for task, arms in r["top1"].items()])
+    chance = r["above_chance"]
+    above = "; ".join(f"{task}: " + (", ".join(ARM_LABELS[a] for a, c in arms.items() if c["above"]) or "none")
+                      for task, arms in chance["arms"].items())
+    learnt = "; ".join(f"{task}: {'learnt' if v['learnt'] else 'not learnt'} (best {ARM_LABELS[v['best']]}, "
+                       f"{v['margin']:+.1f} points)" for task, v in r["learnt"].items())
+    twice = ", ".join(f"{2 * se:.1f} points ({task})" for task, se in chance["se"].items())
+    lines += ["", f"Two standard errors of a mean of guesses over {chance['clips']} clips are "
+              f"{twice}; arms further above chance: {above}. A task counts as learnt "
+              f"when its best arm's mean is at least {block['learnt_margin']:g} points above chance: {learnt}."]
+    lines += ["", f"The paper's ordering, {title.lower()}:", ""]
+    lines += markdown_table(["claim", "verdict", "per seed (points)"],
+                            [[row["claim"], row["verdict"], " / ".join(f"{d:+.1f}" for d in row["per_seed"])]
+                             for row in r["ordering"]])
+    over = "; ".join(f"{task}: " + ", ".join(f"{ARM_LABELS[a]} {m:+.1f}" for a, m in arms.items())
+                     for task, arms in r["over_scratch"].items())
+    return lines + ["", f"Over from-scratch (mean points): {over}.", ""]
+
+
 def teachers_markdown(block: dict) -> list[str]:
     seeds = ", ".join(str(s) for s in block["seeds"])
     sim = block["similarity"]
-    lines = [f"### Held-out top-1 (%), mean ± std over seeds {seeds} (each seed in brackets)", "",
-             f"{block['heldout_videos']} held-out clips per task (one clip is "
-             f"{100 / block['heldout_videos']:.3g} points), {block['finetune_steps']} fine-tuning steps for every arm, chance "
-             f"{block['chance_top1']:g} %. Budget: {block['budget']}.", ""]
-    lines += markdown_table(["task", *(ARM_LABELS[a] for a in block["top1"]["spatial"])],
-                            [[f"{task}: {block['tasks'][task]}",
-                              *(_spread(block["top1_summary"][task][arm], v, 1) for arm, v in arms.items())]
-                             for task, arms in block["top1"].items()])
-    chance = block["above_chance"]
-    above = "; ".join(f"{task}: " + (", ".join(ARM_LABELS[a] for a, c in arms.items() if c["above"]) or "none")
-                      for task, arms in chance["arms"].items())
-    lines += ["", f"Two standard errors of a mean of guesses over {chance['clips']} clips are "
-              f"{2 * chance['se']:.1f} points; arms further above chance: {above}."]
-    lines += ["", "### The paper's ordering", "", f"**{block['verdict']}**", ""]
-    lines += markdown_table(["claim", "verdict", "per seed (points)"],
-                            [[row["claim"], row["verdict"], " / ".join(f"{d:+.1f}" for d in row["per_seed"])]
-                             for row in block["ordering"]])
-    over = "; ".join(f"{task}: " + ", ".join(f"{ARM_LABELS[a]} {m:+.1f}" for a, m in arms.items())
-                     for task, arms in block["over_scratch"].items())
-    lines += ["", f"Over from-scratch (mean points): {over}.", "",
-              "### How static the features are", "",
+    lines = ["### The paper's ordering", ""]
+    lines += [f"- **{READOUT_TITLES[key]}: {r['verdict']}**" for key, r in block["readouts"].items()] + [""]
+    for key in block["readouts"]:
+        lines += _readout_markdown(block, key)
+    lines += ["### How static the features are", "",
               f"The {sim['what']}; 1 = the same features in every time slice.", ""]
     lines += markdown_table(["model", "all pairs", *(f"distance {d}" for d in sim["distances"])],
                             [[m, _spread(sim["summary"][m], sim["mean"][m], 3),
@@ -285,17 +306,21 @@ def write_summary_plots(mode: str, block: dict, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    fig, axes = plt.subplots(1, len(block["top1"]), figsize=(8.0, 3.6), dpi=100, sharey=True)
-    for ax, (task, arms) in zip(axes, block["top1"].items()):
-        for i, (arm, values) in enumerate(arms.items()):
-            ax.bar(i, block["top1_summary"][task][arm]["mean"], color=f"C{i}", alpha=0.6)
-            ax.plot([i] * len(values), values, "ko", markersize=3)
-        ax.axhline(block["chance_top1"], color="grey", linestyle=":", linewidth=1)
-        ax.set_xticks(range(len(arms)), [ARM_LABELS[a] for a in arms], rotation=15)
-        ax.set_title(f"{task} task")
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0].set_ylabel("held-out top-1 % (bar: mean, dots: seeds)")
-    fig.suptitle("Which teacher helps which task", fontsize=10)
+    readouts = block["readouts"]
+    fig, axes = plt.subplots(len(readouts), len(TASK_ORDER), figsize=(8.0, 3.3 * len(readouts)), dpi=100,
+                             sharey=True, squeeze=False)
+    for row, (key, r) in zip(axes, readouts.items()):
+        for ax, task in zip(row, TASK_ORDER):
+            arms = r["top1"][task]
+            for i, (arm, values) in enumerate(arms.items()):
+                ax.bar(i, r["summary"][task][arm]["mean"], color=f"C{i}", alpha=0.6)
+                ax.plot([i] * len(values), values, "ko", markersize=3)
+            ax.axhline(block["chance_top1"][task], color="grey", linestyle=":", linewidth=1)
+            ax.set_xticks(range(len(arms)), [ARM_LABELS[a] for a in arms], rotation=15)
+            ax.set_title(f"{READOUT_TITLES[key].lower()}, {task} task", fontsize=9)
+            ax.grid(True, axis="y", alpha=0.3)
+        row[0].set_ylabel("held-out top-1 %")
+    fig.suptitle("Which teacher helps which task (bar: mean, dots: seeds)", fontsize=10)
     fig.tight_layout()
     files.append("teachers-top1.png")
     fig.savefig(out_dir / files[-1])

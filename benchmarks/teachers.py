@@ -2,17 +2,21 @@
 synthetic clips: students distilled from an image teacher transfer better to a spatial task,
 students distilled from a video teacher to a temporal task, and co-teaching beats either alone.
 
-The design follows from what each teacher can see, fixed before any run. Every clip
-(`shard_tools.synth`, shape cue, 16 = 4 shapes x 4 directions) shows one object of random colour,
-size, speed and start moving in a straight line over a random noisy background.
+The design was fixed on pilot seeds (100 and up, never reported) before seeds 0-2 ran. Every clip
+(`shard_tools.synth`, shading cue, 8 classes = 4 lit sides x 2 directions) shows one object of
+random shape, colour, size, speed and start moving right or left over a random noisy background;
+one half of the object (top, bottom, left or right) is lit, the other dark.
 
 - The image teacher (MAE on single frames) sees an object's appearance and where it is, never how
   it moves. The video teacher (VideoMAE on tube-masked clips) must also model the motion.
-- Spatial task: 4 classes by the object's shape; every class sees every direction equally
-  often. Shape, not colour: colour is read off one pixel (in the demo every arm, scratch
-  included, learns it in a few steps), while shape needs the layout of the object's pixels.
-- Temporal task: 4 classes by direction; every class sees every shape equally often, and no
-  single frame tells the class.
+- Spatial task: 4 classes by the lit half; every class sees both directions equally often. The
+  cue is the sign of one brightness edge across the object, which a patch embedding reads
+  linearly wherever the object sits on the 4 x 4 token grid. The first pilot's cues failed there:
+  a shape's outline is cut into pieces that depend on where it sits, and stripes of random phase
+  give a linear filter no mean response; no arm learnt either, fine-tuned or probed.
+- Temporal task: 2 classes by direction (right or left); every class sees every lit side equally
+  often, and no single frame tells the class. The first pilot's 4 directions were learnt by no
+  arm within the budget; the demo's 2 are.
 - Both tasks label the same clips (`label_by` relabels clip i, it does not redraw it) and pretrain
   on one unlabelled pool whose clips vary in both factors, so the tasks differ only in which
   factor the label names.
@@ -21,11 +25,16 @@ Per seed, in `<work>/seed<N>`, with one budget for every arm (the demo's recipe,
 stage 1 trains both teachers once; stage 2 distils three students (image-only, video-only,
 both: the same student, steps and data; a single-teacher student is the same model with one
 decoder); each student and a from-scratch model are fine-tuned on both tasks and evaluated on
-the task's held-out clips (softmax averaged over 2 clips per video). The probe then reads each
-pretrained student's encoder tokens on the held-out clips (all tokens visible, one centre clip
-per video) and measures how static they are: the cosine similarity of the tokens at one spatial
-position in two time slices, averaged over positions and clips, per temporal distance. Every
-stage is an ordinary `mvd-train` run; its resolved config lands in `<report>/configs/seed<N>/`.
+the task's held-out clips (softmax averaged over 2 clips per video). Two readouts of the frozen
+models follow, on one centre clip per video with every token visible:
+- the linear probe (`benchmarks.linear_probe`) on each student's encoder tokens pooled over space
+  per time slice (the slices kept in order, so motion can show as change between them), fitted on
+  the task's labelled clips and scored on its held-out clips; arm `scratch` is the same encoder at
+  its random initialisation. It reads what the representation holds without the fine-tuning
+  budget deciding the result;
+- how static each student's and teacher's tokens are: the cosine similarity of the tokens at one
+  spatial position in two time slices, averaged over positions and clips, per temporal distance.
+Every stage is an ordinary `mvd-train` run; its resolved config lands in `<report>/configs/seed<N>/`.
 """
 
 from __future__ import annotations
@@ -51,9 +60,12 @@ TASKS = {"spatial": "cue", "temporal": "direction"}
 STUDENTS = {"image": ("image",), "video": ("video",), "both": ("image", "video")}
 ARMS = (*STUDENTS, "scratch")
 # 16 synthetic classes: 4 shapes x 4 directions, each task labels one factor (4 classes)
-BUDGET = replace(Budget(), classes=16)
-QUICK = replace(demo.QUICK, classes=16)
-SPATIAL_CUE = "shape"
+# 8 synthetic classes: 4 lit sides x 2 directions (right, left); each task labels one factor
+BUDGET = replace(Budget(), classes=8)
+QUICK = replace(demo.QUICK, classes=8)
+SPATIAL_CUE = "shading"
+CLASSES = {"spatial": 4, "temporal": 2}  # each task's balanced classes
+CHANCE = {task: 100.0 / n for task, n in CLASSES.items()}  # top-1 % of a guess
 PROBE_BATCH = 16
 
 
@@ -126,8 +138,14 @@ def run_seed(out: Path, b: Budget, console, report_dir: Path | None = None) -> l
     load = load_average()
     with console.status("probing the students' features"):
         t = time.perf_counter()
-        sims = probe(out, out / "data" / "spatial-heldout")
+        sims, probes = probe(out, b)
     timed("probe", time.perf_counter() - t, load)
+    for task, arms in probes.items():
+        console.print(f"linear probe, {task} task, held-out top-1: " +
+                      ", ".join(f"{arm} {p['top1']:.1f}%" for arm, p in arms.items()))
+        records += [{"name": "teachers_probe_top1", "value": p["top1"], "unit": "%", "task": task, "arm": arm,
+                     **tag, "heldout": p["heldout"], "train": p["train"], "train_top1": p["train_top1"],
+                     "strength": p["strength"]} for arm, p in arms.items()]
     console.print("features' cosine similarity across time slices (all pairs): " +
                   ", ".join(f"{model} {pair_mean(sim):.4f}" for model, sim in sims.items()))
     for model, sim in sims.items():
@@ -212,41 +230,85 @@ def video_teacher_tokens(teacher: nn.Module, video: torch.Tensor) -> torch.Tenso
     return feats.reshape(video.shape[0], *unwrap(teacher).grid, feats.shape[-1])
 
 
-@torch.inference_mode()
-def probe(out: Path, heldout: Path) -> dict[str, torch.Tensor]:
-    """(T', T') time-similarity matrices over `heldout` of each pretrained student
-    (`student_<arm>`) and, for reference, of the two teachers (`teacher_<kind>`, loaded by the
-    co-taught student's run)."""
+def _dataset_pass(cfg_path: Path, data_dir: Path, info, encoders: dict[str, nn.Module],
+                  extra=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every clip of `data_dir` once (one centre clip, all tokens visible) through each encoder:
+    {name: tokens pooled over space, time slices in order (N, T' * D)} and the labels (N,). `extra(video, tokens)` sees each batch."""
+    from mvd.config import load_config
+    from mvd.engine.tasks.finetune import eval_loader
+
+    cfg = load_config(cfg_path, [f"eval.dir={data_dir}", "eval.num_clips=1", "eval.num_crops=1",
+                                 f"eval.batch_size={PROBE_BATCH}"])
+    pooled: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
+    labels = []
+    loader = eval_loader(cfg, info)
+    try:
+        for batch in loader:
+            keep = batch["valid"]  # the last batch's padding repeats left out
+            video = batch["video"][keep]
+            labels.append(batch["label"][keep].cpu())
+            tokens = {name: student_tokens(enc, video) for name, enc in encoders.items()}
+            for name, t in tokens.items():
+                pooled[name].append(t.mean(dim=(2, 3)).flatten(1).float().cpu())  # (B, T' * D)
+            if extra is not None:
+                extra(video, tokens)
+    finally:
+        loader.close()
+    return {name: torch.cat(v) for name, v in pooled.items()}, torch.cat(labels)
+
+
+def probe(out: Path, b: Budget) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, dict]]]:
+    """The two probes of one seed's frozen models:
+    - (T', T') time-similarity matrices over the spatial task's held-out clips of each pretrained
+      student (`student_<arm>`) and, for reference, of the two teachers (`teacher_<kind>`, loaded
+      by the co-taught student's run);
+    - per task and arm, the linear probe (`benchmarks.linear_probe`) fitted on the task's
+      labelled clips and scored on its held-out clips; arm `scratch` is the same student
+      encoder at its random initialisation (seeded by the seed), the probe's floor."""
+    from benchmarks.linear_probe import linear_probe
     from mvd.config import load_config
     from mvd.engine.distributed import init_distributed
     from mvd.engine.tasks import build_task
-    from mvd.engine.tasks.finetune import eval_loader
     from mvd.engine.weights import load_weights
 
-    sums: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (similarity summed over clips, clips)
-    for arm in STUDENTS:
-        run = out / f"student_{arm}"
-        cfg = load_config(run / "config.yaml", [f"eval.dir={heldout}", "eval.num_clips=1", "eval.num_crops=1",
-                                                f"eval.batch_size={PROBE_BATCH}"])
+    encoders, teachers_of_both = {}, None
+    for arm in ARMS:  # built outside inference mode: their weights are ordinary tensors
+        run = out / f"student_{'both' if arm == 'scratch' else arm}"
+        cfg = load_config(run / "config.yaml")
         info = init_distributed(cfg.dist)
+        torch.manual_seed(b.seed)
         task = build_task(cfg, info.device)  # the teachers load their stage-1 checkpoints
-        load_weights(task.model, str(run), what=str(run))
-        student = task.model.eval()
-        loader = eval_loader(cfg, info)
-        try:
-            for batch in loader:
-                video = batch["video"][batch["valid"]]  # the last batch's padding repeats left out
-                tokens = {f"student_{arm}": student_tokens(student, video)}
-                if arm == "both":
-                    tokens["teacher_image"] = image_teacher_tokens(task.image_teacher, video,
-                                                                   student.patch_embed.tubelet_size)
-                    tokens["teacher_video"] = video_teacher_tokens(task.video_teacher, video)
-                for name, t in tokens.items():
-                    total, clips = sums.get(name, (0.0, 0))
-                    sums[name] = (total + time_similarity(t) * len(video), clips + len(video))
-        finally:
-            loader.close()
-    return {name: total / clips for name, (total, clips) in sums.items()}
+        if arm != "scratch":
+            load_weights(task.model, str(run), what=str(run))
+        encoders[arm] = task.model.eval()
+        if arm == "both":
+            teachers_of_both = task
+    cfg_path = out / "student_both" / "config.yaml"
+    sums: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (similarity summed over clips, clips)
+    tubelet = encoders["both"].patch_embed.tubelet_size
+
+    def similarity(video: torch.Tensor, tokens: dict[str, torch.Tensor]) -> None:
+        named = {f"student_{arm}": tokens[arm] for arm in STUDENTS}
+        named["teacher_image"] = image_teacher_tokens(teachers_of_both.image_teacher, video, tubelet)
+        named["teacher_video"] = video_teacher_tokens(teachers_of_both.video_teacher, video)
+        for name, t in named.items():
+            total, clips = sums.get(name, (0.0, 0))
+            sums[name] = (total + time_similarity(t) * len(video), clips + len(video))
+
+    probes: dict[str, dict[str, dict]] = {}
+    for task_name in TASKS:
+        data = out / "data"
+        with torch.inference_mode():
+            train, train_y = _dataset_pass(cfg_path, data / f"{task_name}-train", info, encoders)
+            held, held_y = _dataset_pass(cfg_path, data / f"{task_name}-heldout", info, encoders,
+                                         similarity if task_name == "spatial" else None)
+        # out of inference mode: the probe's fit differentiates through them
+        train, held = ({k: v.clone() for k, v in d.items()} for d in (train, held))
+        train_y, held_y = train_y.clone(), held_y.clone()
+        probes[task_name] = {arm: linear_probe(train[arm], train_y, held[arm], held_y, CLASSES[task_name])
+                             for arm in ARMS}
+    sims = {name: total / clips for name, (total, clips) in sums.items()}
+    return sims, probes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,15 +338,15 @@ CLAIMS = (
 )
 
 
-CHANCE = 100.0 / 4  # top-1 % of a guess: each task has 4 balanced classes
 
 
 def _chance(top1: dict, heldout: int, seeds: int) -> dict:
-    """How far each arm's mean top-1 is above chance, against the standard error of a mean of
-    guesses over `seeds` x `heldout` clips (binomial: 100 * sqrt(p (1 - p) / clips))."""
-    p = CHANCE / 100
-    se = 100 * math.sqrt(p * (1 - p) / (heldout * seeds))
-    arms = {task: {arm: {"margin": statistics.fmean(v) - CHANCE, "above": statistics.fmean(v) - CHANCE > 2 * se}
+    """How far each arm's mean top-1 is above its task's chance, against the standard error of a
+    mean of guesses over `seeds` x `heldout` clips (binomial: 100 * sqrt(p (1 - p) / clips))."""
+    se = {task: 100 * math.sqrt(CHANCE[task] / 100 * (1 - CHANCE[task] / 100) / (heldout * seeds))
+          for task in top1}
+    arms = {task: {arm: {"margin": statistics.fmean(v) - CHANCE[task],
+                         "above": statistics.fmean(v) - CHANCE[task] > 2 * se[task]}
                    for arm, v in per_arm.items()} for task, per_arm in top1.items()}
     return {"se": se, "clips": heldout * seeds, "arms": arms}
 
@@ -306,14 +368,22 @@ def _comparison(claim: str, better: list[float], rivals: dict[str, list[float]],
             "seeds_ahead": ahead, "verdict": verdict}
 
 
-def summarise(records: list[dict]) -> dict:
-    """The `teachers` block of report.json from the mode's records: top-1 per task x arm x seed
-    with mean and spread, the paper's ordering checked claim by claim, the feature similarity,
-    and per-stage seconds with the 1-minute load average at each stage's start."""
-    seeds = sorted({r["seed"] for r in records if r["name"] == "teachers_top1"})
+# readout -> (its records' name, what it measures)
+READOUTS = {
+    "finetune": ("teachers_top1", "held-out top-1 after fine-tuning the whole model (softmax over 2 clips a video)"),
+    "probe": ("teachers_probe_top1", "held-out top-1 of a linear probe on the frozen encoder's mean-pooled tokens "
+                                     "(one centre clip a video; L2 strength by 4-fold cross-validation on the "
+                                     "labelled clips)"),
+}
+LEARNT_MARGIN = 15.0  # points above chance the best arm needs for a task to count as learnt
+
+
+def readout(records: list[dict], name: str, seeds: list[int]) -> dict:
+    """One readout's analysis: top-1 per task x arm x seed with mean and spread, the paper's
+    ordering checked claim by claim, the chance check, whether each task was learnt (its best arm's
+    mean at least LEARNT_MARGIN points above chance), and each student's mean over scratch."""
     n = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
-    top1 = {task: {arm: _by_seed(records, "teachers_top1", seeds, task=task, arm=arm) for arm in ARMS}
-            for task in TASKS}
+    top1 = {task: {arm: _by_seed(records, name, seeds, task=task, arm=arm) for arm in ARMS} for task in TASKS}
     ordering = [{"task": task, "better": better, "rivals": list(rivals),
                  **_comparison(claim, top1[task][better], {r: top1[task][r] for r in rivals}, "points", 1)}
                 for task, better, rivals, claim in CLAIMS]
@@ -324,12 +394,38 @@ def summarise(records: list[dict]) -> dict:
     else:
         verdict = (f"The paper's ordering holds at this scale: all {len(ordering)} comparisons hold on the "
                    f"means over {n}.")
-    heldout = next(r["heldout"] for r in records if r["name"] == "teachers_top1")
+    heldout = next(r["heldout"] for r in records if r["name"] == name)
     chance = _chance(top1, heldout, len(seeds))
     for task, arms in chance["arms"].items():
         if not any(arm["above"] for arm in arms.values()):
-            verdict += (f" No arm is more than two standard errors ({2 * chance['se']:.1f} points) above chance "
+            verdict += (f" No arm is more than two standard errors ({2 * chance['se'][task]:.1f} points) above chance "
                         f"on the {task} task: it was not learnt, and its comparisons are noise.")
+    means = {task: {arm: statistics.fmean(v) for arm, v in arms.items()} for task, arms in top1.items()}
+    best = {task: max(m, key=m.get) for task, m in means.items()}
+    return {
+        "what": READOUTS[next(k for k, (rec, _) in READOUTS.items() if rec == name)][1],
+        "heldout_videos": heldout,
+        "top1": top1,
+        "summary": {task: {arm: _stats(v) for arm, v in arms.items()} for task, arms in top1.items()},
+        "ordering": ordering,
+        "verdict": verdict,
+        "above_chance": chance,
+        "learnt": {task: {"best": best[task], "margin": means[task][best[task]] - CHANCE[task],
+                          "learnt": means[task][best[task]] - CHANCE[task] >= LEARNT_MARGIN} for task in TASKS},
+        "over_scratch": {task: {arm: means[task][arm] - means[task]["scratch"] for arm in STUDENTS}
+                         for task in TASKS},
+    }
+
+
+def summarise(records: list[dict]) -> dict:
+    """The `teachers` block of report.json from the mode's records: per readout (fine-tuning and
+    the linear probe) its analysis (`readout`), with `top1` and `probe` the per-seed values of
+    each; the feature similarity; per-stage seconds with the 1-minute load average at each
+    stage's start."""
+    seeds = sorted({r["seed"] for r in records if r["name"] == "teachers_top1"})
+    readouts = {key: readout(records, name, seeds) for key, (name, _) in READOUTS.items()}
+    verdict = " ".join(f"{label}: {readouts[key]['verdict']}"
+                       for key, label in (("finetune", "Fine-tuned"), ("probe", "Linear probe")))
 
     models = list(dict.fromkeys(r["model"] for r in records if r["name"] == "teachers_similarity"))
     distances = sorted({r["distance"] for r in records if r["name"] == "teachers_similarity_at"})
@@ -350,28 +446,31 @@ def summarise(records: list[dict]) -> dict:
                                          for m, per_distance in similarity["by_distance"].items()}
     stage_names = list(dict.fromkeys(r["stage"] for r in records if r["name"] == "teachers_stage_s"))
     first = next(r for r in records if r["name"] == "teachers_top1")
+    probe_first = next(r for r in records if r["name"] == "teachers_probe_top1")
     budget = asdict(QUICK if first["budget"] == "quick" else BUDGET)
     budget.pop("seed")
     return {
         "seeds": seeds,
         "budget": first["budget"],
         "budget_sizes": budget,
-        "heldout_videos": heldout,
+        "heldout_videos": first["heldout"],
+        "probe_train_videos": probe_first["train"],
         "finetune_steps": first["finetune_steps"],
         "chance_top1": CHANCE,
-        "above_chance": chance,
-        "tasks": {"spatial": "4 classes by the object's shape (every class sees every direction equally often)",
-                  "temporal": "4 classes by the motion direction (every class sees every shape equally often)"},
+        "learnt_margin": LEARNT_MARGIN,
+        "tasks": {"spatial": "4 classes by the lit half of the object (every class sees both directions "
+                             "equally often)",
+                  "temporal": "2 classes by the motion direction, right or left (every class sees every lit "
+                              "side equally often)"},
         "arms": {"image": "MVD student distilled from the image teacher (MAE) alone",
                  "video": "MVD student distilled from the video teacher (VideoMAE) alone",
                  "both": "MVD student co-taught by both teachers",
-                 "scratch": "no pretraining (random init)"},
-        "top1": top1,
-        "top1_summary": {task: {arm: _stats(v) for arm, v in arms.items()} for task, arms in top1.items()},
-        "ordering": ordering,
+                 "scratch": "no pretraining (random init; for the probe, the student's encoder at its "
+                            "random initialisation)"},
+        "top1": readouts["finetune"]["top1"],
+        "probe": readouts["probe"]["top1"],
+        "readouts": readouts,
         "verdict": verdict,
-        "over_scratch": {task: {arm: statistics.fmean(top1[task][arm]) - statistics.fmean(top1[task]["scratch"])
-                                for arm in STUDENTS} for task in TASKS},
         "similarity": similarity,
         "stage_s": {s: _by_seed(records, "teachers_stage_s", seeds, stage=s) for s in stage_names},
         "load_1min_at_stage_start": {s: _field_by_seed(records, "load_1min_at_start", seeds, stage=s)

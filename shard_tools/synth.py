@@ -13,7 +13,11 @@ spatial cue is, by ``spatial_cue``:
   rising and falling diagonals, period ``STRIPE_PERIOD`` of the clip's short side); its shape and
   its two stripe colours are random. Unlike the outline of a shape, which a coarse token grid cuts
   into pieces that depend on where the object sits, every patch the object covers shows its
-  stripes' orientation.
+  stripes' orientation;
+- ``"shading"``: which half of the object is lit (top, bottom, left or right): split through
+  the object's centre, one half is its colour taken halfway to white, the other 0.4 of it, so the
+  lit half is brighter in every channel; its shape and colour are random. Where stripes of random phase need a squared (energy) response to tell apart, the sign
+  of one brightness edge across the object is linear in the pixels.
 
 Size, start position, speed and background are random per clip in both cases.
 
@@ -47,7 +51,10 @@ PALETTE = {"red": (230, 30, 30), "green": (30, 200, 50), "blue": (30, 60, 235), 
 _STEP = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 # spatial_cue -> the values it takes, in class order
 ORIENTATIONS = ("horizontal", "vertical", "rising", "falling")
-SPATIAL_CUES = {"shape": SHAPES, "colour": tuple(PALETTE), "stripes": ORIENTATIONS}
+LIT_SIDES = ("lit-top", "lit-bottom", "lit-left", "lit-right")
+SPATIAL_CUES = {"shape": SHAPES, "colour": tuple(PALETTE), "stripes": ORIENTATIONS, "shading": LIT_SIDES}
+# shading: lit side -> the (x, y) direction from the object's centre into its lit half (image y down)
+_LIT_TOWARDS = {"lit-top": (0, -1), "lit-bottom": (0, 1), "lit-left": (-1, 0), "lit-right": (1, 0)}
 # stripes: one light and one dark band per period, as a fraction of the clip's short side
 STRIPE_PERIOD = 0.1
 # orientation -> the (x, y) weights whose sum is constant along a stripe
@@ -126,7 +133,7 @@ def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: 
         shape = SHAPES[rng.integers(len(SHAPES))]
         c0, c1 = _gradient_colours(rng, [np.array(c, np.float64) for c in PALETTE.values()])
     else:
-        shape = cue if spatial_cue == "shape" else SHAPES[rng.integers(len(SHAPES))]
+        shape = cue if spatial_cue == "shape" else SHAPES[rng.integers(len(SHAPES))]  # random but for "shape"
         c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     angle = rng.uniform(0, 2 * np.pi)
     t = (np.cos(angle) * xs / width + np.sin(angle) * ys / height + 1) / 2
@@ -163,6 +170,11 @@ def render_clip(cue: str, direction: str, rng: np.random.Generator, num_frames: 
             band = ((ax * (xs - cx) + ay * (ys - cy)) / (STRIPE_PERIOD * min(width, height)) + phase) % 1 < 0.5
             frame[mask & band] = color
             frame[mask & ~band] = dark
+        elif spatial_cue == "shading":  # every channel at least 127 brighter in the lit half
+            lx, ly = _LIT_TOWARDS[cue]
+            lit = lx * (xs - cx) + ly * (ys - cy) >= 0
+            frame[mask & lit] = 255 - 0.5 * (255 - color)
+            frame[mask & ~lit] = 0.4 * color
         else:
             frame[mask] = color
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)

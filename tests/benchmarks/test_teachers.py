@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import cli, teachers
+from benchmarks import cli, linear_probe, teachers
 from benchmarks.cli import parse_args
 from mvd.models import create_model
 
@@ -29,18 +29,29 @@ def test_quick_run_writes_the_teachers_block_the_configs_and_the_figures(tmp_pat
     assert block["seeds"] == [0] and block["budget"] == "quick"
     seed_dir = work / "teachers" / "seed0"
     for task in ("spatial", "temporal"):
-        assert list(block["top1"][task]) == ["image", "video", "both", "scratch"]
+        assert list(block["top1"][task]) == list(block["probe"][task]) == ["image", "video", "both", "scratch"]
         for arm, values in block["top1"][task].items():
             # the block holds what each fine-tuning's own evaluation wrote
             assert values == [json.loads((seed_dir / f"{task}_{arm}" / "eval.json").read_text())["top1"]]
-            assert block["top1_summary"][task][arm]["mean"] == values[0]
+            assert block["readouts"]["finetune"]["summary"][task][arm]["mean"] == values[0]
+        for arm, values in block["probe"][task].items():
+            assert len(values) == 1 and 0 <= values[0] <= 100
+            assert values[0] * teachers.QUICK.heldout / 100 == pytest.approx(round(values[0] * teachers.QUICK.heldout
+                                                                                  / 100))  # whole clips
     records = data["modes"]["teachers"]["records"]
     top1 = [r for r in records if r["name"] == "teachers_top1"]
     assert len(top1) == 8 and {r["heldout"] for r in top1} == {teachers.QUICK.heldout}
     assert len({r["finetune_steps"] for r in top1}) == 1  # one budget for every arm
-    assert [row["claim"] for row in block["ordering"]] == [c[3] for c in teachers.CLAIMS]
-    assert all(row["verdict"].startswith(("holds", "does not hold")) for row in block["ordering"])
-    assert block["verdict"].startswith("The paper's ordering")
+    probed = [r for r in records if r["name"] == "teachers_probe_top1"]
+    assert len(probed) == 8 and {(r["heldout"], r["train"]) for r in probed} == {(teachers.QUICK.heldout,
+                                                                                  teachers.QUICK.labeled)}
+    assert {r["strength"] for r in probed} <= set(linear_probe.STRENGTHS)
+    for key in ("finetune", "probe"):
+        r = block["readouts"][key]
+        assert [row["claim"] for row in r["ordering"]] == [c[3] for c in teachers.CLAIMS]
+        assert all(row["verdict"].startswith(("holds", "does not hold")) for row in r["ordering"])
+        assert r["verdict"].startswith("The paper's ordering") and r["verdict"] in block["verdict"]
+        assert set(r["learnt"]) == {"spatial", "temporal"}
 
     sim = block["similarity"]
     models = ["student_image", "student_video", "student_both", "teacher_image", "teacher_video"]
@@ -67,9 +78,11 @@ def test_quick_run_writes_the_teachers_block_the_configs_and_the_figures(tmp_pat
     assert data_recipes[str(seed_dir / "data" / "spatial-train")]["label_by"] == "cue"
 
     md = (out / "report.md").read_text()
-    for heading in ("### The paper's ordering", "### How static the features are", "### Seconds per stage"):
+    for heading in ("### The paper's ordering", "### Fine-tuned: held-out top-1", "### Linear probe: held-out top-1",
+                    "### How static the features are", "### Seconds per stage"):
         assert heading in md
-    assert block["verdict"] in md
+    for r in block["readouts"].values():
+        assert r["verdict"] in md
     assert block["plots"] == ["teachers-top1.png", "teachers-similarity.png"]
     for plot in block["plots"]:
         assert (out / plot).read_bytes()[:8] == PNG and f"]({plot})" in md
@@ -79,10 +92,16 @@ def test_seeds_are_parsed_and_only_taken_by_the_seeded_studies(capsys):
     assert parse_args(["teachers", "--seeds", "3,1", "--out", "x"]).seeds == (3, 1)
     assert parse_args(["detect", "--seeds", "2", "--out", "x"]).seeds == (2,)
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        parse_args(["demo", "--seeds", "0", "--out", "x"])
-    assert exc.value.code == 2
-    assert "--seeds applies to teachers, detect only, not to demo" in capsys.readouterr().err
+    assert parse_args(["demo", "--seeds", "4,0", "--threads", "2", "--out", "x"]).threads == (2,)
+    for argv, message in ((["loader", "--seeds", "0", "--out", "x"],
+                           "--seeds applies to demo, teachers, detect only, not to loader"),
+                          (["teachers", "--threads", "1", "--out", "x"], "--threads applies to demo only, not to teachers"),
+                          (["demo", "--threads", "0", "--out", "x"], "--threads must be distinct integers >= 1")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
     for argv in (["teachers", "--seeds", "0,a", "--out", "x"], ["teachers", "--seeds", "1,1", "--out", "x"]):
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
@@ -149,11 +168,14 @@ def test_student_tokens_are_every_encoder_token_in_t_h_w_order():
 # The ordering verdict
 
 
-def _records(top1: dict, sim: dict) -> list[dict]:
+def _records(top1: dict, sim: dict, probe: dict | None = None) -> list[dict]:
     records = []
     for (task, arm), values in top1.items():
         records += [{"name": "teachers_top1", "value": v, "unit": "%", "task": task, "arm": arm, "seed": s,
                      "heldout": 160, "finetune_steps": 900, "budget": "default"} for s, v in enumerate(values)]
+    for (task, arm), values in (probe or top1).items():
+        records += [{"name": "teachers_probe_top1", "value": v, "unit": "%", "task": task, "arm": arm, "seed": s,
+                     "heldout": 160, "train": 480} for s, v in enumerate(values)]
     for model, values in sim.items():
         records += [{"name": "teachers_similarity", "value": v, "unit": "cosine", "model": model, "seed": s}
                     for s, v in enumerate(values)]
@@ -167,28 +189,34 @@ def _records(top1: dict, sim: dict) -> list[dict]:
 
 
 PAPER = {("spatial", "image"): [60, 64], ("spatial", "video"): [50, 52], ("spatial", "both"): [66, 63],
-         ("spatial", "scratch"): [40, 40], ("temporal", "image"): [50, 50], ("temporal", "video"): [70, 72],
-         ("temporal", "both"): [75, 74], ("temporal", "scratch"): [45, 45]}
+         ("spatial", "scratch"): [40, 40], ("temporal", "image"): [60, 60], ("temporal", "video"): [70, 72],
+         ("temporal", "both"): [75, 74], ("temporal", "scratch"): [56, 56]}  # chance: 25 % and 50 %
 SIM = {"student_image": [0.9, 0.8], "student_video": [0.7, 0.75]}
 
 
 def test_the_verdict_holds_when_every_claim_holds_on_the_means():
     block = teachers.summarise(_records(PAPER, SIM))
-    assert block["verdict"].startswith("The paper's ordering holds")
-    spatial_both = block["ordering"][2]
+    fine = block["readouts"]["finetune"]
+    assert fine["verdict"].startswith("The paper's ordering holds")
+    assert block["verdict"] == f"Fine-tuned: {fine['verdict']} Linear probe: {block['readouts']['probe']['verdict']}"
+    spatial_both = fine["ordering"][2]
     # against the better rival's mean (image, 62) and per seed against the best rival of that seed
     assert spatial_both["against"] == "image" and spatial_both["margin"] == pytest.approx(64.5 - 62)
     assert spatial_both["per_seed"] == [6, -1] and spatial_both["seeds_ahead"] == 1
-    assert block["top1_summary"]["spatial"]["image"] == {"mean": 62, "std": pytest.approx(math.sqrt(8)),
-                                                         "min": 60, "max": 64, "n": 2}
-    assert block["over_scratch"]["temporal"]["video"] == pytest.approx(26)
+    assert fine["summary"]["spatial"]["image"] == {"mean": 62, "std": pytest.approx(math.sqrt(8)),
+                                                   "min": 60, "max": 64, "n": 2}
+    assert fine["over_scratch"]["temporal"]["video"] == pytest.approx(15)
+    # learnt: the best arm's mean at least 15 points above the 25 % chance
+    assert fine["learnt"]["spatial"] == {"best": "both", "margin": pytest.approx(64.5 - 25), "learnt": True}
     claim = block["similarity"]["claim"]
     assert claim["holds"] and claim["margin"] == pytest.approx(0.125)
 
 
 def test_the_verdict_names_each_claim_that_fails():
     worse = {**PAPER, ("temporal", "both"): [70, 71]}  # below the video-taught mean
-    block = teachers.summarise(_records(worse, {**SIM, "student_video": [0.95, 0.9]}))
+    block = teachers.summarise(_records(worse, {**SIM, "student_video": [0.95, 0.9]}, probe=PAPER))
+    assert block["readouts"]["probe"]["verdict"].startswith("The paper's ordering holds")
+    block = block["readouts"]["finetune"] | {"similarity": block["similarity"]}
     assert block["verdict"] == ("The paper's ordering does not hold at this scale: 3 of 4 comparisons hold on "
                                 "the means over 2 seeds; not: co-teaching beats either teacher alone on the "
                                 "temporal task.")
@@ -199,9 +227,13 @@ def test_the_verdict_names_each_claim_that_fails():
 
 def test_a_task_no_arm_learnt_is_called_noise():
     guessed = {**PAPER, **{("spatial", arm): [26, 27] for arm in ("image", "video", "both", "scratch")}}
-    block = teachers.summarise(_records(guessed, SIM))
+    block = teachers.summarise(_records(guessed, SIM))["readouts"]["finetune"]
+    assert block["learnt"]["spatial"]["learnt"] is False and block["learnt"]["temporal"]["learnt"] is True
     se = 100 * math.sqrt(0.25 * 0.75 / (160 * 2))  # binomial, a mean of guesses over 2 seeds x 160 clips
-    assert block["above_chance"]["se"] == pytest.approx(se)
+    assert block["above_chance"]["se"] == {"spatial": pytest.approx(se),
+                                           "temporal": pytest.approx(100 * math.sqrt(0.5 * 0.5 / 320))}
+    # each task against its own chance: the temporal task's 2 classes put it at 50 %
+    assert block["above_chance"]["arms"]["temporal"]["scratch"]["margin"] == pytest.approx(56 - 50)
     assert not any(arm["above"] for arm in block["above_chance"]["arms"]["spatial"].values())
     assert all(arm["above"] for arm in block["above_chance"]["arms"]["temporal"].values())
     assert block["verdict"].endswith(f"No arm is more than two standard errors ({2 * se:.1f} points) above "

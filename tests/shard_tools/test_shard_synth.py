@@ -209,3 +209,24 @@ def test_stripe_classes_fill_the_moving_object_with_their_orientation():
                     obj = np.abs(clip[t].astype(float) - other).sum(-1) > 60
                     assert obj.sum() > 40
                     assert _stripe_orientation(clip[t], obj) == orientation, (seed, orientation, direction, t)
+
+
+def test_shading_classes_light_the_half_of_the_object_they_name():
+    from shard_tools.synth import LIT_SIDES
+
+    assert synth_classes(16, "shading", "cue") == list(LIT_SIDES)
+    # the lit side draws nothing from the generator: two sides with one seed give the same clip but
+    # inside the object, and there each is brighter on its own side, split through the centre
+    for seed in range(4):
+        for lit, unlit, axis in (("lit-top", "lit-bottom", 0), ("lit-left", "lit-right", 1)):
+            a, b = (render_clip(side, "down", np.random.default_rng(seed), 8, 64, 64, "shading").astype(float)
+                    for side in (lit, unlit))
+            for t in (0, 7):
+                obj = np.abs(a[t] - b[t]).sum(-1) > 0
+                brighter = (a[t] - b[t]).min(-1) >= 127  # every channel, by the recipe's margin
+                assert obj.sum() > 100 and brighter.any() and (obj & ~brighter).any()
+                assert (brighter | ((b[t] - a[t]).min(-1) >= 127) | ~obj).all()  # each object pixel: one or other
+                first, second = (np.argwhere(m).mean(0) for m in (brighter, obj & ~brighter))
+                # a's lit half is above (axis 0: rows) or left of (axis 1: columns) the other, level on the other axis
+                assert second[axis] - first[axis] > 4, (seed, lit, t)
+                assert abs(second[1 - axis] - first[1 - axis]) < 1.5, (seed, lit, t)
