@@ -5,7 +5,8 @@ stacked, averaged across ranks in one all-reduce, written to ``run.dir/metrics.j
 object per optimizer step: step, epoch, loss, loss parts, lr, grad_norm) and shown on rank 0's
 rich progress bar (step, loss parts, lr, clips/s, data-wait share, ETA); TensorBoard optionally,
 and Weights & Biases with ``run.wandb`` (rank 0: the config, every row, clips/s, data-wait share,
-peak memory, eval results; one W&B run per run dir, resumed with it).
+peak memory, eval results; one W&B run per run dir, resumed with it). Every validation's scalar
+results are a row of ``run.dir/evals.jsonl`` (``eval.json`` holds the last one whole).
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ def _finite_or_none(v: float):
 
 
 WANDB_ID_FILE = "wandb-run-id"  # in run.dir: a resumed run continues the same W&B run
+EVALS_FILE = "evals.jsonl"  # in run.dir: one row per validation (step and its scalar results)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop the rows of a JSON-lines file past ``step`` (a resumed run replays them), so the file
+    reads as one run."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(path)
 
 
 def _import_wandb():
@@ -59,6 +74,7 @@ class MetricsLogger:
         self.cfg = cfg
         self.info = info
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.evals_path = Path(run_dir) / EVALS_FILE
         self.clips_per_step = clips_per_step
         self.total_steps = total_steps
         self.pending: list[tuple[int, int, float, dict, torch.Tensor]] = []
@@ -70,7 +86,8 @@ class MetricsLogger:
         wandb = _import_wandb() if cfg.wandb else None
         if info.is_main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._truncate_after(start_step)
+            for path in (self.path, self.evals_path):
+                _truncate_after(path, start_step)
             if cfg.progress and sys.stderr.isatty():
                 self._start_progress(start_step)
             if cfg.tensorboard:
@@ -92,17 +109,6 @@ class MetricsLogger:
                          dir=str(run_dir), config=config)
         log.info("W&B run %s (project %s, mode %s)", run.id, self.cfg.wandb_project, run.settings.mode)
         return run
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop rows past ``step`` (a resumed run replays them), so the file reads as one run."""
-        if not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
-        if len(kept) != len(lines):
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            tmp.replace(self.path)
 
     def _start_progress(self, start_step: int) -> None:
         from rich.console import Console
@@ -189,10 +195,16 @@ class MetricsLogger:
                             **window}, step=last["step"])
 
     def log_eval(self, step: int, result: dict) -> None:
-        """An evaluation's numbers (what eval.json holds) at ``step``, on W&B (rank 0)."""
+        """An evaluation's scalar numbers (of what eval.json holds) at ``step``: a row of
+        run.dir/evals.jsonl, so every validation of the run stays on record, and on W&B (rank 0)."""
+        if not self.info.is_main:
+            return
+        scalars = {k: v for k, v in result.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        with open(self.evals_path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
         if self.wandb is not None:
-            self.wandb.log({f"eval/{k}": v for k, v in result.items()
-                            if isinstance(v, (int, float)) and k != "step"}, step=step)
+            self.wandb.log({f"eval/{k}": v for k, v in scalars.items()}, step=step)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -130,10 +130,18 @@ def test_all_modes_together_at_their_smallest_settings(tmp_path, monkeypatch):
         assert ceiling["value"] == pytest.approx(baseline / decode)
     assert {"fwd_bwd", "achieved"} <= names["model"]
     assert {"end_to_end", "compute_only", "loader_only", "data_wait_share"} <= names["step"]
-    assert {"demo_top1", "demo_margin_top1", "demo_wall_s"} <= names["demo"]
+    assert {"demo_top1", "demo_margin_top1", "demo_curve_top1", "demo_margin_curve_top1",
+            "demo_wall_s"} <= names["demo"]
     demo = {(r["name"], r.get("student")): r for r in data["modes"]["demo"]["records"]}
     assert demo[("demo_margin_top1", None)]["value"] == pytest.approx(
         demo[("demo_top1", "distilled")]["value"] - demo[("demo_top1", "scratch")]["value"])
+    for student in ("distilled", "scratch"):  # the mean of the fine-tuning's validations, the last at the end
+        curve = demo[("demo_curve_top1", student)]
+        assert curve["value"] == pytest.approx(sum(t for _, t in curve["curve"]) / len(curve["curve"]))
+        assert curve["curve"][-1] == [demo[("demo_top1", student)]["finetune_steps"],
+                                      demo[("demo_top1", student)]["value"]]
+    assert demo[("demo_margin_curve_top1", None)]["value"] == pytest.approx(
+        demo[("demo_curve_top1", "distilled")]["value"] - demo[("demo_curve_top1", "scratch")]["value"])
     assert demo[("demo_top1", "distilled")]["heldout"] == 8
     # a quick demo is not the reference budget: its margin is shown, never judged
     demo_row = next(t for t in data["targets"] if t["what"].startswith("mvd-demo"))

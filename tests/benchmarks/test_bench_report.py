@@ -182,7 +182,7 @@ def fake_modes(monkeypatch):
 
     loader.run = broken
     demo = types.ModuleType("benchmarks.demo")
-    demo.run = lambda out_dir, *, quick: [rec("demo_margin_top1", 12.5, "points", seed=0)]
+    demo.run = lambda out_dir, *, quick, seeds=None, threads=None: [rec("demo_margin_curve_top1", 12.5, "points", seed=0)]
     monkeypatch.setitem(sys.modules, "benchmarks.demo", demo)
     monkeypatch.setitem(sys.modules, "benchmarks.shard", shard)
     monkeypatch.setitem(sys.modules, "benchmarks.loader", loader)

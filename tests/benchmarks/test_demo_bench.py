@@ -7,7 +7,8 @@ from benchmarks import demo
 
 
 def _summary(distilled: float, scratch: float) -> dict:
-    return {"distilled": {"top1": distilled}, "scratch": {"top1": scratch}, "margin_top1": distilled - scratch}
+    return {"distilled": {"top1": distilled}, "scratch": {"top1": scratch}, "margin_top1": distilled - scratch,
+            "margin_curve_top1": (distilled - scratch) / 2}
 
 
 def test_thread_shifts_are_the_spread_of_each_figure_over_the_thread_counts():
@@ -18,5 +19,6 @@ def test_thread_shifts_are_the_spread_of_each_figure_over_the_thread_counts():
     assert got[0, "distilled_top1"] == pytest.approx(99.4 - 97.5)
     assert got[0, "scratch_top1"] == pytest.approx(81.2 - 55.0)
     assert got[0, "margin_top1"] == pytest.approx((98.8 - 55.0) - (97.5 - 81.2))
-    assert all(got[3, f] == 0 for f in ("distilled_top1", "scratch_top1", "margin_top1"))
+    assert got[0, "margin_curve_top1"] == pytest.approx(got[0, "margin_top1"] / 2)
+    assert all(got[3, f] == 0 for f in ("distilled_top1", "scratch_top1", "margin_top1", "margin_curve_top1"))
     assert {r["threads"] for r in records} == {"1,2,4"} and {r["unit"] for r in records} == {"points"}

@@ -62,6 +62,25 @@ def test_metrics_rows_past_the_checkpoint_are_dropped_on_resume(tmp_path):
     assert [s for s, _ in losses(tmp_path / "r")] == list(range(1, 7))
 
 
+def test_validation_rows_past_the_checkpoint_are_dropped_on_resume(tmp_path):
+    args = ("eval.dir=" + str(tmp_path / "data"), "eval.every_epochs=1", "finetune.mixup=0", "finetune.cutmix=0",
+            "schedule.epochs=3")
+    t = make("finetune", tmp_path / "r", *args)
+    spe = t.derived.steps_per_epoch
+    t.train()
+    evals = tmp_path / "r" / "evals.jsonl"
+    assert [json.loads(line)["step"] for line in evals.read_text().splitlines()] == [spe, 2 * spe, 3 * spe]
+    for _, ckpt in list_checkpoints(tmp_path / "r" / "checkpoints"):
+        if int(ckpt.stem.split("-")[-1]) > 2 * spe:
+            ckpt.unlink()  # as if killed after the last validation but before its checkpoint
+    resumed = make("finetune", tmp_path / "r", *args)
+    assert resumed.step <= 2 * spe
+    kept = [json.loads(line)["step"] for line in evals.read_text().splitlines()]
+    assert kept == [s for s in (spe, 2 * spe) if s <= resumed.step]
+    resumed.train()
+    assert [json.loads(line)["step"] for line in evals.read_text().splitlines()] == [spe, 2 * spe, 3 * spe]
+
+
 def _nan_at(trainer, step, rank_fn=lambda: True):
     real = trainer.task.loss
 
@@ -163,3 +182,9 @@ def test_finetune_validates_every_n_epochs_and_at_the_end(tmp_path):
     assert result["eval"]["videos"] == 32
     assert (tmp_path / "r" / "predictions.csv").is_file()
     assert json.loads((tmp_path / "r" / "eval.json").read_text())["step"] == 2 * spe
+    # every validation is a row of evals.jsonl; the last row is what eval.json holds
+    rows = [json.loads(line) for line in (tmp_path / "r" / "evals.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [spe, 2 * spe]
+    last = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert rows[-1] == {k: v for k, v in last.items() if isinstance(v, (int, float))}
+    assert all(0 <= r["top1"] <= 100 and r["videos"] == 32 for r in rows)
