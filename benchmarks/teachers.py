@@ -371,9 +371,10 @@ def _comparison(claim: str, better: list[float], rivals: dict[str, list[float]],
 # readout -> (its records' name, what it measures)
 READOUTS = {
     "finetune": ("teachers_top1", "held-out top-1 after fine-tuning the whole model (softmax over 2 clips a video)"),
-    "probe": ("teachers_probe_top1", "held-out top-1 of a linear probe on the frozen encoder's mean-pooled tokens "
-                                     "(one centre clip a video; L2 strength by 4-fold cross-validation on the "
-                                     "labelled clips)"),
+    "probe": ("teachers_probe_top1", "held-out top-1 of a linear probe on the frozen encoder's tokens pooled over "
+                                     "space per time slice, the slices concatenated in order (one centre clip a "
+                                     "video; L2 strength by 4-fold stratified cross-validation on the labelled "
+                                     "clips)"),
 }
 LEARNT_MARGIN = 15.0  # points above chance the best arm needs for a task to count as learnt
 
