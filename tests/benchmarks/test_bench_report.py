@@ -158,6 +158,23 @@ def test_targets_are_judged_only_on_the_reference_configuration():
     assert "needs a GPU; this run had none" in rows["pretrain_clips_per_s/h264"]["note"]
 
 
+def test_the_demo_is_judged_on_the_mean_margin_and_on_never_falling_behind():
+    margins = [18.8, 30.0, 5.0, -1.0]  # one run behind
+    records = [rec("demo_margin_top1", m, "points", seed=i // 2, threads=1 + i % 2, budget="default")
+               for i, m in enumerate(margins)]
+    records.append(rec("demo_margin_top1", -50.0, "points", seed=0, threads=1, budget="quick"))  # not judged
+    rows = [row for t, row in zip(targets.TARGETS, targets.evaluate({"demo": {"status": "ok", "records": records}},
+                                                                    {"gpu": None})) if t.mode == "demo"]
+    mean, lowest = rows
+    assert mean["measured"] == pytest.approx(sum(margins) / 4) and mean["status"] == targets.PASS
+    assert mean["note"].startswith("the mean of 4 figures (-1 to 30; lowest: seed=1, threads=2")
+    assert (lowest["measured"], lowest["status"]) == (-1.0, targets.FAIL)
+    records[3]["value"] = 0.0
+    _, lowest = [row for t, row in zip(targets.TARGETS, targets.evaluate(
+        {"demo": {"status": "ok", "records": records}}, {"gpu": None})) if t.mode == "demo"]
+    assert lowest["status"] == targets.PASS  # level is not behind
+
+
 def test_targets_say_why_a_figure_is_missing():
     rows = targets.evaluate({"step": {"status": "skipped", "reason": "no CUDA"}}, {"gpu": None})
     assert all(r["status"] == targets.NOT_MEASURED for r in rows)
