@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "mode", choices=(*report.MODES, *report.SOLO_MODES, "all"),
         help="what to measure; `all` runs " + ", ".join(report.MODES) + " and leaves out "
-        + ", ".join(report.SOLO_MODES) + " (teachers about 13 minutes a seed on 2 cores, detect "
+        + ", ".join(report.SOLO_MODES) + " (teachers about 8 minutes a seed on 2 cores, detect "
         "about 5; under a minute with --quick: run them by name; storage: the pretrain loader "
         "from a local S3 server beside the same shards on disk, about 2 minutes)")
     parser.add_argument(

@@ -19,7 +19,7 @@ from pathlib import Path
 FORMAT = "mvd-bench/1"
 MODES = ("shard", "loader", "model", "step", "demo")
 # Modes `all` leaves out (run by name): accuracy studies that train many models a seed (teachers
-# 13, about 13 minutes a seed; detect 5, about 5 minutes a seed), and storage (S3 against disk:
+# 13, about 8 minutes a seed; detect 5, about 5 minutes a seed), and storage (S3 against disk:
 # it needs moto's server from the dev extra).
 SOLO_MODES = ("teachers", "detect", "storage")
 RESERVED = ("name", "value", "unit", "skipped")

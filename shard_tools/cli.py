@@ -9,7 +9,7 @@
                   [--eval-labels FILE.pbtxt --excluded FILE.csv --proposals FILE.csv|.pkl
                    --clip-frames 64 --short-side N --codec vp9 --movie-start 0] --out DIR
     mvd-shard synth --out DIR [--num-videos N --num-frames T --width W --height H --split NAME
-                          --spatial-cue shape|colour]
+                          --spatial-cue shape|colour|stripes|shading]
     every source also takes [--part I/N --workers N --seed S]; all but ava and synth take
       [--target gpu-ampere-hopper|...|cpu-dali|pyav --reject-unsupported --max-gop N]
     mvd-shard merge DIR      (after every --part I/N of an array job)
