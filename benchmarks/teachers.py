@@ -11,9 +11,10 @@ one half of the object (top, bottom, left or right) is lit, the other dark.
   it moves. The video teacher (VideoMAE on tube-masked clips) must also model the motion.
 - Spatial task: 4 classes by the lit half; every class sees both directions equally often. The
   cue is the sign of one brightness edge across the object, which a patch embedding reads
-  linearly wherever the object sits on the 4 x 4 token grid. The first pilot's cues failed there:
-  a shape's outline is cut into pieces that depend on where it sits, and stripes of random phase
-  give a linear filter no mean response; no arm learnt either, fine-tuned or probed.
+  linearly wherever the object sits on the 4 x 4 token grid. The earlier cues failed there: a
+  shape's outline (the first design, `2026-12-02-cpu-2core-teachers/`) is cut into pieces that
+  depend on where it sits, and stripes of random phase (pilot seed 100) give a linear filter no
+  mean response; no arm learnt either, fine-tuned or probed.
 - Temporal task: 2 classes by direction (right or left); every class sees every lit side equally
   often, and no single frame tells the class. The first pilot's 4 directions were learnt by no
   arm within the budget; the demo's 2 are.
