@@ -14,7 +14,7 @@ one half of the object (top, bottom, left or right) is lit, the other dark.
   linearly wherever the object sits on the 4 x 4 token grid. The earlier cues failed there: a
   shape's outline (the first design, `2026-12-02-cpu-2core-teachers/`) is cut into pieces that
   depend on where it sits, and stripes of random phase (pilot seed 100) give a linear filter no
-  mean response; no arm learnt either, fine-tuned or probed.
+  mean response; no arm learnt either when fine-tuned, nor stripes when probed.
 - Temporal task: 2 classes by direction (right or left); every class sees every lit side equally
   often, and no single frame tells the class. The first pilot's 4 directions were learnt by no
   arm within the budget; the demo's 2 are.
