@@ -72,15 +72,15 @@ def folds(y: torch.Tensor, k: int = FOLDS) -> list[torch.Tensor]:
 def choose_strength(x: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[float, dict[float, float]]:
     """The strength of STRENGTHS with the best cross-validated accuracy on (x, y) (ties: the
     stronger), and every strength's accuracy in %."""
+    splits = []  # per fold: the kept and the held-out clips standardised by the kept, and their labels
+    for held in folds(y):
+        keep = torch.ones(len(x), dtype=torch.bool)
+        keep[held] = False
+        splits.append((*standardise(x[keep], x[held]), y[keep], y[held]))
     scores = {}
     for strength in STRENGTHS:
-        right = 0
-        for held in folds(y):
-            keep = torch.ones(len(x), dtype=torch.bool)
-            keep[held] = False
-            xtr, xte = standardise(x[keep], x[held])
-            w = fit_logistic(xtr, y[keep], classes, strength)
-            right += int((predict(w, xte) == y[held]).sum())
+        right = sum(int((predict(fit_logistic(xtr, ytr, classes, strength), xte) == yte).sum())
+                    for xtr, xte, ytr, yte in splits)
         scores[strength] = 100.0 * right / len(x)
     best = max(scores.values())
     return max(s for s, v in scores.items() if v == best), scores
