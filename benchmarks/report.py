@@ -230,7 +230,6 @@ def _spread(stats: dict, values: list[float], digits: int) -> str:
 
 
 READOUT_TITLES = {"finetune": "Fine-tuned", "probe": "Linear probe"}
-TASK_ORDER = ("spatial", "temporal")
 
 
 def _readout_markdown(block: dict, key: str) -> list[str]:
@@ -307,10 +306,11 @@ def write_summary_plots(mode: str, block: dict, out_dir: Path) -> list[str]:
 
     files = []
     readouts = block["readouts"]
-    fig, axes = plt.subplots(len(readouts), len(TASK_ORDER), figsize=(8.0, 3.3 * len(readouts)), dpi=100,
+    tasks = list(block["tasks"])
+    fig, axes = plt.subplots(len(readouts), len(tasks), figsize=(8.0, 3.3 * len(readouts)), dpi=100,
                              sharey=True, squeeze=False)
     for row, (key, r) in zip(axes, readouts.items()):
-        for ax, task in zip(row, TASK_ORDER):
+        for ax, task in zip(row, tasks):
             arms = r["top1"][task]
             for i, (arm, values) in enumerate(arms.items()):
                 ax.bar(i, r["summary"][task][arm]["mean"], color=f"C{i}", alpha=0.6)

@@ -60,7 +60,6 @@ TASKS = {"spatial": "cue", "temporal": "direction"}
 # student -> the teachers it is distilled from
 STUDENTS = {"image": ("image",), "video": ("video",), "both": ("image", "video")}
 ARMS = (*STUDENTS, "scratch")
-# 16 synthetic classes: 4 shapes x 4 directions, each task labels one factor (4 classes)
 # 8 synthetic classes: 4 lit sides x 2 directions (right, left); each task labels one factor
 BUDGET = replace(Budget(), classes=8)
 QUICK = replace(demo.QUICK, classes=8)
@@ -234,7 +233,8 @@ def video_teacher_tokens(teacher: nn.Module, video: torch.Tensor) -> torch.Tenso
 def _dataset_pass(cfg_path: Path, data_dir: Path, info, encoders: dict[str, nn.Module],
                   extra=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every clip of `data_dir` once (one centre clip, all tokens visible) through each encoder:
-    {name: tokens pooled over space, time slices in order (N, T' * D)} and the labels (N,). `extra(video, tokens)` sees each batch."""
+    {name: tokens pooled over space, time slices in order (N, T' * D)} and the labels (N,).
+    `extra(video, tokens)` sees each batch."""
     from mvd.config import load_config
     from mvd.engine.tasks.finetune import eval_loader
 
@@ -337,8 +337,6 @@ CLAIMS = (
     ("spatial", "both", ("image", "video"), "co-teaching beats either teacher alone on the spatial task"),
     ("temporal", "both", ("image", "video"), "co-teaching beats either teacher alone on the temporal task"),
 )
-
-
 
 
 def _chance(top1: dict, heldout: int, seeds: int) -> dict:

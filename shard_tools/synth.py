@@ -16,10 +16,11 @@ spatial cue is, by ``spatial_cue``:
   stripes' orientation;
 - ``"shading"``: which half of the object is lit (top, bottom, left or right): split through
   the object's centre, one half is its colour taken halfway to white, the other 0.4 of it, so the
-  lit half is brighter in every channel; its shape and colour are random. Where stripes of random phase need a squared (energy) response to tell apart, the sign
-  of one brightness edge across the object is linear in the pixels.
+  lit half is brighter in every channel; its shape and colour are random. Where stripes of
+  random phase need a squared (energy) response to tell apart, the sign of one brightness edge
+  across the object is linear in the pixels.
 
-Size, start position, speed and background are random per clip in both cases.
+Size, start position, speed and background are random per clip with every cue.
 
 ``label_by`` says which factor the label names, over the same clips: ``"both"`` (default) the
 (cue, direction) pair above; ``"cue"`` the spatial cue alone (a spatial task: motion carries no
